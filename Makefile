@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Both (re)build the virtual environment only when pyproject.toml has changed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO ?= demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the embedded default: synthetic histology data, a tiny ShuffleNet
+# supernet pretrained on this machine's CPU, then one of its paths inspected and evaluated.
+demo: $(STAMP)
+	$(BIN)/pathnas-edge data synth --out $(DEMO)/data --task classify --n-per-class 80 --image-size 64
+	$(BIN)/pathnas-edge pretrain --space shufflenet --data $(DEMO)/data --run-dir $(DEMO)/supernet \
+		--input-size 64 --width-mult 0.5 --epochs 4 --batch-size 32 --lr 0.2 --resume
+	$(BIN)/pathnas-edge inspect --supernet $(DEMO)/supernet/best.pt --arch 33333333333333333333
+	$(BIN)/pathnas-edge evaluate --supernet $(DEMO)/supernet/best.pt --data $(DEMO)/data --arch 33333333333333333333
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,0 +1,1 @@
+"""Bundles for hospital workstations: manifest, verification, torch-free inference, slide tiling."""

@@ -1,0 +1,1 @@
+"""Export to ONNX / OpenVINO / TensorRT, quantization, validation against PyTorch."""

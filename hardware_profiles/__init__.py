@@ -1,0 +1,1 @@
+"""Per-device hardware profiles (YAML) and measured latency tables."""

@@ -1,0 +1,247 @@
+"""SPOS supernet pretraining: one uniformly sampled path per step.
+
+Every rank draws the path of step s of epoch e from a generator seeded by
+(seed, e, s), so all ranks train the same path at every step without communicating
+(the reference code let ranks diverge), and a resumed run draws the same paths as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import build_loaders, load_or_create_splits
+from ..io import append_jsonl, read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
+from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
+from .distributed import DistContext, barrier, init_distributed
+from .evaluate import evaluate_architecture, primary_metric
+from .loop import OptimConfig, build_training, train_epoch
+
+log = logging.getLogger("pathnas.pretrain")
+
+CHECKPOINT_FORMAT = "pathnas-supernet/1"
+
+
+class PretrainConfig(OptimConfig):
+    """Supernet pretraining settings; ``batch_size`` is per process (global batch = batch_size x world size)."""
+
+    data: Path
+    run_dir: Path
+    eval_paths: int = Field(2, ge=0, description="random paths evaluated on val after every epoch")
+    bn_images: int = Field(256, ge=0, description="training images for BN recalibration before evaluation")
+    workers: int = Field(2, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    skip_bad: bool = False
+
+
+@dataclass
+class PretrainResult:
+    supernet: Supernet
+    run_dir: Path
+    history: list[dict]
+    sampled_paths: list[str] = field(default_factory=list)  # this process's paths, in order
+
+
+def path_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    digest = hashlib.sha256(f"spos-path:{seed}:{epoch}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
+    """Rebuild a supernet from a checkpoint written by ``pretrain``; returns it and the checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"supernet checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a pathnas supernet checkpoint (expected format {CHECKPOINT_FORMAT})")
+    supernet = build_supernet(config_from_dict(ckpt["space_config"]))
+    supernet.load_state_dict(ckpt["model"])
+    return supernet, ckpt
+
+
+class _Trainer:
+    def __init__(self, space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.run_dir = Path(cfg.run_dir)
+        if ctx.is_main:
+            load_or_create_splits(cfg.data)  # drawn once, by one process, before anyone reads them
+        barrier(ctx)
+        self.data = build_loaders(
+            cfg.data, space_config.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers,
+            skip_bad=cfg.skip_bad, distributed=ctx.distributed,
+        )
+        self.supernet = build_supernet(space_config)
+        if self.supernet.task != self.data.task:
+            raise ValueError(
+                f"space {space_config.space!r} is for {self.supernet.task} data, but {cfg.data} holds "
+                f"{self.data.task} data"
+            )
+        if space_config.num_classes != self.data.num_classes:
+            raise ValueError(
+                f"space config has num_classes={space_config.num_classes} but {cfg.data} has "
+                f"{self.data.num_classes} classes ({', '.join(self.data.classes)})"
+            )
+        self.task = self.data.task
+        self.supernet.to(ctx.device)
+        self.model = (
+            DistributedDataParallel(
+                self.supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=True,  # a single path leaves the other choices without gradients
+            )
+            if ctx.distributed
+            else self.supernet
+        )
+        self.parts = build_training(
+            self.supernet, self.task, self.data.num_classes, cfg, len(self.data.train), ctx.device
+        )
+        # Fixed paths to track on val across epochs: the same ones every epoch, so the curve is comparable.
+        eval_gen = path_generator(cfg.seed, -1, 0)
+        self.eval_archs = [self.supernet.sample(eval_gen) for _ in range(cfg.eval_paths)]
+        self.start_epoch = 0
+        self.best_metric = -math.inf
+        self.sampled_paths: list[str] = []
+
+    # -- checkpoints -----------------------------------------------------------------
+    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "space_config": self.supernet.config.model_dump(mode="json"),
+            "train_config": self.cfg.model_dump(mode="json"),
+            "task": self.task,
+            "classes": self.data.classes,
+            "epoch": epoch,  # completed epochs
+            "metrics": metrics,
+            "best_metric": self.best_metric,
+            "model": self.supernet.state_dict(),
+            "training": self.parts.state_dict(),
+        }
+
+    def resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            log.info("no checkpoint in %s: starting from scratch", self.run_dir)
+            return
+        ckpt = torch.load(path, map_location=self.ctx.device, weights_only=False)
+        saved = ckpt["space_config"]
+        current = self.supernet.config.model_dump(mode="json")
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise ValueError(f"{path} was trained with another space configuration (differs in: {', '.join(diff)})")
+        self.supernet.load_state_dict(ckpt["model"])
+        self.parts.load_state_dict(ckpt["training"])
+        self.start_epoch = ckpt["epoch"]
+        self.best_metric = ckpt["best_metric"]
+        if self.ctx.is_main:  # drop log lines of an epoch that ran after the checkpoint but never finished
+            kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", 0) <= self.start_epoch]
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in kept))
+        log.info("resumed from %s after epoch %d", path, self.start_epoch)
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, progress) -> dict:
+        self.model.train()
+
+        def forward(x: torch.Tensor, step: int) -> torch.Tensor:
+            arch = self.supernet.sample(path_generator(self.cfg.seed, epoch, step))
+            self.sampled_paths.append(arch.code)
+            return self.model(x, arch)
+
+        return train_epoch(
+            forward, self.data.train, self.parts, epoch, self.ctx, progress, f"epoch {epoch + 1}/{self.cfg.epochs}"
+        )
+
+    def validate(self) -> dict:
+        if not self.eval_archs:
+            return {}
+        key = primary_metric(self.task)
+        per_path = {}
+        for arch in self.eval_archs:
+            m = evaluate_architecture(
+                self.supernet, arch, self.data.calib, self.data.val, self.data.num_classes, self.ctx.device,
+                self.cfg.bn_images,
+            )
+            per_path[arch.code] = round(m[key], 3)
+        return {f"val_{key}": sum(per_path.values()) / len(per_path), "val_paths": per_path}
+
+    def run(self, progress) -> list[dict]:
+        cfg, ctx = self.cfg, self.ctx
+        for epoch in range(self.start_epoch, cfg.epochs):
+            record = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
+            if ctx.is_main:
+                record.update(self.validate())
+                metric = record.get(f"val_{primary_metric(self.task)}")
+                improved = metric is not None and metric > self.best_metric
+                if improved:
+                    self.best_metric = metric
+                ckpt = self.checkpoint(epoch + 1, record)
+                save_torch_atomic(ckpt, self.run_dir / "last.pt")
+                if improved or metric is None:
+                    save_torch_atomic(ckpt, self.run_dir / "best.pt")
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                log.info("epoch %d: %s", epoch + 1, _summary(record))
+            barrier(ctx)
+        return read_jsonl(self.run_dir / "metrics.jsonl") if ctx.is_main else []
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def _summary(record: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "val_paths")
+
+
+def pretrain(
+    space_config: SpaceConfig, cfg: PretrainConfig, resume: bool = False, progress: bool = True
+) -> PretrainResult:
+    """Train a supernet into ``cfg.run_dir`` (last.pt, best.pt, metrics.jsonl, config.json).
+
+    Under torchrun every process calls this; rank 0 writes the files.
+    """
+    ctx = init_distributed(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    if ctx.is_main:
+        if (run_dir / "last.pt").exists() and not resume:
+            raise FileExistsError(
+                f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+    trainer = _Trainer(space_config, cfg, ctx)
+    if resume:
+        trainer.resume()
+    if trainer.data.skipped and ctx.is_main:
+        log.warning("skipped %d unreadable image(s) (--skip-bad)", len(trainer.data.skipped))
+    if ctx.is_main:
+        write_json_atomic(run_dir / "config.json", {
+            "space_config": space_config.model_dump(mode="json"),
+            "train_config": cfg.model_dump(mode="json"),
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "amp_dtype": str(trainer.parts.amp_dtype) if trainer.parts.amp_dtype else None,
+            "classes": trainer.data.classes,
+            "skipped_images": [str(p) for p in trainer.data.skipped],
+        })
+    if progress and ctx.is_main:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+            history = trainer.run(bar)
+    else:
+        history = trainer.run(None)
+    return PretrainResult(trainer.supernet, run_dir, history, trainer.sampled_paths)
+
+

@@ -1,0 +1,1 @@
+"""Timing protocol, per-device latency tables, the latency predictor, regression checks."""

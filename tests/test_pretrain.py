@@ -1,0 +1,128 @@
+"""Supernet pretraining: checkpoints, metrics log, resume after a crash, DDP with identical paths."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pathnas.data import generate
+from pathnas.spaces import space_config
+from pathnas.train import PretrainConfig, load_supernet, pretrain
+from pathnas.train import pretrain as pretrain_module
+
+TINY_SHUFFLE = dict(width_mult=0.25, input_size=32, num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def classify_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "classify"
+    generate(root, "classify", n_per_class=12, image_size=32, seed=0)
+    return root
+
+
+def settings(data: Path, run_dir: Path, **overrides) -> PretrainConfig:
+    base = dict(data=data, run_dir=run_dir, epochs=2, batch_size=8, lr=0.05, warmup_epochs=0.5, workers=0,
+                eval_paths=1, bn_images=16, device="cpu")
+    return PretrainConfig(**{**base, **overrides})
+
+
+def test_pretrain_writes_checkpoints_and_metrics(classify_data, tmp_path):
+    result = pretrain(space_config("shufflenet", **TINY_SHUFFLE), settings(classify_data, tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    assert {"last.pt", "best.pt", "metrics.jsonl", "config.json"} <= {p.name for p in run.iterdir()}
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(r["train_loss"] > 0 and 0 <= r["val_top1_pct"] <= 100 for r in history)
+    supernet, ckpt = load_supernet(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == ["benign", "in_situ", "invasive", "normal"]
+    for key, value in result.supernet.state_dict().items():
+        assert torch.equal(value, supernet.state_dict()[key]), key
+    assert not list(run.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_an_existing_run_is_not_overwritten(classify_data, tmp_path):
+    cfg = settings(classify_data, tmp_path / "run", epochs=1, max_steps_per_epoch=1, eval_paths=0)
+    pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
+
+
+def test_resume_after_a_crash_keeps_finished_epochs(classify_data, tmp_path, monkeypatch):
+    space = space_config("shufflenet", **TINY_SHUFFLE)
+    reference = pretrain(space, settings(classify_data, tmp_path / "ref", eval_paths=0), progress=False)
+
+    original = pretrain_module._Trainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch, progress):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch, progress)
+
+    monkeypatch.setattr(pretrain_module._Trainer, "train_epoch", crash_in_second_epoch)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(space, settings(classify_data, run, eval_paths=0), progress=False)
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(pretrain_module._Trainer, "train_epoch", original)
+
+    resumed = pretrain(space, settings(classify_data, run, eval_paths=0), resume=True, progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    steps = len(reference.sampled_paths) // 2
+    # The resumed epoch trains exactly the paths the uninterrupted run trained in its second epoch.
+    assert resumed.sampled_paths == reference.sampled_paths[steps:]
+
+
+def test_resume_refuses_another_space_configuration(classify_data, tmp_path):
+    cfg = settings(classify_data, tmp_path / "run", epochs=1, max_steps_per_epoch=1, eval_paths=0)
+    pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
+    other = space_config("shufflenet", **{**TINY_SHUFFLE, "width_mult": 0.5})
+    with pytest.raises(ValueError, match="width_mult"):
+        pretrain(other, cfg, resume=True, progress=False)
+
+
+def test_wrong_task_for_the_space_is_refused(classify_data, tmp_path):
+    with pytest.raises(ValueError, match="space 'unet' is for segment data"):
+        pretrain(space_config("unet", width_mult=0.25, input_size=32, num_classes=4),
+                 settings(classify_data, tmp_path / "run"), progress=False)
+
+
+def test_segmentation_supernet_trains(tmp_path):
+    root = tmp_path / "seg"
+    generate(root, "segment", n_per_class=3, image_size=32, seed=0)
+    result = pretrain(space_config("unet", width_mult=0.25, input_size=32, num_classes=2),
+                      settings(root, tmp_path / "run", epochs=1, batch_size=4), progress=False)
+    assert 0 <= result.history[-1]["val_dice_pct"] <= 100
+
+
+# -- DDP: two processes, gloo, CPU ----------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)  # different local randomness (mixup, dropout) on purpose
+    cfg = settings(Path(data), Path(out) / "run", epochs=1, max_steps_per_epoch=3, eval_paths=0)
+    result = pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
+    torch.save({"state": result.supernet.state_dict(), "paths": result.sampled_paths}, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_train_the_same_paths_and_end_identical(classify_data, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(classify_data), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["paths"] == r1["paths"] and len(r0["paths"]) == 3
+    assert r0["state"].keys() == r1["state"].keys()
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
