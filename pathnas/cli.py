@@ -209,7 +209,7 @@ def _register_commands() -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:  # area not built yet
+            if name == err.name or name.startswith(f"{err.name}."):  # area not built yet
                 continue
             raise
         module.register(app)

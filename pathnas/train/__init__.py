@@ -1,7 +1,7 @@
 """Supernet pretraining, evaluation with inherited weights, losses and DDP plumbing."""
 from .loop import OptimConfig, TrainingParts, build_training, train_epoch
 from .evaluate import MetricAccumulator, evaluate, evaluate_architecture, primary_metric, recalibrate_bn
-from .pretrain import PretrainConfig, PretrainResult, load_supernet, path_generator, pretrain
+from .spos import PretrainConfig, PretrainResult, load_supernet, path_generator, pretrain
 
 __all__ = [
     "OptimConfig", "TrainingParts", "build_training", "train_epoch",

@@ -58,3 +58,14 @@ def all_reduce_sum(value: float, ctx: DistContext) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BN running statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last step of an epoch
+    every rank holds statistics updated by its own batch; this makes them equal again.
+    """
+    if ctx.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

@@ -127,10 +127,11 @@ def train_epoch(
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         parts.scheduler.step_update(epoch * parts.steps_per_epoch + step + 1)
-        loss_sum += float(loss) * x.shape[0]
+        loss_value = loss.item()
+        loss_sum += loss_value * x.shape[0]
         images += x.shape[0]
         if progress:
-            progress.update(task_id, advance=1, description=f"{description} loss {float(loss):.3f}")
+            progress.update(task_id, advance=1, description=f"{description} loss {loss_value:.3f}")
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     seconds = time.perf_counter() - start

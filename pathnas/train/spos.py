@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import build_loaders, load_or_create_splits
 from ..io import append_jsonl, read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
-from .distributed import DistContext, barrier, init_distributed
+from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
 from .evaluate import evaluate_architecture, primary_metric
 from .loop import OptimConfig, build_training, train_epoch
 
@@ -180,6 +180,7 @@ class _Trainer:
         cfg, ctx = self.cfg, self.ctx
         for epoch in range(self.start_epoch, cfg.epochs):
             record = {"epoch": epoch + 1, **self.train_epoch(epoch, progress)}
+            broadcast_buffers(self.supernet, ctx)
             if ctx.is_main:
                 record.update(self.validate())
                 metric = record.get(f"val_{primary_metric(self.task)}")

@@ -1,0 +1,22 @@
+"""Data: the synthetic histology generator, image-folder data sets, splits, transforms, loaders."""
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    NORMALIZE_MEAN,
+    NORMALIZE_STD,
+    DataBundle,
+    DataError,
+    ImageClassificationFolder,
+    SegmentationFolder,
+    build_loaders,
+    build_transforms,
+    detect_task,
+    list_classes,
+    load_or_create_splits,
+)
+from .synth import CLASSES, GENERATOR_VERSION, generate
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "DataBundle", "DataError", "ImageClassificationFolder",
+    "SegmentationFolder", "build_loaders", "build_transforms", "detect_task", "list_classes", "load_or_create_splits",
+    "CLASSES", "GENERATOR_VERSION", "generate",
+]

@@ -1,0 +1,157 @@
+"""A deterministic synthetic H&E-like histology data set: the embedded default for the demo and tests.
+
+Pink eosin stroma with fibre streaks and purple hematoxylin nuclei with chromatin speckle.
+Four grades (BreakHis-like: normal, benign, in situ, invasive) differ in nuclear density, size,
+pleomorphism (irregular outlines, varied sizes) and hyperchromasia. Neighbouring grades'
+ranges overlap, so a small CNN can learn the task but not from the mean colour alone.
+Every image is drawn from its own generator seeded by (seed, grade, index), so the data set is
+byte-identical whatever the order or the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from io import BytesIO
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..io import write_bytes_atomic, write_json_atomic
+from .datasets import DataError
+
+GENERATOR_VERSION = "pathnas-synth-he/1"
+CLASSES = ("normal", "benign", "in_situ", "invasive")
+SEGMENT_CLASSES = ("background", "nucleus")
+
+# Per grade, (low, high) ranges at a 64x64 reference size: nuclei per image, mean radius in px,
+# pleomorphism (relative spread of radius and outline irregularity), hyperchromasia (0..1 darker).
+GRADES = {
+    "normal": dict(count=(5, 12), radius=(2.0, 2.9), pleo=(0.04, 0.16), hyper=(0.00, 0.20)),
+    "benign": dict(count=(9, 18), radius=(2.4, 3.3), pleo=(0.10, 0.26), hyper=(0.10, 0.35)),
+    "in_situ": dict(count=(14, 26), radius=(2.8, 3.9), pleo=(0.18, 0.40), hyper=(0.25, 0.55)),
+    "invasive": dict(count=(19, 34), radius=(3.2, 4.7), pleo=(0.30, 0.60), hyper=(0.40, 0.75)),
+}
+EOSIN = np.array([235.0, 160.0, 200.0])
+HEMATOXYLIN = np.array([80.0, 40.0, 130.0])
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(*bounds))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency texture in [-1, 1]: a coarse random grid upsampled bilinearly."""
+    coarse = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
+    img = Image.fromarray(((coarse + 1) * 127.5).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 127.5 - 1
+
+
+def render(rng: np.random.Generator, grade: str, size: int) -> tuple[Image.Image, np.ndarray]:
+    """One RGB tile of a grade and its nucleus mask (uint8, 0/1)."""
+    p = GRADES[grade]
+    scale = size / 64.0
+    # Stain variation per slide: eosin and hematoxylin tints drift a little.
+    eosin = EOSIN + rng.normal(0, 8, 3)
+    hema = HEMATOXYLIN + rng.normal(0, 6, 3)
+
+    # Stroma: base tint, low-frequency density changes, lighter fibre streaks.
+    texture = 0.6 * _smooth_noise(rng, size, 6) + 0.4 * _smooth_noise(rng, size, 16)
+    rgb = eosin[None, None, :] * (1.0 + 0.07 * texture[..., None])
+    fibres = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(fibres)
+    for _ in range(int(rng.integers(3, 8))):
+        x0, y0 = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, np.pi)
+        length = rng.uniform(0.3, 0.9) * size
+        x1, y1 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
+        draw.line([(x0, y0), (x1, y1)], fill=int(rng.integers(60, 140)), width=max(1, int(scale)))
+    fibres = np.asarray(fibres.filter(ImageFilter.GaussianBlur(1.2 * scale)), dtype=np.float32) / 255.0
+    rgb = rgb * (1 - 0.25 * fibres[..., None]) + 255.0 * 0.25 * fibres[..., None]
+
+    # Nuclei: irregular polygons around ellipses; pleomorphism spreads size and outline.
+    count = int(round(_uniform(rng, p["count"]) * scale * scale))
+    mean_radius = _uniform(rng, p["radius"]) * scale
+    pleo = _uniform(rng, p["pleo"])
+    hyper = _uniform(rng, p["hyper"])
+    mask_img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask_img)
+    angles = np.linspace(0, 2 * np.pi, 14, endpoint=False)
+    for _ in range(count):
+        cx, cy = rng.uniform(0, size, 2)
+        radius = max(1.0, mean_radius * (1 + pleo * rng.normal()))
+        elong = 1 + rng.uniform(0, 0.3 + pleo)
+        theta = rng.uniform(0, np.pi)
+        wobble = 1 + pleo * 0.5 * rng.normal(size=angles.size)
+        rx, ry = radius * elong * wobble, radius / elong * wobble
+        xs = cx + rx * np.cos(angles) * np.cos(theta) - ry * np.sin(angles) * np.sin(theta)
+        ys = cy + rx * np.cos(angles) * np.sin(theta) + ry * np.sin(angles) * np.cos(theta)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=255)
+    mask = (np.asarray(mask_img) > 127).astype(np.uint8)
+
+    alpha = np.asarray(mask_img.filter(ImageFilter.GaussianBlur(0.6 * scale)), dtype=np.float32) / 255.0
+    speckle = rng.uniform(0, 1, (size, size)).astype(np.float32)
+    nucleus = hema[None, None, :] * (1 - 0.45 * hyper - 0.25 * speckle[..., None] * (0.5 + hyper))
+    rgb = rgb * (1 - 0.92 * alpha[..., None]) + nucleus * 0.92 * alpha[..., None]
+    rgb += rng.normal(0, 3.0, rgb.shape)  # sensor noise
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.4))
+    return image, mask
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def generate(
+    out_dir: str | os.PathLike,
+    task: Literal["classify", "segment"] = "classify",
+    n_per_class: int = 60,
+    image_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """Write the data set into ``out_dir`` and return its summary (also saved as dataset.json).
+
+    Idempotent: an existing complete data set with the same parameters is left as it is.
+    Every file is written atomically and dataset.json, the completion marker, last.
+    """
+    if task not in ("classify", "segment"):
+        raise ValueError(f"task {task!r}: allowed values are classify, segment")
+    if n_per_class < 3:
+        raise ValueError(f"n_per_class {n_per_class}: at least 3 per class are needed for train/val/test splits")
+    if image_size < 16:
+        raise ValueError(f"image_size {image_size}: at least 16 pixels")
+    out = Path(out_dir)
+    params = {"generator": GENERATOR_VERSION, "task": task, "n_per_class": n_per_class,
+              "image_size": image_size, "seed": seed}
+    marker = out / "dataset.json"
+    if marker.exists():
+        existing = json.loads(marker.read_text())
+        if {k: existing.get(k) for k in params} == params:
+            return existing
+        raise DataError(
+            f"{marker}: a data set with other parameters is already there "
+            f"({ {k: existing.get(k) for k in params} }); choose another --out or delete it"
+        )
+    counts: dict[str, int] = {}
+    for c, grade in enumerate(CLASSES):
+        for i in range(n_per_class):
+            image, mask = render(np.random.default_rng([seed, c, i]), grade, image_size)
+            if task == "classify":
+                write_bytes_atomic(out / grade / f"{grade}_{i:04d}.png", _png_bytes(image))
+            else:
+                stem = f"img_{c * n_per_class + i:04d}"
+                write_bytes_atomic(out / "images" / f"{stem}.png", _png_bytes(image))
+                write_bytes_atomic(out / "masks" / f"{stem}.png", _png_bytes(Image.fromarray(mask, "L")))
+        counts[grade] = n_per_class
+    summary = {
+        **params,
+        "classes": list(CLASSES if task == "classify" else SEGMENT_CLASSES),
+        "counts": counts,
+        "description": "synthetic H&E-like tiles (pink stroma, purple nuclei); grades differ in nuclear "
+                       "density, size, pleomorphism and hyperchromasia; not real patient data",
+    }
+    write_json_atomic(marker, summary)
+    return summary
