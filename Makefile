@@ -15,14 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the embedded default: synthetic histology data, a tiny ShuffleNet
-# supernet pretrained on this machine's CPU, then one of its paths inspected and evaluated.
+# The main job on the embedded default: synthetic histology data, a CPU-sized ShuffleNet
+# supernet (5 choice layers, 4^5 paths) pretrained on this machine's CPU, then one of its
+# paths inspected and evaluated with inherited weights.
+DEMO_SPACE := --space shufflenet --input-size 64 --width-mult 0.5 --option 'stage_repeats=[1,1,2,1]'
 demo: $(STAMP)
-	$(BIN)/pathnas-edge data synth --out $(DEMO)/data --task classify --n-per-class 80 --image-size 64
-	$(BIN)/pathnas-edge pretrain --space shufflenet --data $(DEMO)/data --run-dir $(DEMO)/supernet \
-		--input-size 64 --width-mult 0.5 --epochs 4 --batch-size 32 --lr 0.2 --resume
-	$(BIN)/pathnas-edge inspect --supernet $(DEMO)/supernet/best.pt --arch 33333333333333333333
-	$(BIN)/pathnas-edge evaluate --supernet $(DEMO)/supernet/best.pt --data $(DEMO)/data --arch 33333333333333333333
+	$(BIN)/pathnas-edge data synth --out $(DEMO)/data --task classify --n-per-class 200 --image-size 64
+	$(BIN)/pathnas-edge pretrain $(DEMO_SPACE) --data $(DEMO)/data --run-dir $(DEMO)/supernet \
+		--epochs 20 --batch-size 32 --lr 0.02 --mixup-alpha 0 --cutmix-alpha 0 --resume
+	$(BIN)/pathnas-edge inspect --supernet $(DEMO)/supernet/best.pt --arch 35753
+	$(BIN)/pathnas-edge evaluate --supernet $(DEMO)/supernet/best.pt --data $(DEMO)/data --arch 35753
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -86,6 +86,8 @@ def pretrain(
     lr: float = typer.Option(0.1),
     weight_decay: float = typer.Option(4e-5),
     warmup_epochs: float = typer.Option(1.0),
+    mixup_alpha: float = typer.Option(0.8, help="timm mixup alpha (0 with --cutmix-alpha 0: no mixing)"),
+    cutmix_alpha: float = typer.Option(1.0, help="timm cutmix alpha"),
     input_size: Optional[int] = typer.Option(None, help="input side (default: the space's, 224)"),
     width_mult: Optional[float] = typer.Option(None, help="channel width multiplier"),
     option: list[str] = typer.Option([], help=OPTION_HELP),
@@ -109,7 +111,7 @@ def pretrain(
     cfg = space_config(space, **knobs)
     train_cfg = PretrainConfig(
         data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs, eval_paths=eval_paths, bn_images=bn_images, workers=workers, device=device,
+        warmup_epochs=warmup_epochs, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, eval_paths=eval_paths, bn_images=bn_images, workers=workers, device=device,
         seed=seed, skip_bad=skip_bad, max_steps_per_epoch=max_steps_per_epoch,
     )
     result = run_pretrain(cfg, train_cfg, resume=resume, progress=not no_progress)

@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis, parameter_count
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+with warnings.catch_warnings():  # fvcore touches torch.jit.script at import, which warns it is deprecated
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
+    from fvcore.nn.jit_handles import get_shape
 
 FLOPS_CONVENTION = "fvcore: 1 multiply-add = 1 flop (MACs); element-wise ops not counted"
 
