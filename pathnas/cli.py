@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _parse_options(options: list[str]) -> dict[str, Any]:
+def parse_options(options: list[str]) -> dict[str, Any]:
     """``--option key=value`` pairs; values are read as JSON where they parse (numbers, lists)."""
     out: dict[str, Any] = {}
     for item in options:
@@ -47,8 +47,8 @@ def _parse_options(options: list[str]) -> dict[str, Any]:
     return out
 
 
-def _space_knobs(input_size: Optional[int], width_mult: Optional[float], num_classes: Optional[int], options: list[str]):
-    knobs = _parse_options(options)
+def space_knobs(input_size: Optional[int], width_mult: Optional[float], num_classes: Optional[int], options: list[str]):
+    knobs = parse_options(options)
     for key, value in (("input_size", input_size), ("width_mult", width_mult), ("num_classes", num_classes)):
         if value is not None:
             knobs[key] = value
@@ -105,7 +105,7 @@ def pretrain(
     from .data import detect_task, list_classes
     from .train import PretrainConfig, pretrain as run_pretrain
 
-    knobs = _space_knobs(input_size, width_mult, None, option)
+    knobs = space_knobs(input_size, width_mult, None, option)
     task = detect_task(data)
     knobs.setdefault("num_classes", len(list_classes(data)) if task == "classify" else 2)
     cfg = space_config(space, **knobs)
@@ -119,7 +119,7 @@ def pretrain(
         console.print(f"[green]supernet trained[/green]: {run_dir}/last.pt, best: {run_dir}/best.pt")
 
 
-def _resolve_supernet(
+def resolve_supernet(
     supernet: Optional[Path], space: Optional[str], knobs: dict[str, Any]
 ) -> tuple[Supernet, Optional[dict]]:
     if supernet is not None:
@@ -147,7 +147,7 @@ def inspect(
     """Parameters, FLOPs (fvcore) and a per-layer table of one architecture."""
     from .cost import measure_cost
 
-    net, _ = _resolve_supernet(supernet, space, _space_knobs(input_size, width_mult, num_classes, option))
+    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
     parsed = net.check(arch)
     cfg = net.config
     cost = measure_cost(net.extract(parsed), (1, cfg.in_chans, cfg.input_size, cfg.input_size))
@@ -221,21 +221,21 @@ _register_commands()
 
 
 def main() -> None:
+    import click
+
     _setup_logging(verbose=False)
     try:
-        app(standalone_mode=False)
+        # Not standalone: so that user errors below become one clear line instead of a traceback.
+        code = app(standalone_mode=False)
     except USER_ERRORS as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise SystemExit(2) from None
-    except typer.Abort:
+    except click.exceptions.Abort:
         raise SystemExit(130) from None
-    except Exception as err:  # click's own usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
-        raise
+    except click.ClickException as err:  # usage errors: unknown option, bad value
+        err.show()
+        raise SystemExit(err.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""CLI: `pathnas-edge profile` (measure a device's latency table) and `pathnas-edge regress`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(profile)
+    app.command()(regress)
+
+
+def profile(
+    device: str = typer.Option(..., help="hardware profile name or alias (see hardware_profiles/)"),
+    space: Optional[str] = typer.Option(None, help="search space: shufflenet, unet, vit"),
+    supernet: Optional[Path] = typer.Option(None, help="take the space configuration from this checkpoint"),
+    input_size: Optional[int] = typer.Option(None),
+    width_mult: Optional[float] = typer.Option(None),
+    num_classes: Optional[int] = typer.Option(None),
+    option: list[str] = typer.Option([], help="extra space knob KEY=VALUE (repeatable)"),
+    subnets: int = typer.Option(40, min=4, help="random subnets measured end to end"),
+    fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
+    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (the fastest is kept)"),
+    out: Optional[Path] = typer.Option(None, help="table file (default: latency-tables/<device>/<space>-<digest>.json)"),
+    force: bool = typer.Option(False, "--force", help="measure even if this machine does not match the profile"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Measure a device's latency table. Run it ON the device (Jetson, workstation, this host)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pathnas.cli import console, resolve_supernet, space_knobs
+
+    from .profiles import load_profile
+    from .tables import measure_table, save_table, table_filename
+
+    hw = load_profile(device)
+    if not hw.runs_here() and not force:
+        raise ValueError(
+            f"this machine cannot measure {hw.name} ({hw.description}): run the command on that device "
+            f"(--force measures anyway, and the table will say which CPU it really ran on)"
+        )
+    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=as_json) as bar:
+        table = measure_table(net, hw, subnets=subnets, fit_subnets=fit_subnets, rounds=rounds, progress=bar)
+    path = out or Path("latency-tables") / hw.name / table_filename(table["space_config"])
+    save_table(table, path)
+    acc = table["accuracy"]
+    if as_json:
+        print(json.dumps({"table": str(path), "profile": hw.name, "parts": len(table["parts"]),
+                          "overhead": table["overhead"], "accuracy": acc}, indent=2))
+        return
+    console.print(f"[green]latency table[/green] {path}: {len(table['parts'])} parts, "
+                  f"{len(table['end_to_end'])} subnets ({table['overhead']['fit_subnets']} fit the overhead)")
+    console.print(f"held-out accuracy on {acc['subnets']} subnets: RMSE {acc['rmse_ms']:.4f} ms, RMSPE "
+                  f"{acc['rmspe_pct']:.2f}%, MAPE {acc['mape_pct']:.2f}%, within ±5% {acc['within_5_pct']:.0f}%, "
+                  f"±10% {acc['within_10_pct']:.0f}%, ±15% {acc['within_15_pct']:.0f}%")
+
+
+def regress(
+    model: Path = typer.Argument(..., help="ONNX model (.onnx) or OpenVINO IR (.xml)"),
+    baseline: Path = typer.Option(..., help="baseline JSON (written by --update-baseline)"),
+    device: str = typer.Option("cpu", help="hardware profile of this machine"),
+    tolerance: float = typer.Option(0.10, min=0.0, help="allowed slowdown, 0.10 = 10%"),
+    confidence: float = typer.Option(0.95, min=0.5, max=0.999),
+    rounds: int = typer.Option(5, min=1, help="timing rounds (20 samples each)"),
+    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="measure and (over)write the baseline"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Exit 1 when MODEL is slower on this device than its baseline beyond the tolerance."""
+    from pathnas.cli import console
+
+    from .profiles import load_profile
+    from .regress import check_baseline, compare, make_baseline, measure_samples, save_baseline, write_junit
+
+    if not model.is_file():
+        raise FileNotFoundError(f"model {model} does not exist")
+    hw = load_profile(device)
+    start = time.perf_counter()
+    if update_baseline:
+        save_baseline(baseline, make_baseline(model, hw, measure_samples(model, hw, rounds)))
+        console.print(f"baseline written to {baseline}")
+        return
+    if not baseline.is_file():
+        raise FileNotFoundError(f"baseline {baseline} does not exist; create it with --update-baseline")
+    try:
+        reference = json.loads(baseline.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{baseline}: not valid JSON ({err})") from None
+    check_baseline(reference, hw, str(baseline))
+    verdict = compare(measure_samples(model, hw, rounds), reference["samples_ms"], tolerance, confidence)
+    if junit:
+        write_junit(junit, f"{model.name}@{hw.name}", verdict, time.perf_counter() - start)
+    if as_json:
+        print(json.dumps({"model": str(model), "device": hw.name, **verdict.as_dict()}, indent=2))
+    else:
+        console.print(("[green]" if verdict.passed else "[red]") + verdict.summary())
+    if not verdict.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,139 @@
+"""The latency predictor the search calls: an architecture in, milliseconds on the device out.
+
+Two sources, never mixed: a table measured on the device (``measured-table``), or, only when
+asked for, a roofline estimate from the profile's published peak compute and bandwidth
+(``roofline-estimate``), which is labelled an estimate wherever it appears.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from .profiles import HardwareProfile
+from .tables import find_table, load_table, missing_table_error
+
+BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+class UnknownShapeError(KeyError):
+    """The table has no measurement for a part this architecture uses."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class LatencyPredictor:
+    source: str
+    is_estimate: bool
+
+    def __init__(self, profile: HardwareProfile, supernet):
+        self.profile = profile
+        self.supernet = supernet
+        self._parts = supernet.latency_parts()
+
+    def predict_ms(self, arch) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def label(self, latency_ms: float) -> str:
+        """The figure as it should be shown: estimates say so."""
+        return f"~{latency_ms:.3f} ms (roofline estimate)" if self.is_estimate else f"{latency_ms:.3f} ms"
+
+    def describe(self) -> dict:
+        return {"device": self.profile.name, "runtime": self.profile.runtime, "precision": self.profile.precision,
+                "batch_size": self.profile.batch_size, "source": self.source, "is_estimate": self.is_estimate}
+
+
+class TablePredictor(LatencyPredictor):
+    """Sum of the measured parts a path selects, through the fitted overhead model."""
+
+    source = "measured-table"
+    is_estimate = False
+
+    def __init__(self, profile: HardwareProfile, supernet, table: dict, table_path: Path | None = None):
+        super().__init__(profile, supernet)
+        if table["profile"] != profile.name:
+            raise ValueError(f"{table_path}: table was measured for device {table['profile']}, not {profile.name}")
+        self.table, self.table_path = table, table_path
+        self._scale = table["overhead"]["scale"]
+        self._offset = table["overhead"]["offset_ms"]
+
+    def parts_sum_ms(self, arch) -> float:
+        chosen = self.supernet.parts_for(arch, self._parts)
+        missing = [p.key for p in chosen if p.key not in self.table["parts"]]
+        if missing:
+            raise UnknownShapeError(
+                f"latency table {self.table_path or ''} has no measurement for {', '.join(missing)} "
+                f"(architecture {self.supernet.check(arch).code}); it was measured for another configuration: "
+                f"re-run pathnas-edge profile for this one"
+            )
+        return sum(self.table["parts"][p.key]["median_ms"] for p in chosen)
+
+    def predict_ms(self, arch) -> float:
+        return self._scale * self.parts_sum_ms(arch) + self._offset
+
+    def describe(self) -> dict:
+        return {**super().describe(), "table": str(self.table_path) if self.table_path else None,
+                "measured_on": self.table["metadata"].get("cpu_model"), "measured_at": self.table["metadata"].get("date"),
+                "holdout_accuracy": self.table.get("accuracy")}
+
+
+class RooflinePredictor(LatencyPredictor):
+    """Per part: max(compute time at peak, memory time at peak bandwidth). An estimate, not a measurement."""
+
+    source = "roofline-estimate"
+    is_estimate = True
+
+    def __init__(self, profile: HardwareProfile, supernet):
+        if not (profile.peak_gflops and profile.memory_bandwidth_gbs):
+            raise ValueError(
+                f"device {profile.name} publishes no peak_gflops / memory_bandwidth_gbs in its profile, "
+                f"so not even a roofline estimate is possible; measure it with pathnas-edge profile"
+            )
+        super().__init__(profile, supernet)
+        self._cache: dict[str, float] = {}
+
+    def _part_ms(self, part) -> float:
+        if part.key not in self._cache:
+            import torch
+
+            from pathnas.cost import measure_cost
+
+            module = part.build().eval()
+            with torch.no_grad():
+                out = module(torch.zeros(part.input_shape))
+            cost = measure_cost(module, part.input_shape)
+            values = cost.params + torch.Size(part.input_shape).numel() + out.numel()
+            compute_s = 2 * cost.flops / (self.profile.peak_gflops * 1e9)  # fvcore counts multiply-adds
+            memory_s = values * BYTES_PER_VALUE[self.profile.precision] / (self.profile.memory_bandwidth_gbs * 1e9)
+            self._cache[part.key] = 1e3 * max(compute_s, memory_s)
+        return self._cache[part.key]
+
+    def predict_ms(self, arch) -> float:
+        return sum(self._part_ms(p) for p in self.supernet.parts_for(arch, self._parts))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "peak_gflops": self.profile.peak_gflops,
+                "memory_bandwidth_gbs": self.profile.memory_bandwidth_gbs,
+                "note": "roofline estimate from published peaks; not measured on the device"}
+
+
+def predictor_for(
+    profile: HardwareProfile,
+    supernet,
+    latency_source: Literal["table", "roofline"] = "table",
+    table_path: str | Path | None = None,
+) -> LatencyPredictor:
+    """The predictor for a device and a supernet configuration.
+
+    ``table`` (the default) needs a table measured on the device; without one it raises
+    NoLatencyTableError saying which command to run there and where to put the file.
+    """
+    if latency_source == "roofline":
+        return RooflinePredictor(profile, supernet)
+    if latency_source != "table":
+        raise ValueError(f"latency source {latency_source!r}: allowed values are table, roofline")
+    config = supernet.config.model_dump(mode="json")
+    path = find_table(profile, config, table_path)
+    if path is None:
+        raise missing_table_error(profile, config)
+    return TablePredictor(profile, supernet, load_table(path), path)

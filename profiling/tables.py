@@ -1,0 +1,316 @@
+"""Per-device latency tables: measuring them, their file format, and where they are found.
+
+A table holds, for one hardware profile and one supernet configuration, the median latency
+of every distinct part (OFA-style: keyed by module and exact input shape), the overhead
+model fitted on whole subnets measured end to end, and the predictor's accuracy on held-out
+subnets. Files are schema-versioned JSON; every latency key carries its unit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from pathnas.io import write_json_atomic
+
+from .profiles import HardwareProfile, cpu_model
+from .timing import time_callable
+
+log = logging.getLogger("pathnas.profiling")
+
+SCHEMA = "pathnas-latency-table/1"
+TABLES_ENV = "PATHNAS_LATENCY_TABLES"
+
+
+class NoLatencyTableError(ValueError):
+    """The device has no measured table for this supernet configuration."""
+
+
+def config_digest(space_config: dict) -> str:
+    canonical = json.dumps(space_config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def table_filename(space_config: dict) -> str:
+    return f"{space_config['space']}-{config_digest(space_config)}.json"
+
+
+def packaged_tables_dir(profile: HardwareProfile) -> Path:
+    return Path(str(resources.files("pathnas.hardware_profiles"))) / "tables" / profile.name
+
+
+def find_table(profile: HardwareProfile, space_config: dict, table_path: str | Path | None = None) -> Path | None:
+    """An explicit path, else $PATHNAS_LATENCY_TABLES/<profile>/, else the tables shipped with the package."""
+    if table_path is not None:
+        path = Path(table_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latency table {path} does not exist")
+        return path
+    name = table_filename(space_config)
+    folders = [Path(os.environ[TABLES_ENV]) / profile.name] if os.environ.get(TABLES_ENV) else []
+    folders.append(packaged_tables_dir(profile))
+    return next((f / name for f in folders if (f / name).is_file()), None)
+
+
+def load_table(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable latency table ({err})") from None
+    if not isinstance(table, dict) or table.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a latency table of schema {SCHEMA} (found {table.get('schema') if isinstance(table, dict) else None!r})")
+    for key in ("profile", "space_config", "parts", "overhead", "metadata"):
+        if key not in table:
+            raise ValueError(f"{path}: latency table lacks {key!r}")
+    return table
+
+
+def profile_command(profile: HardwareProfile, space_config: dict, out: str | Path) -> str:
+    """The command a person runs on the device to measure the table this configuration needs."""
+    from pathnas.spaces import space_config as default_config
+
+    defaults = default_config(space_config["space"]).model_dump(mode="json")
+    args = [f"pathnas-edge profile --device {profile.name} --space {space_config['space']}"]
+    for key, value in space_config.items():
+        if key == "space" or defaults.get(key) == value:
+            continue
+        if key == "input_size":
+            args.append(f"--input-size {value}")
+        elif key == "width_mult":
+            args.append(f"--width-mult {value}")
+        else:
+            args.append(f"--option '{key}={json.dumps(value, separators=(',', ':'))}'")
+    args.append(f"--out {out}")
+    return " ".join(args)
+
+
+def missing_table_error(profile: HardwareProfile, space_config: dict) -> NoLatencyTableError:
+    name = table_filename(space_config)
+    target = f"$PATHNAS_LATENCY_TABLES/{profile.name}/{name}"
+    return NoLatencyTableError(
+        f"device {profile.name} has no measured latency table for this {space_config['space']} configuration. "
+        f"On the device ({profile.description}), run:\n  {profile_command(profile, space_config, name)}\n"
+        f"and put the file it writes at {target} (or at {packaged_tables_dir(profile) / name} to ship it), "
+        f"or pass --latency-table FILE. --latency-source roofline gives a labelled estimate instead."
+    )
+
+
+def runtime_versions(runtime: str) -> dict[str, str]:
+    import onnx
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
+    if runtime == "onnxruntime-cpu" or runtime == "tensorrt":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    if runtime == "openvino-cpu":
+        import openvino
+
+        versions["openvino"] = openvino.get_version()
+    if runtime == "tensorrt":
+        try:
+            import tensorrt
+
+            versions["tensorrt"] = tensorrt.__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def machine_metadata(profile: HardwareProfile) -> dict:
+    governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "frequency_governor": governor.read_text().strip() if governor.exists() else "not readable",
+        "runtime": profile.runtime,
+        "precision": profile.precision,
+        "threads": profile.threads,
+        "batch_size": profile.batch_size,
+        "versions": runtime_versions(profile.runtime),
+    }
+
+
+def accuracy_figures(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> dict:
+    """nn-Meter's figures: RMSE, RMSPE and the share of predictions within ±5/10/15 %."""
+    err = predicted_ms - measured_ms
+    rel = np.abs(err) / measured_ms
+    return {
+        "subnets": int(measured_ms.size),
+        "rmse_ms": float(np.sqrt(np.mean(err**2))),
+        "rmspe_pct": float(100 * np.sqrt(np.mean((err / measured_ms) ** 2))),
+        "mape_pct": float(100 * rel.mean()),
+        "within_5_pct": float(100 * np.mean(rel <= 0.05)),
+        "within_10_pct": float(100 * np.mean(rel <= 0.10)),
+        "within_15_pct": float(100 * np.mean(rel <= 0.15)),
+    }
+
+
+def fit_overhead(parts_sum_ms: np.ndarray, measured_ms: np.ndarray) -> dict:
+    """measured ≈ scale × (sum of parts) + offset, by least squares.
+
+    The offset is the work between parts (concatenations, the runtime's per-call cost paid
+    once instead of once per part); the scale absorbs what fusing the parts in one graph
+    saves. With fewer than 3 subnets only the offset is fitted.
+    """
+    if parts_sum_ms.size >= 3 and np.ptp(parts_sum_ms) > 0:
+        scale, offset = np.polyfit(parts_sum_ms, measured_ms, 1)
+        return {"model": "linear", "scale": float(scale), "offset_ms": float(offset)}
+    return {"model": "offset", "scale": 1.0, "offset_ms": float(np.mean(measured_ms - parts_sum_ms))}
+
+
+class _Item:
+    """One thing to time: a part or a whole subnet, exported and opened in the profile's runtime."""
+
+    def __init__(self, module, input_shape, profile: HardwareProfile, path: Path):
+        import torch
+
+        from pathnas.export.onnx_export import export_onnx
+        from pathnas.export.runtimes import open_runner
+
+        shape = (profile.batch_size, *input_shape[1:])
+        # Blocks and subnets are plain convolutions/attention: the TorchScript exporter is
+        # ~100x faster than dynamo here and gives the same graph.
+        export_onnx(module.eval(), path, shape, exporters=("legacy", "dynamo"))
+        self.runner = open_runner(path, profile.runtime, profile.threads)
+        self.x = torch.randn(*shape).numpy()
+        self.rounds: list = []
+
+    def time_once(self) -> None:
+        self.rounds.append(time_callable(lambda: self.runner.run(self.x), repeats=15))
+
+    def result(self, batch_size: int) -> dict:
+        # The fastest round's figures: interference (other load, a slower period of the VM)
+        # only ever adds time, so the minimum over rounds is the least disturbed estimate.
+        best = min(self.rounds, key=lambda r: r.median_ms)
+        return {"median_ms": best.median_ms / batch_size, "p90_ms": best.p90_ms / batch_size,
+                "rounds_median_ms": [round(r.median_ms / batch_size, 6) for r in self.rounds],
+                "runs": best.runs, "inner": best.inner}
+
+
+def measure_table(
+    supernet,
+    profile: HardwareProfile,
+    subnets: int = 40,
+    fit_subnets: int = 10,
+    rounds: int = 3,
+    seed: int = 0,
+    progress=None,
+) -> dict:
+    """Measure every part and ``subnets`` random paths end to end on this machine.
+
+    Everything is exported and opened first, then timed in ``rounds`` interleaved passes in
+    shuffled order, so a slow spell of the machine touches all items alike instead of
+    biasing whichever was being timed. The first ``fit_subnets`` paths fit the overhead
+    model; the rest are held out and give the accuracy figures. Returns the table (unsaved).
+    """
+    import random
+
+    import torch
+
+    if subnets <= fit_subnets:
+        raise ValueError(f"subnets ({subnets}) must exceed fit_subnets ({fit_subnets}) to leave held-out paths")
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds}: at least 1")
+    supernet = supernet.eval()
+    parts = supernet.latency_parts()
+    unique = {p.key: p for p in parts}
+    gen = torch.Generator().manual_seed(seed)
+    archs, seen = [], set()
+    for _ in range(subnets * 100):
+        if len(archs) == subnets:
+            break
+        arch = supernet.sample(gen)
+        if arch.code not in seen:
+            seen.add(arch.code)
+            archs.append(arch)
+    else:
+        raise ValueError(f"the space has fewer than {subnets} distinct paths")
+    total = len(unique) + len(archs)
+    task = progress.add_task(f"profiling {profile.name}", total=total * (rounds + 1)) if progress else None
+    with tempfile.TemporaryDirectory(prefix="pathnas-profile-") as tmp, torch.no_grad():
+        folder = Path(tmp)
+        items: dict[str, _Item] = {}
+        for i, (key, part) in enumerate(unique.items()):
+            items[key] = _Item(part.build(), part.input_shape, profile, folder / f"part{i}.onnx")
+            if progress:
+                progress.advance(task)
+        input_shape = tuple(supernet.example_input().shape)
+        for j, arch in enumerate(archs):
+            items[f"net:{arch.code}"] = _Item(supernet.extract(arch), input_shape, profile, folder / f"net{j}.onnx")
+            if progress:
+                progress.advance(task)
+        order = list(items)
+        shuffler = random.Random(seed)
+        for _ in range(rounds):
+            shuffler.shuffle(order)
+            for name in order:
+                items[name].time_once()
+                if progress:
+                    progress.advance(task)
+        providers = sorted({item.runner.provider for item in items.values()})
+        results = {name: item.result(profile.batch_size) for name, item in items.items()}
+        for item in items.values():
+            item.runner.close()
+    measured_parts = {key: {"input_shape": list(unique[key].input_shape), **results[key]} for key in unique}
+    end_to_end = []
+    for j, arch in enumerate(archs):
+        r = results[f"net:{arch.code}"]
+        end_to_end.append({
+            "arch": arch.code, "measured_median_ms": r["median_ms"], "measured_p90_ms": r["p90_ms"],
+            "parts_sum_ms": sum(measured_parts[p.key]["median_ms"] for p in supernet.parts_for(arch, parts)),
+            "set": "fit" if j < fit_subnets else "holdout",
+        })
+    fit = [r for r in end_to_end if r["set"] == "fit"]
+    overhead = fit_overhead(np.array([r["parts_sum_ms"] for r in fit]), np.array([r["measured_median_ms"] for r in fit]))
+    overhead["fit_subnets"] = len(fit)
+    for r in end_to_end:
+        r["predicted_ms"] = overhead["scale"] * r["parts_sum_ms"] + overhead["offset_ms"]
+    held = [r for r in end_to_end if r["set"] == "holdout"]
+    return {
+        "schema": SCHEMA,
+        "profile": profile.name,
+        "space": supernet.config.space,
+        "space_config": supernet.config.model_dump(mode="json"),
+        "config_digest": config_digest(supernet.config.model_dump(mode="json")),
+        "units": f"milliseconds per image at batch size {profile.batch_size}",
+        "metadata": {**machine_metadata(profile), "execution_providers": providers, "timing_rounds": rounds},
+        "parts": measured_parts,
+        "overhead": overhead,
+        "end_to_end": end_to_end,
+        "accuracy": accuracy_figures(np.array([r["measured_median_ms"] for r in held]),
+                                     np.array([r["predicted_ms"] for r in held])),
+    }
+
+
+def save_table(table: dict, path: str | Path) -> Path:
+    write_json_atomic(path, table)
+    return Path(path)
+
+
+def measure_model_latency(model, profile: HardwareProfile, input_shape: tuple[int, ...], rounds: int = 3) -> dict:
+    """Latency of a whole PyTorch model exported and run in the profile's runtime on this machine."""
+    import torch
+
+    if not profile.runs_here():
+        raise ValueError(f"device {profile.name} ({profile.description}) cannot be measured on this machine")
+    with tempfile.TemporaryDirectory(prefix="pathnas-measure-") as tmp, torch.no_grad():
+        item = _Item(model, input_shape, profile, Path(tmp) / "model.onnx")
+        for _ in range(rounds):
+            item.time_once()
+        provider = item.runner.provider
+        item.runner.close()
+    return {**item.result(profile.batch_size), "provider": provider}
