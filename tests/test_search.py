@@ -1,0 +1,287 @@
+"""The search loop against a real OpenAI-compatible server on loopback, driven by the real openai client."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathnas.data import generate
+from pathnas.io import read_jsonl
+from pathnas.profiling import load_profile, measure_table, save_table
+from pathnas.search import ProposalError, SearchSettings, ncode, parse_choice, parse_proposal, run_search
+from pathnas.spaces import space_config
+from pathnas.train import PretrainConfig, pretrain
+
+SECRET = "sk-test-SECRET-0123456789"
+TINY = dict(width_mult=0.25, input_size=32, num_classes=4, stage_repeats=(1, 1, 1, 1))
+
+
+# -- a scripted OpenAI-compatible server --------------------------------------------------------
+
+class ScriptedServer:
+    """POST /v1/chat/completions answers from a script: {"reply": text}, {"status": 500} or {"sleep": s, "reply": text}.
+    A callable entry gets the request body and returns one of those."""
+
+    def __init__(self, script):
+        self.script, self.requests = list(script), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                action = server.script.pop(0) if server.script else {"status": 500}
+                if callable(action):
+                    action = action(body)
+                if "sleep" in action:
+                    time.sleep(action["sleep"])
+                if action.get("status", 200) != 200:
+                    self.send_response(action["status"])
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "scripted failure", "type": "server_error"}}')
+                    return
+                payload = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": action["reply"]}}],
+                           "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def prompts(self) -> list[str]:
+        return [r["body"]["messages"][-1]["content"] for r in self.requests]
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(script):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+# -- a tiny pretrained supernet, its data and a table measured here -----------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    generate(root / "data", "classify", n_per_class=6, image_size=32, seed=0)
+    cfg = PretrainConfig(data=root / "data", run_dir=root / "supernet", epochs=1, batch_size=8, workers=0,
+                         eval_paths=0, device="cpu", max_steps_per_epoch=2)
+    result = pretrain(space_config("shufflenet", **TINY), cfg, progress=False)
+    table = measure_table(result.supernet, load_profile("cpu"), subnets=5, fit_subnets=3, rounds=1)
+    save_table(table, root / "table.json")
+    budget = sorted(r["predicted_ms"] for r in table["end_to_end"])[2]  # about half the space fits
+    return {"root": root, "supernet": root / "supernet" / "last.pt", "data": root / "data",
+            "table": root / "table.json", "budget_ms": budget}
+
+
+def settings(world, run_dir: Path, **overrides) -> SearchSettings:
+    base = dict(device="cpu", supernet=world["supernet"], data=world["data"], run_dir=run_dir,
+                latency_table=world["table"], bn_images=16, batch_size=16, measure_local=False,
+                llm_model="gpt-4o", llm_backoff_s=0.01, llm_timeout_s=5.0)
+    return SearchSettings(**{**base, **overrides})
+
+
+def proposal(values) -> str:
+    return json.dumps({"reasoning": "test", "configuration": values})
+
+
+# -- the LLM proposer against every kind of reply -----------------------------------------------
+
+def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server = server_factory([
+        {"reply": proposal([3, 3, 3, 3])},                                            # good JSON
+        {"reply": "Here you go:\n```json\n" + proposal([5, 5, 5, 5]) + "\n```"},      # fenced JSON
+        {"reply": "I suggest larger kernels late. " + proposal([3, 5, 7, 7]) + " Good luck!"},  # prose around JSON
+        {"reply": proposal([3, 5, 7])},                                               # wrong length ...
+        {"reply": proposal(["id", 5, 7, 3])},                                         # ... then fixed
+        {"reply": proposal([3, 4, 7, 3])},                                            # a value outside the space ...
+        {"reply": proposal([7, 7, 7, 7])},
+        {"reply": proposal([3, 3, 3, 3])},                                            # a repeat ...
+        {"reply": proposal([5, 3, 5, 3])},
+        {"status": 500},                                                              # a server error ...
+        {"reply": proposal([7, 5, 3, "id"])},
+        {"sleep": 1.5, "reply": proposal([7, 3, 7, 3])},                              # a timeout ...
+        {"reply": proposal([3, 7, 3, 7])},
+    ])
+    caplog.set_level(logging.DEBUG)
+    run = tmp_path / "run"
+    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=8,
+                                  budget_ms=world["budget_ms"] * 10, llm_timeout_s=0.7))
+    evaluations = read_jsonl(run / "evaluations.jsonl")
+    assert [e["arch"] for e in evaluations] == ["3333", "5555", "3577", "0573", "7777", "5353", "7530", "3737"]
+    assert summary["status"] == "completed" and summary["evaluations"] == 8
+    assert all(0 <= e["metric"] <= 100 and e["flops"] > 0 and e["latency_ms"] > 0 for e in evaluations)
+
+    prompts = server.prompts()
+    first = prompts[0]
+    assert "x86-cpu-ort" in first and "onnxruntime-cpu" in first and "latency on the device at most" in first
+    assert "predicted from a latency table measured on the device" in first
+    assert " ms |" in prompts[1] and "| 0 | 3333 |" in prompts[1]  # the history carries latency figures
+    assert "an architecture has 4 decisions, got 3" in prompts[4]
+    assert "position 1 (stage2.block1.kernel): '4' is not allowed" in prompts[6]
+    assert "3333 was already evaluated" in prompts[8]
+    assert all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)
+
+    transcript = (run / "transcript.jsonl").read_text()
+    calls = read_jsonl(run / "transcript.jsonl")
+    assert sum(1 for c in calls if c["error"]) == 2  # the 500 and the timeout, both retried
+    assert any("InternalServerError" in c["error"] for c in calls if c["error"])
+    assert any("Timeout" in c["error"] for c in calls if c["error"])
+    assert all(c["prompt_tokens"] == 100 and c["cost_usd_estimate"] > 0 for c in calls if not c["error"])
+    assert SECRET not in transcript and SECRET not in caplog.text
+    assert summary["llm"]["calls"] == len(calls) and (run / "pareto.png").stat().st_size > 1000
+
+
+def test_the_search_stops_cleanly_when_the_server_keeps_failing(world, server_factory, tmp_path):
+    server = server_factory([{"reply": proposal([3, 3, 3, 3])}] + [{"status": 503}] * 10)
+    run = tmp_path / "run"
+    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=5, llm_retries=2))
+    assert summary["status"] == "stopped" and "failed 3 times in a row" in summary["reason"]
+    assert [e["arch"] for e in read_jsonl(run / "evaluations.jsonl")] == ["3333"]  # what was done is kept
+    assert json.loads((run / "summary.json").read_text())["best"]["arch"] == "3333"
+
+
+def test_an_llm_that_never_gives_a_valid_answer_stops_the_search_cleanly(world, server_factory, tmp_path):
+    server = server_factory([{"reply": "I cannot help with that."}] * 3)
+    summary = run_search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=2))
+    assert summary["status"] == "stopped" and "no valid new architecture in 3 attempts" in summary["reason"]
+    assert "holds no JSON object" in server.prompts()[1]
+
+
+def test_replay_needs_no_network(world, server_factory, tmp_path):
+    server = server_factory([{"reply": proposal(v)} for v in ([3, 3, 3, 3], [5, 5, 5, 5], [7, 7, 7, 7])])
+    first = run_search(settings(world, tmp_path / "live", proposer="llm", llm_base_url=server.url, iterations=3))
+    server.close()
+    replayed = run_search(settings(world, tmp_path / "replay", proposer="llm", iterations=3,
+                                   llm_base_url="http://127.0.0.1:9/v1",  # nothing listens there
+                                   replay=tmp_path / "live" / "transcript.jsonl"))
+    live = read_jsonl(tmp_path / "live" / "evaluations.jsonl")
+    again = read_jsonl(tmp_path / "replay" / "evaluations.jsonl")
+    assert [e["arch"] for e in again] == [e["arch"] for e in live]
+    assert [round(e["metric"], 4) for e in again] == [round(e["metric"], 4) for e in live]
+    assert replayed["best"]["arch"] == first["best"]["arch"]
+
+
+def test_llm_rank_picks_one_of_the_feasible_candidates(world, server_factory, tmp_path):
+    seen = []
+
+    def pick_first(body):
+        prompt = body["messages"][-1]["content"]
+        seen.append(prompt)
+        return {"reply": json.dumps({"choice": 1})}
+
+    server = server_factory([pick_first] * 3)
+    run = tmp_path / "run"
+    summary = run_search(settings(world, run, proposer="llm-rank", llm_base_url=server.url, iterations=3,
+                                  budget_ms=world["budget_ms"]))
+    assert summary["status"] == "completed"
+    evaluations = read_jsonl(run / "evaluations.jsonl")
+    assert all(e["meets_budgets"] for e in evaluations)
+    assert "Candidates (all meet the budgets)" in seen[0] and "NCode" in seen[-1]
+    first_candidate = seen[0].split("Candidates (all meet the budgets):\n")[1].split("\n")[0]
+    assert first_candidate.startswith("1. NCode: ")
+    space = space_config("shufflenet", **TINY)
+    from pathnas.spaces import build_supernet
+
+    sp = build_supernet(space).space
+    assert ncode(sp.decode(evaluations[0]["arch"]), sp) == first_candidate.removeprefix("1. NCode: ")
+
+
+# -- offline proposers, budgets and resume ------------------------------------------------------
+
+@pytest.mark.parametrize("proposer", ["random", "evolution"])
+def test_offline_proposers_honour_the_budgets(world, tmp_path, proposer):
+    run = tmp_path / proposer
+    summary = run_search(settings(world, run, proposer=proposer, iterations=4, budget_ms=world["budget_ms"]))
+    evaluations = read_jsonl(run / "evaluations.jsonl")
+    assert len({e["arch"] for e in evaluations}) == 4
+    assert all(e["latency_ms"] <= world["budget_ms"] and e["meets_budgets"] for e in evaluations)
+    assert summary["best"]["metric"] == max(e["metric"] for e in evaluations)
+
+
+def test_auto_picks_evolution_offline(world, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert run_search(settings(world, tmp_path / "run", proposer="auto", iterations=1))["proposer"] == "evolution"
+
+
+def test_resume_does_not_re_evaluate(world, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_search(settings(world, run, proposer="random", iterations=2))
+    first = read_jsonl(run / "evaluations.jsonl")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_search(settings(world, run, proposer="random", iterations=4))
+    import pathnas.search.loop as loop
+
+    evaluated = []
+    original = loop.Evaluator.__call__
+    monkeypatch.setattr(loop.Evaluator, "__call__",
+                        lambda self, arch, *a, **k: evaluated.append(arch.code) or original(self, arch, *a, **k))
+    summary = run_search(settings(world, run, proposer="random", iterations=4, resume=True))
+    records = read_jsonl(run / "evaluations.jsonl")
+    assert records[:2] == first and len(records) == 4 and len(evaluated) == 2
+    assert not set(evaluated) & {r["arch"] for r in first} and summary["evaluations"] == 4
+
+
+# -- parsing replies ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def space():
+    from pathnas.spaces import build_supernet
+
+    return build_supernet(space_config("shufflenet", **TINY)).space
+
+
+def test_parse_maps_values_not_indices(space):
+    assert parse_proposal('{"configuration": [3, 5, 7, "id"]}', space).code == "3570"
+    assert parse_proposal('{"configuration": ["3", "5", "7", "ID"]}', space).code == "3570"
+    assert parse_proposal('{"configuration": "3570"}', space).code == "3570"
+    with pytest.raises(ProposalError, match="holds no JSON"):
+        parse_proposal("no json here", space)
+    with pytest.raises(ProposalError, match="does not parse"):
+        parse_proposal("```json\n{configuration: [3]}\n```", space)
+    with pytest.raises(ProposalError, match='no "configuration" field'):
+        parse_proposal('{"arch": [3, 3, 3, 3]}', space)
+    payload = '{"configuration": ["__import__(\'os\').system(\'false\')", 3, 3, 3]}'
+    with pytest.raises(ProposalError, match="is not allowed"):
+        parse_proposal(payload, space)  # data, never executed
+
+
+def test_parse_choice(space):
+    candidates = [space.decode("3333"), space.decode("5757")]
+    assert ncode(candidates[1], space) == "2323"
+    assert parse_choice('{"choice": "2323"}', space, candidates) == candidates[1]
+    assert parse_choice('{"choice": 1}', space, candidates) == candidates[0]
+    with pytest.raises(ProposalError, match="one of the 2 candidates"):
+        parse_choice('{"choice": "0000"}', space, candidates)
