@@ -194,6 +194,39 @@ def evaluate(
         console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
+@app.command()
+def pipeline(
+    run_dir: Path = typer.Option(Path("runs/demo"), help="the run directory (re-running resumes it)"),
+    data: Optional[Path] = typer.Option(None, help="your data set (default: the synthetic histology set)"),
+    device: str = typer.Option("cpu", help="target hardware profile"),
+    proposer: str = typer.Option("auto", help="llm, llm-rank, evolution, random or auto"),
+    iterations: int = typer.Option(10, min=1),
+    budget_ms: Optional[float] = typer.Option(None, help="latency budget on the device (ms per image)"),
+    budget_mflops: Optional[float] = typer.Option(None),
+    pretrain_epochs: int = typer.Option(20, min=1),
+    retrain_epochs: int = typer.Option(10, min=1),
+    format: str = typer.Option("onnx,openvino,tensorrt"),
+    precision: str = typer.Option("fp32,fp16,int8"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Everything, on the embedded default unless told otherwise: data, supernet, latency table,
+    search, extract, retrain, quantize, export, validate. Stages already done are skipped."""
+    from .export.artifacts import FORMATS, PRECISIONS, parse_list
+    from .export.report import print_report
+    from .pipeline import run_pipeline
+
+    summary = run_pipeline(run_dir, data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
+                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")),
+                           tuple(parse_list(precision, PRECISIONS, "--precision")), seed)
+    print_report(json.loads((run_dir / "validate" / "report.json").read_text()), console)
+    best = summary["search"]
+    key = summary["retrain"]["metric_name"]
+    console.print(f"searched {best['arch']} for {summary['device']}: retrained test {key} "
+                  f"{summary['retrain']['test'][key]:.2f}; everything is in {run_dir}")
+    if not summary["validation_passed"]:
+        raise typer.Exit(1)
+
+
 # Each area keeps its commands beside its code and registers them here. Modules import
 # their heavy dependencies inside the commands, so `pathnas-edge --help` stays fast.
 COMMAND_MODULES = (

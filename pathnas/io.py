@@ -72,3 +72,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def rewrite_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSONL log atomically (e.g. dropping the lines of an epoch a crash left unfinished)."""
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -8,7 +8,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pydantic import Field
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_loaders, load_or_create_splits
-from ..io import append_jsonl, read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
+from ..io import append_jsonl, read_jsonl, rewrite_jsonl, save_torch_atomic, write_json_atomic
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
 from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
 from .evaluate import evaluate_architecture, primary_metric
@@ -147,7 +146,7 @@ class _Trainer:
         self.best_metric = ckpt["best_metric"]
         if self.ctx.is_main:  # drop log lines of an epoch that ran after the checkpoint but never finished
             kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", 0) <= self.start_epoch]
-            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in kept))
+            rewrite_jsonl(self.run_dir / "metrics.jsonl", kept)
         log.info("resumed from %s after epoch %d", path, self.start_epoch)
 
     # -- the loop ------------------------------------------------------------------------
@@ -195,10 +194,6 @@ class _Trainer:
                 log.info("epoch %d: %s", epoch + 1, _summary(record))
             barrier(ctx)
         return read_jsonl(self.run_dir / "metrics.jsonl") if ctx.is_main else []
-
-
-def _json_line(record: dict) -> str:
-    return json.dumps(record) + "\n"
 
 
 def _summary(record: dict) -> str:

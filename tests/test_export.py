@@ -1,0 +1,201 @@
+"""Extract, retrain, quantize, export, validate, and the stage skip/resume mechanism."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pathnas.data import generate
+from pathnas.pipeline import stage_export, stage_extract, stage_validate
+from pathnas.retrain import RetrainConfig, retrain
+from pathnas.spaces import space_config
+from pathnas.stages import run_stage
+from pathnas.subnet import load_subnet
+from pathnas.train import PretrainConfig, pretrain
+
+TINY = dict(width_mult=0.5, input_size=32, stage_repeats=(1, 1, 1, 1))
+CLI = [sys.executable, "-m", "pathnas.cli"]
+
+
+def make_run(root: Path, task: str) -> tuple[Path, Path]:
+    data = root / "data"
+    generate(data, task, n_per_class=12 if task == "classify" else 5, image_size=32, seed=0)
+    name, knobs = ("shufflenet", {**TINY, "num_classes": 4}) if task == "classify" else \
+        ("unet", dict(width_mult=0.25, input_size=32, num_classes=2))
+    cfg = PretrainConfig(data=data, run_dir=root / "run" / "supernet", epochs=2, batch_size=8, lr=0.02, workers=0,
+                         eval_paths=0, device="cpu", mixup_alpha=0, cutmix_alpha=0)
+    pretrain(space_config(name, **knobs), cfg, progress=False)
+    return root / "run", data
+
+
+@pytest.fixture(scope="module")
+def classify_run(tmp_path_factory):
+    run, data = make_run(tmp_path_factory.mktemp("cls"), "classify")
+    stage_extract(run, run / "supernet" / "last.pt", "3575")
+    return run, data
+
+
+def test_extract_writes_a_standalone_subnet_with_the_supernet_weights(classify_run):
+    run, _ = classify_run
+    model, meta = load_subnet(run / "extract" / "subnet.pt")
+    assert meta["arch"] == "3575" and meta["task"] == "classify" and len(meta["classes"]) == 4
+    from pathnas.train import load_supernet
+
+    supernet, _ = load_supernet(run / "supernet" / "last.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), supernet.eval()(x, "3575"), atol=1e-6)
+
+
+def test_extract_refuses_a_search_without_a_feasible_best(tmp_path, classify_run):
+    run, _ = classify_run
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "summary.json").write_text(json.dumps({"best": None}))
+    with pytest.raises(ValueError, match="no architecture that meets every budget"):
+        stage_extract(tmp_path, run / "supernet" / "last.pt")
+
+
+def test_retrain_keeps_the_best_val_epoch_reads_test_once_and_resumes(classify_run, tmp_path):
+    run, data = classify_run
+    cfg = RetrainConfig(data=data, epochs=2, batch_size=8, lr=0.01, mixup_alpha=0, cutmix_alpha=0, warmup_epochs=0,
+                        device="cpu")
+    out = tmp_path / "retrain"
+    summary = retrain(run / "extract" / "subnet.pt", cfg, out)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best_val = max([summary["val"]["top1_pct"]] + [h["val_top1_pct"] for h in history])
+    assert summary["val"]["top1_pct"] == best_val and "top1_pct" in summary["test"]
+    # a longer schedule continues from the last checkpoint instead of starting over
+    more = retrain(run / "extract" / "subnet.pt", cfg.model_copy(update={"epochs": 3}), out)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and more["epochs"] == 3
+
+
+def test_stages_skip_when_inputs_are_unchanged_and_rerun_when_they_change(tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("a")
+    out = tmp_path / "out.txt"
+    calls = []
+
+    def work():
+        calls.append(1)
+        out.write_text(source.read_text().upper())
+
+    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    assert not run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    source.write_text("b")
+    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    out.unlink()  # a lost output reruns the stage
+    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    assert run_stage(tmp_path, "upper", {"source": source, "mode": 2}, [out], work)
+    assert len(calls) == 4 and out.read_text() == "B"
+    recorded = json.loads((tmp_path / "stages.json").read_text())["upper"]
+    assert recorded["outputs"] == ["out.txt"] and set(recorded["inputs"]) == {"source", "mode"}
+
+
+@pytest.fixture(scope="module")
+def exported(classify_run):
+    run, data = classify_run
+    rows = stage_export(run, data, ["onnx", "openvino", "tensorrt"], ["fp32", "fp16", "int8"], calibration_images=48)
+    return run, data, rows
+
+
+def test_export_writes_every_artifact_or_says_why_not(exported):
+    run, _, rows = exported
+    status = {(r["format"], r["precision"]): r["status"] for r in rows}
+    assert status[("onnx", "fp32")] == status[("onnx", "int8")] == "exported"
+    assert status[("openvino", "fp32")] == status[("openvino", "int8")] == "exported"
+    assert status[("onnx", "fp16")] == "skipped"
+    trt = [r for r in rows if r["format"] == "tensorrt"]
+    assert all(r["status"] == "skipped" and ("TensorRT" in r["reason"] or "CUDA" in r["reason"]) for r in trt)
+    model = onnx.load(str(run / "export" / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pathnas.arch"] == "3575" and json.loads(meta["pathnas.preprocess"])["input_size"] == 32
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 32, 32]
+    preprocess = json.loads((run / "export" / "preprocess.json").read_text())
+    assert preprocess["channel_order"] == "RGB" and len(preprocess["mean"]) == 3
+    assert json.loads((run / "export" / "labels.json").read_text()) == ["benign", "in_situ", "invasive", "normal"]
+    # OpenVINO keeps FP32 weights FP32 (no silent FP16 compression)
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(run / "export" / "openvino" / "model.xml"))
+    consts = [op for op in ir.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_output_size()]
+    assert not any(op.get_output_element_type(0) == ov.Type.f16 for op in consts)
+
+
+def test_int8_is_qdq_per_channel_calibrated_on_train_with_float_ends(exported):
+    run, _, _ = exported
+    model = onnx.load(str(run / "quantize" / "model_int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    record = json.loads((run / "quantize" / "calibration.json").read_text())
+    assert record["calibration_split"] == "train" and record["calibration_images"] == 48
+    assert len(record["float_nodes"]) == 2  # first conv and classifier kept in float
+    weight_scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1 and i.dims[0] > 1]
+    assert weight_scales  # per-channel scales
+    size_ratio = (run / "quantize" / "model_int8.onnx").stat().st_size / (run / "export" / "model.onnx").stat().st_size
+    assert size_ratio < 0.6
+
+
+def test_validation_reports_every_backend_and_precision(exported):
+    run, data, _ = exported
+    result = subprocess.run([*CLI, "validate", "--run-dir", str(run), "--data", str(data), "--json"],
+                            capture_output=True, text=True)
+    report = json.loads(result.stdout)
+    rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
+    fp32 = rows[("onnxruntime", "fp32")]
+    assert fp32["status"] == "passed" and fp32["top1_agreement_pct"] == 100.0 and fp32["cosine"] >= 0.99999
+    assert fp32["device"] == "CPUExecutionProvider" and fp32["latency_p50_ms"] > 0 and fp32["images_per_s"] > 0
+    assert rows[("openvino", "fp32")]["status"] == "passed" and "OpenVINO CPU" in rows[("openvino", "fp32")]["device"]
+    assert rows[("tensorrt", "fp16")]["status"] == "skipped"
+    assert rows[("pytorch", "fp32")]["status"] == "reference"
+    assert report["images"] == len(json.loads((data / "splits.json").read_text())["val"]) and report["split"] == "val"
+    assert (run / "validate" / "report.md").read_text().startswith("# Validation against PyTorch")
+    assert result.returncode == (0 if report["passed"] else 1)
+
+
+def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, tmp_path):
+    run, data, _ = exported
+    bad = tmp_path / "bad"
+    for sub in ("extract", "export"):
+        (bad / sub).mkdir(parents=True)
+    (bad / "extract" / "subnet.pt").write_bytes((run / "extract" / "subnet.pt").read_bytes())
+    model = onnx.load(str(run / "export" / "model.onnx"))
+    classifier = next(n for n in reversed(model.graph.node) if n.op_type in ("Gemm", "MatMul"))
+    weight = next(i for i in model.graph.initializer if i.name in classifier.input and len(i.dims) == 2)
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array *= 1.5  # a corrupted classifier weight
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(bad / "export" / "model.onnx"))
+    (bad / "export" / "export.json").write_text(json.dumps({"artifacts": [
+        {"format": "onnx", "backend": "onnxruntime", "precision": "fp32", "path": "export/model.onnx",
+         "status": "exported", "reason": None}]}))
+    result = subprocess.run([*CLI, "validate", "--run-dir", str(bad), "--data", str(data), "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    row = next(r for r in json.loads(result.stdout)["rows"] if r["backend"] == "onnxruntime")
+    assert row["status"] == "failed-validation" and "cosine" in row["reason"] and row["max_abs_diff"] > 1e-3
+
+
+def test_segmentation_validation_reports_pixel_agreement_and_dice(tmp_path):
+    run, data = make_run(tmp_path, "segment")
+    stage_extract(run, run / "supernet" / "last.pt", "33333333")
+    stage_export(run, data, ["onnx"], ["fp32"])
+    report = stage_validate(run, data)
+    row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
+    assert row["status"] == "passed" and row["metric_name"] == "dice_pct"
+    assert row["top1_agreement_pct"] == 100.0 and row["mask_dice_vs_pytorch_pct"] == 100.0
+
+
+def test_bad_format_and_precision_lists_are_refused(classify_run):
+    run, data = classify_run
+    result = subprocess.run([*CLI, "export", "--run-dir", str(run), "--data", str(data), "--format", "onnx,coreml"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "allowed values are onnx, openvino, tensorrt" in result.stderr
