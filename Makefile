@@ -12,19 +12,14 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[toolchain,test]'
 	touch $(STAMP)
 
 # The main job on the embedded default: synthetic histology data, a CPU-sized ShuffleNet
-# supernet (5 choice layers, 4^5 paths) pretrained on this machine's CPU, then one of its
-# paths inspected and evaluated with inherited weights.
-DEMO_SPACE := --space shufflenet --input-size 64 --width-mult 0.5 --option 'stage_repeats=[1,1,2,1]'
+# supernet pretrained on this CPU, the search for this CPU's latency, then extract, retrain,
+# export and validation. Re-running resumes: finished stages are skipped.
 demo: $(STAMP)
-	$(BIN)/pathnas-edge data synth --out $(DEMO)/data --task classify --n-per-class 200 --image-size 64
-	$(BIN)/pathnas-edge pretrain $(DEMO_SPACE) --data $(DEMO)/data --run-dir $(DEMO)/supernet \
-		--epochs 20 --batch-size 32 --lr 0.02 --mixup-alpha 0 --cutmix-alpha 0 --resume
-	$(BIN)/pathnas-edge inspect --supernet $(DEMO)/supernet/best.pt --arch 35753
-	$(BIN)/pathnas-edge evaluate --supernet $(DEMO)/supernet/best.pt --data $(DEMO)/data --arch 35753
+	$(BIN)/pathnas-edge pipeline --run-dir $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -39,7 +39,8 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 
 def export_artifacts(run_dir: Path, model, meta: dict, calib_loader, formats: list[str], precisions: list[str],
-                     calibration_images: int = 512, keep_first_conv: bool = True, keep_classifier: bool = True) -> list[dict]:
+                     calibration_images: int = 512, keep_first_conv: bool = True, keep_classifier: bool = True,
+                     dataset: dict | None = None) -> list[dict]:
     """Write the artifacts under RUN/export (and RUN/quantize); returns the rows of export.json."""
     import onnx
     import onnxruntime
@@ -101,7 +102,8 @@ def export_artifacts(run_dir: Path, model, meta: dict, calib_loader, formats: li
                 source = int8_path if precision == "int8" else onnx_path
                 add(fmt, precision, lambda s=source, p=precision: build_engine(s, export_dir / "tensorrt", shape, p))
     write_json_atomic(export_dir / "export.json", {"onnx": {**info, "path": rel(onnx_path)}, "artifacts": rows,
-                                                   "preprocess": preprocess, "arch": meta["arch"]})
+                                                   "preprocess": preprocess, "arch": meta["arch"],
+                                                   "task": meta["task"], "dataset": dataset})
     return rows
 
 

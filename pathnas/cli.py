@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from .data import DataError
+from .deploy.manifest import BundleError
 from .spaces import SUPERNETS, Architecture, ArchitectureError, ConfigError, Supernet, build_supernet, space_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -23,7 +24,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Errors caused by what the user asked for: printed as one clear line, exit code 2.
-USER_ERRORS = (ArchitectureError, ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (ArchitectureError, ConfigError, DataError, BundleError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -206,7 +207,8 @@ def pipeline(
     pretrain_epochs: int = typer.Option(20, min=1),
     retrain_epochs: int = typer.Option(10, min=1),
     format: str = typer.Option("onnx,openvino,tensorrt"),
-    precision: str = typer.Option("fp32,fp16,int8"),
+    precision: str = typer.Option("auto", help="comma-separated fp32, fp16, int8; auto: FP32 plus the "
+                                  "device profile's precision"),
     seed: int = typer.Option(0),
 ) -> None:
     """Everything, on the embedded default unless told otherwise: data, supernet, latency table,
@@ -215,9 +217,9 @@ def pipeline(
     from .export.report import print_report
     from .pipeline import run_pipeline
 
+    precisions = None if precision == "auto" else tuple(parse_list(precision, PRECISIONS, "--precision"))
     summary = run_pipeline(run_dir, data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
-                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")),
-                           tuple(parse_list(precision, PRECISIONS, "--precision")), seed)
+                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")), precisions, seed)
     print_report(json.loads((run_dir / "validate" / "report.json").read_text()), console)
     best = summary["search"]
     key = summary["retrain"]["metric_name"]

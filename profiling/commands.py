@@ -1,8 +1,10 @@
-"""CLI: `pathnas-edge profile` (measure a device's latency table) and `pathnas-edge regress`."""
+"""CLI: `pathnas-edge profile`, which measures a device's latency table.
+
+(`pathnas-edge regress` lives in deploy/commands.py: it checks bundles as well as model files.)
+"""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +13,6 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command()(profile)
-    app.command()(regress)
 
 
 def profile(
@@ -59,46 +60,3 @@ def profile(
     console.print(f"held-out accuracy on {acc['subnets']} subnets: RMSE {acc['rmse_ms']:.4f} ms, RMSPE "
                   f"{acc['rmspe_pct']:.2f}%, MAPE {acc['mape_pct']:.2f}%, within ±5% {acc['within_5_pct']:.0f}%, "
                   f"±10% {acc['within_10_pct']:.0f}%, ±15% {acc['within_15_pct']:.0f}%")
-
-
-def regress(
-    model: Path = typer.Argument(..., help="ONNX model (.onnx) or OpenVINO IR (.xml)"),
-    baseline: Path = typer.Option(..., help="baseline JSON (written by --update-baseline)"),
-    device: str = typer.Option("cpu", help="hardware profile of this machine"),
-    tolerance: float = typer.Option(0.10, min=0.0, help="allowed slowdown, 0.10 = 10%"),
-    confidence: float = typer.Option(0.95, min=0.5, max=0.999),
-    rounds: int = typer.Option(5, min=1, help="timing rounds (20 samples each)"),
-    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here"),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="measure and (over)write the baseline"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Exit 1 when MODEL is slower on this device than its baseline beyond the tolerance."""
-    from pathnas.cli import console
-
-    from .profiles import load_profile
-    from .regress import check_baseline, compare, make_baseline, measure_samples, save_baseline, write_junit
-
-    if not model.is_file():
-        raise FileNotFoundError(f"model {model} does not exist")
-    hw = load_profile(device)
-    start = time.perf_counter()
-    if update_baseline:
-        save_baseline(baseline, make_baseline(model, hw, measure_samples(model, hw, rounds)))
-        console.print(f"baseline written to {baseline}")
-        return
-    if not baseline.is_file():
-        raise FileNotFoundError(f"baseline {baseline} does not exist; create it with --update-baseline")
-    try:
-        reference = json.loads(baseline.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{baseline}: not valid JSON ({err})") from None
-    check_baseline(reference, hw, str(baseline))
-    verdict = compare(measure_samples(model, hw, rounds), reference["samples_ms"], tolerance, confidence)
-    if junit:
-        write_junit(junit, f"{model.name}@{hw.name}", verdict, time.perf_counter() - start)
-    if as_json:
-        print(json.dumps({"model": str(model), "device": hw.name, **verdict.as_dict()}, indent=2))
-    else:
-        console.print(("[green]" if verdict.passed else "[red]") + verdict.summary())
-    if not verdict.passed:
-        raise typer.Exit(1)

@@ -9,6 +9,7 @@ from .datasets import (
     SegmentationFolder,
     build_loaders,
     build_transforms,
+    dataset_summary,
     detect_task,
     list_classes,
     load_or_create_splits,
@@ -17,6 +18,6 @@ from .synth import CLASSES, GENERATOR_VERSION, generate
 
 __all__ = [
     "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "DataBundle", "DataError", "ImageClassificationFolder",
-    "SegmentationFolder", "build_loaders", "build_transforms", "detect_task", "list_classes", "load_or_create_splits",
+    "SegmentationFolder", "build_loaders", "build_transforms", "dataset_summary", "detect_task", "list_classes", "load_or_create_splits",
     "CLASSES", "GENERATOR_VERSION", "generate",
 ]

@@ -289,7 +289,16 @@ def build_loaders(
     )
 
 
+def dataset_summary(root: str | os.PathLike) -> dict:
+    """What a model card needs to say about the data: its own description (dataset.json) and split sizes."""
+    root = Path(root)
+    summary = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").exists() else {}
+    splits = load_or_create_splits(root)
+    summary.update(root=str(root), task=detect_task(root), split_sizes={s: len(splits[s]) for s in SPLITS})
+    return summary
+
+
 __all__: Sequence[str] = (
-    "DataError", "DataBundle", "detect_task", "list_classes", "load_or_create_splits", "ImageClassificationFolder",
+    "DataError", "DataBundle", "dataset_summary", "detect_task", "list_classes", "load_or_create_splits", "ImageClassificationFolder",
     "SegmentationFolder", "build_transforms", "build_loaders", "NORMALIZE_MEAN", "NORMALIZE_STD", "IMAGE_EXTENSIONS",
 )
