@@ -48,6 +48,22 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def load_torch_checkpoint(path: str | os.PathLike, expected_format: str, kind: str, map_location="cpu") -> dict:
+    """A checkpoint dict written by this project, with a clear error for a missing, damaged or foreign file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+        raise ValueError(f"{path}: not a pathnas {kind} checkpoint (expected format {expected_format})")
+    return ckpt
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of a JSONL log; a torn last line (a crash mid-append) is ignored."""
     path = Path(path)

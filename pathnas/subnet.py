@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io import save_torch_atomic
+from .io import load_torch_checkpoint, save_torch_atomic
 from .spaces import build_supernet, config_from_dict
 
 SUBNET_FORMAT = "pathnas-subnet/1"
@@ -26,15 +26,7 @@ def build_subnet(space_config: dict, arch: str) -> nn.Module:
 
 def load_subnet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a standalone model from a subnet checkpoint; returns it (eval mode) and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"subnet checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != SUBNET_FORMAT:
-        raise ValueError(f"{path}: not a pathnas subnet checkpoint (expected format {SUBNET_FORMAT})")
+    ckpt = load_torch_checkpoint(path, SUBNET_FORMAT, "subnet", map_location)
     model = build_subnet(ckpt["space_config"], ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "training")}

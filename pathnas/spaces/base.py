@@ -112,19 +112,7 @@ class SearchSpace:
             raise ArchitectureError(
                 f"{self.name}: an architecture has {len(self.decisions)} decisions, got {len(values)}"
             )
-        chosen: list[int | str | None] = []
-        for pos, (decision, raw) in enumerate(zip(self.decisions, values)):
-            if raw is None or raw == INACTIVE:
-                chosen.append(None)
-                continue
-            option = decision.by_value(str(raw))
-            if option is None:
-                raise ArchitectureError(
-                    f"{self.name}: position {pos} ({decision.name}): {raw!r} is not allowed; "
-                    f"allowed: {decision.describe_allowed()}"
-                )
-            chosen.append(option.value)
-        return self._finish(chosen)
+        return self._finish(self._lookup(values, Decision.by_value, "{!r}"))
 
     def decode(self, code: str) -> Architecture:
         """Validate a compact code (one character per decision)."""
@@ -133,19 +121,23 @@ class SearchSpace:
             raise ArchitectureError(
                 f"{self.name}: a code has {len(self.decisions)} characters, got {len(code)} ({code!r})"
             )
+        return self._finish(self._lookup(list(code), Decision.by_symbol, "code {!r}"))
+
+    def _lookup(self, items: list, find, shown: str) -> list[int | str | None]:
+        """Option values for raw items (values or code symbols); '-' or None where nothing is chosen."""
         chosen: list[int | str | None] = []
-        for pos, (decision, symbol) in enumerate(zip(self.decisions, code)):
-            if symbol == INACTIVE:
+        for pos, (decision, raw) in enumerate(zip(self.decisions, items)):
+            if raw is None or raw == INACTIVE:
                 chosen.append(None)
                 continue
-            option = decision.by_symbol(symbol)
+            option = find(decision, str(raw))
             if option is None:
                 raise ArchitectureError(
-                    f"{self.name}: position {pos} ({decision.name}): code {symbol!r} is not allowed; "
+                    f"{self.name}: position {pos} ({decision.name}): {shown.format(raw)} is not allowed; "
                     f"allowed: {decision.describe_allowed()}"
                 )
             chosen.append(option.value)
-        return self._finish(chosen)
+        return chosen
 
     def parse(self, text: str) -> Architecture:
         """Accept either the compact code or the explicit comma-separated values."""

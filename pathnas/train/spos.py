@@ -19,7 +19,7 @@ from pydantic import Field
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_loaders, load_or_create_splits
-from ..io import append_jsonl, read_jsonl, rewrite_jsonl, save_torch_atomic, write_json_atomic
+from ..io import append_jsonl, load_torch_checkpoint, read_jsonl, rewrite_jsonl, save_torch_atomic, write_json_atomic
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
 from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
 from .evaluate import evaluate_architecture, primary_metric
@@ -58,15 +58,7 @@ def path_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
     """Rebuild a supernet from a checkpoint written by ``pretrain``; returns it and the checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"supernet checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a pathnas supernet checkpoint (expected format {CHECKPOINT_FORMAT})")
+    ckpt = load_torch_checkpoint(path, CHECKPOINT_FORMAT, "supernet", map_location)
     supernet = build_supernet(config_from_dict(ckpt["space_config"]))
     supernet.load_state_dict(ckpt["model"])
     return supernet, ckpt
