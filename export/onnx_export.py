@@ -75,6 +75,11 @@ def export_onnx(
                     warnings.simplefilter("ignore")
                     exporter(model, example, tmp, opset)
                 proto = onnx.load(str(tmp))
+                for node in proto.graph.node:
+                    # The dynamo exporter annotates every node with stack traces and module paths:
+                    # debug data that leaks source paths and is ~6% of the file (more of a QDQ model).
+                    del node.metadata_props[:]
+                    node.doc_string = ""
                 if proto.ir_version > MAX_IR_VERSION:
                     proto.ir_version = MAX_IR_VERSION
                 for key, value in (metadata or {}).items():

@@ -80,7 +80,7 @@ class OpenVinoRunner:
             config[props.inference_num_threads] = threads
         self.compiled = core.compile_model(str(path), device, config)
         self.request = self.compiled.create_infer_request()
-        self.provider = f"OpenVINO {device} ({self.compiled.get_property(hints.inference_precision)})"
+        self.provider = f"OpenVINO {device} ({self.compiled.get_property(hints.inference_precision).to_string()})"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer({0: x})[0])
