@@ -83,7 +83,7 @@ def run_pipeline(run: Path, data: Path | None = None, device: str = "cpu", propo
                  precisions: tuple[str, ...] | None = None, seed: int = 0, progress: bool = True,
                  space: dict | None = None) -> dict:
     """Data -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate."""
-    from .data import generate, list_classes
+    from .data import generate, list_classes, load_or_create_splits
     from .profiling import load_profile, measure_table, predictor_for, save_table
     from .profiling.tables import NoLatencyTableError, table_filename
     from .retrain import RetrainConfig, retrain
@@ -97,6 +97,7 @@ def run_pipeline(run: Path, data: Path | None = None, device: str = "cpu", propo
         data = run / "data"
         run_stage(run, "data", {"generator": ["synth", 200, 64, seed]}, [data / "dataset.json"],
                   lambda: generate(data, "classify", n_per_class=200, image_size=64, seed=seed))
+    load_or_create_splits(data)  # drawn before any stage hashes the data folder, so later runs see the same hash
     supernet_ckpt = run / "supernet" / "last.pt"
     pretrain_cfg = PretrainConfig(data=data, run_dir=run / "supernet", epochs=pretrain_epochs, batch_size=32, lr=0.02,
                                   mixup_alpha=0, cutmix_alpha=0, workers=0, seed=seed, eval_paths=2)
