@@ -228,7 +228,6 @@ def run_search(settings: SearchSettings, on_evaluation=None) -> dict:
         raise FileExistsError(f"{run_dir} already holds a search: pass --resume to continue it, or another --run-dir")
     if settings.replay and not Path(settings.replay).is_file():
         raise FileNotFoundError(f"transcript {settings.replay} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(settings.torch_device)
     supernet, ckpt = load_supernet(settings.supernet)
     supernet.to(device).eval()
@@ -240,6 +239,7 @@ def run_search(settings: SearchSettings, on_evaluation=None) -> dict:
     if data.num_classes != supernet.config.num_classes:
         raise ValueError(f"{settings.data} has {data.num_classes} classes; the supernet was trained for "
                          f"{supernet.config.num_classes}")
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the settings are known to work
     budgets = Budgets(settings.budget_ms, settings.budget_mflops)
     evaluator = Evaluator(supernet, data, predictor, profile, settings, device)
     transcript = Transcript(run_dir / "transcript.jsonl")
