@@ -1,14 +1,16 @@
 """Regret of the proposers on a space small enough to evaluate every path once.
 
-    python benchmarks/proposer_regret.py [--seeds 10] [--cache benchmarks/.regret_table.json]
+    python benchmarks/proposer_regret.py [--seeds 20] [--cache benchmarks/.regret_table.json]
                                          [--transcript RUN/search/transcript.jsonl] [--json]
 
 A ShuffleNet supernet with one choice layer per stage (4^4 = 256 paths, input 32, width
 0.5) is pretrained briefly on the synthetic data; then every path is evaluated once with
 inherited weights and BN recalibration (the table is cached as JSON). Proposers run against
 that table: regret = best accuracy in the space minus the best accuracy found, after 10, 50
-and 100 evaluations, averaged over seeds. A replayed LLM transcript (`--transcript`) is
-scored the same way from the architectures it proposed.
+and 100 evaluations: mean and standard error over seeds, and the share of seeds that found the
+optimum. Evolution's first 50 evaluations are its random initial population (population 50),
+drawn from the same generator as `random`, so the two agree up to 50 by construction. A
+replayed LLM transcript (`--transcript`) is scored the same way from the architectures it proposed.
 """
 from __future__ import annotations
 
@@ -71,9 +73,15 @@ def regret_at(curve: list[float], optimum: float) -> dict[int, float | None]:
     return {n: (optimum - curve[n - 1]) if len(curve) >= n else None for n in BUDGETS}
 
 
+def summarize(regrets: list[float]) -> dict:
+    values = np.array(regrets)
+    sem = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "sem": sem, "found_optimum": float(np.mean(values == 0))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".regret_table.json")
     parser.add_argument("--transcript", type=Path, default=None, help="an LLM search's evaluations.jsonl or transcript")
     parser.add_argument("--json", action="store_true")
@@ -85,12 +93,12 @@ def main() -> None:
     results = {}
     for name, make in (("random", RandomProposer), ("evolution", EvolutionProposer)):
         regrets = [regret_at(run_proposer(make(seed), accuracy, space, max(BUDGETS)), optimum) for seed in range(args.seeds)]
-        results[name] = {n: float(np.mean([r[n] for r in regrets])) for n in BUDGETS}
+        results[name] = {n: summarize([r[n] for r in regrets]) for n in BUDGETS}
     if args.transcript:
         evaluations = args.transcript.parent / "evaluations.jsonl" if args.transcript.name != "evaluations.jsonl" else args.transcript
         codes = [r["arch"] for r in read_jsonl(evaluations)]
         curve = list(np.maximum.accumulate([accuracy[c] for c in codes if c in accuracy]))
-        results["llm (replayed)"] = regret_at(curve, optimum)
+        results["llm (replayed)"] = {n: None if r is None else summarize([r]) for n, r in regret_at(curve, optimum).items()}
     if args.json:
         json.dump({"paths": len(accuracy), "optimum_top1_pct": optimum, "seeds": args.seeds, "regret_pct": results},
                   sys.stdout, indent=2)
@@ -98,11 +106,13 @@ def main() -> None:
         return
     values = np.array(list(accuracy.values()))
     print(f"# {len(accuracy)} paths evaluated once (inherited weights + BN recalibration); top-1 on val: best "
-          f"{optimum:.2f}, median {np.median(values):.2f}, worst {values.min():.2f}; regret in points, mean of "
-          f"{args.seeds} seeds")
+          f"{optimum:.2f}, median {np.median(values):.2f}, worst {values.min():.2f}; regret in points: "
+          f"mean ± standard error over {args.seeds} seeds [share of seeds that found the optimum]")
     print("| proposer | after 10 | after 50 | after 100 |\n|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join("n/a" if r[n] is None else f"{r[n]:.2f}" for n in BUDGETS) + " |")
+        print(f"| {name} | " + " | ".join(
+            "n/a" if r[n] is None else f"{r[n]['mean']:.2f} ± {r[n]['sem']:.2f} [{r[n]['found_optimum']:.0%}]"
+            for n in BUDGETS) + " |")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ TINY = dict(width_mult=0.25, input_size=32, num_classes=4, stage_repeats=(1, 1, 
 # -- a scripted OpenAI-compatible server --------------------------------------------------------
 
 class ScriptedServer:
-    """POST /v1/chat/completions answers from a script: {"reply": text}, {"status": 500} or {"sleep": s, "reply": text}.
-    A callable entry gets the request body and returns one of those."""
+    """POST /v1/chat/completions answers from a script: {"reply": text}, {"sleep": s, "reply": text} or an error
+    {"status": 500, "headers": {...}, "echo_auth": bool}. A callable entry gets the request body and returns one."""
 
     def __init__(self, script):
         self.script, self.requests = list(script), []
@@ -45,10 +45,15 @@ class ScriptedServer:
                 if "sleep" in action:
                     time.sleep(action["sleep"])
                 if action.get("status", 200) != 200:
+                    # A careless server may echo the request's key in its error; the client must not repeat it.
+                    message = f"scripted failure for {self.headers.get('Authorization')}" if action.get("echo_auth") \
+                        else "scripted failure"
                     self.send_response(action["status"])
                     self.send_header("Content-Type", "application/json")
+                    for name, value in action.get("headers", {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "scripted failure", "type": "server_error"}}')
+                    self.wfile.write(json.dumps({"error": {"message": message, "type": "server_error"}}).encode())
                     return
                 payload = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
@@ -86,6 +91,15 @@ def server_factory():
     yield make
     for s in servers:
         s.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a shared 2-core machine two spinning OpenMP threads make these tiny convolutions several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- a tiny pretrained supernet, its data and a table measured here -----------------------------
@@ -218,6 +232,54 @@ def test_llm_rank_picks_one_of_the_feasible_candidates(world, server_factory, tm
     assert ncode(sp.decode(evaluations[0]["arch"]), sp) == first_candidate.removeprefix("1. NCode: ")
 
 
+def test_rate_limits_honour_retry_after(world, server_factory, tmp_path, monkeypatch):
+    import pathnas.search.llm as llm
+
+    delays = []
+    monkeypatch.setattr(llm.time, "sleep", delays.append)
+    server = server_factory([{"status": 429, "headers": {"Retry-After": "7"}}, {"status": 503},
+                             {"reply": proposal([5, 5, 5, 5])}])
+    summary = run_search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=1,
+                                  llm_backoff_s=0.25))
+    assert summary["status"] == "completed" and len(server.requests) == 3
+    assert delays[0] == 7.0  # the server's Retry-After, not our backoff
+    assert 0.25 <= delays[1] <= 0.5  # second retry without Retry-After: backoff 0.25 * 2 with jitter in [0.5, 1]
+
+
+def test_the_key_never_reaches_an_error_message_summary_or_log(world, server_factory, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server = server_factory([{"status": 401, "echo_auth": True}])
+    caplog.set_level(logging.DEBUG)
+    run = tmp_path / "run"
+    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=2))
+    assert server.requests[0]["auth"] == f"Bearer {SECRET}"  # the server did get the key ...
+    assert summary["status"] == "stopped" and "refused the request" in summary["reason"]
+    assert "[redacted]" in summary["reason"]  # ... and echoed it, redacted everywhere after
+    for path in (run / "summary.json", run / "transcript.jsonl"):
+        assert SECRET not in path.read_text()
+    assert SECRET not in caplog.text and len(server.requests) == 1  # a 401 is not retried
+
+
+def test_roofline_latency_is_labelled_an_estimate_in_the_prompt_and_summary(world, server_factory, tmp_path):
+    server = server_factory([{"reply": proposal([3, 3, 3, 3])}, {"reply": proposal([5, 5, 5, 5])}])
+    summary = run_search(settings(world, tmp_path / "run", device="jetson", latency_table=None, iterations=2,
+                                  latency_source="roofline", proposer="llm", llm_base_url=server.url, budget_ms=5.0))
+    first, second = server.prompts()
+    assert "jetson-orin-nano" in first and "ROOFLINE ESTIMATES" in first
+    assert "at most ~5.000 ms (roofline estimate)" in first
+    assert "ms (roofline estimate) | met |" in second  # the history row of the first evaluation
+    assert summary["device"]["is_estimate"] and summary["device"]["source"] == "roofline-estimate"
+    assert all(e["latency_is_estimate"] for e in read_jsonl(tmp_path / "run" / "evaluations.jsonl"))
+
+
+def test_finetuned_evaluation_and_latency_measured_on_this_machine(world, tmp_path):
+    run = tmp_path / "run"
+    run_search(settings(world, run, proposer="random", iterations=1, finetune_epochs=1, measure_local=True))
+    (record,) = read_jsonl(run / "evaluations.jsonl")
+    assert record["finetune_epochs"] == 1 and 0 <= record["metric"] <= 100
+    assert record["measured_latency_ms"] > 0  # the cpu profile runs here, so it was timed, not only predicted
+
+
 # -- offline proposers, budgets and resume ------------------------------------------------------
 
 @pytest.mark.parametrize("proposer", ["random", "evolution"])
@@ -285,3 +347,26 @@ def test_parse_choice(space):
     assert parse_choice('{"choice": 1}', space, candidates) == candidates[0]
     with pytest.raises(ProposalError, match="one of the 2 candidates"):
         parse_choice('{"choice": "0000"}', space, candidates)
+
+
+def test_parse_vit_positions_beyond_the_depth():
+    from pathnas.spaces import build_supernet
+
+    vit = build_supernet(space_config("vit", input_size=32, num_classes=4)).space
+    active = [4, 4] * 12
+    assert parse_proposal(json.dumps({"configuration": [12] + active + ["-"] * 4}), vit).code.endswith("----")
+    assert parse_proposal(json.dumps({"configuration": [12] + active + [None] * 4}), vit).code.endswith("----")
+    with pytest.raises(ProposalError, match=r"position 25 \(block13.heads\) does not apply"):
+        parse_proposal(json.dumps({"configuration": [12] + active + [4, 4, 4, 4]}), vit)
+    with pytest.raises(ProposalError, match=r"position 25 \(block13.heads\) applies .* allowed: 3, 4, 6, 8"):
+        parse_proposal(json.dumps({"configuration": [14] + active + ["-"] * 4}), vit)
+
+
+def test_system_prompt_variants_are_package_files():
+    from pathnas.search import LLMProposer
+
+    assert LLMProposer(None, "none").system_messages() == []
+    assert "helpful assistant" in LLMProposer(None, "generic").system_messages()[0]["content"]
+    assert "Neural Architecture Search" in LLMProposer(None, "expert").system_messages()[0]["content"]
+    with pytest.raises(ValueError, match="expert, generic, none"):
+        LLMProposer(None, "chatty")

@@ -179,6 +179,7 @@ class Evaluator:
         record = {
             "iteration": iteration, "arch": arch.code, "arch_explicit": arch.explicit(), "proposer": proposer,
             "metric_name": self.metric_name, "metric": metrics[self.metric_name], "metrics": metrics,
+            "finetune_epochs": self.settings.finetune_epochs,
             "flops": flops, "params": params, "latency_ms": latency,
             "latency_source": self.predictor.source, "latency_is_estimate": self.predictor.is_estimate,
         }
