@@ -2,7 +2,9 @@
 
 Layouts:
 - classification: ``ROOT/<class>/*.png|jpg|tif...`` (BreakHis / Kather)
-- segmentation: ``ROOT/images/<stem>.*`` with ``ROOT/masks/<stem>.*`` (label images)
+- segmentation: ``ROOT/images/<stem>.*`` with ``ROOT/masks/<stem>.*`` (integer label images)
+
+Every problem with the data is a DataError whose message starts with the file or folder at fault.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,11 +26,15 @@ from torchvision.transforms import v2
 
 from ..io import write_json_atomic
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+# The models start from ImageNet-style stems; exported preprocessing files repeat these numbers.
 NORMALIZE_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
 NORMALIZE_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits.json"
+MARKER_FILE = "dataset.json"
+SKIP_HINT = "--skip-bad skips such files"
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
 class DataError(Exception):
@@ -37,11 +42,27 @@ class DataError(Exception):
 
 
 def _images_in(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted; hidden files (and anything not an image) ignored."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _read_marker(root: Path) -> dict:
+    """The generator's dataset.json, or {} for a data set that has none (any real one)."""
+    marker = root / MARKER_FILE
+    if not marker.exists():
+        return {}
+    try:
+        summary = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{marker}: not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{marker}: expected a JSON object")
+    return summary
+
+
 def detect_task(root: str | os.PathLike) -> str:
+    """``"segment"`` for images/ + masks/ folders, ``"classify"`` for class subfolders of images."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder does not exist")
@@ -50,8 +71,8 @@ def detect_task(root: str | os.PathLike) -> str:
     if list_classes(root, required=False):
         return "classify"
     raise DataError(
-        f"{root}: no data set found; expected class subfolders of images (classification) "
-        f"or images/ and masks/ folders paired by file name (segmentation)"
+        f"{root}: no data set found; expected class subfolders of images, ROOT/<class>/*.png (classification), "
+        f"or ROOT/images/ and ROOT/masks/ folders paired by file name (segmentation)"
     )
 
 
@@ -64,17 +85,33 @@ def list_classes(root: str | os.PathLike, required: bool = True) -> list[str]:
     return classes
 
 
-def _all_samples(root: Path, task: str) -> dict[str, list[str]]:
-    """Relative image paths grouped by class (segmentation: one group)."""
-    if task == "classify":
-        return {c: [str(p.relative_to(root)) for p in _images_in(root / c)] for c in list_classes(root)}
-    images = {p.stem: p for p in _images_in(root / "images")}
-    masks = {p.stem: p for p in _images_in(root / "masks")}
+def _by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in _images_in(folder):
+        if path.stem in files:  # a.png and a.tif: which one pairs with the mask is a guess
+            raise DataError(f"{path}: same file name as {files[path.stem].name}; images and masks pair by name")
+        files[path.stem] = path
+    return files
+
+
+def _pair_segmentation(root: Path) -> dict[str, tuple[Path, Path]]:
+    """(image, mask) by file stem; an image without a mask or a mask without an image is an error."""
+    images, masks = _by_stem(root / "images"), _by_stem(root / "masks")
     for stem in sorted(set(images) ^ set(masks)):
-        missing = "mask" if stem in images else "image"
-        have = images.get(stem) or masks.get(stem)
-        raise DataError(f"{have}: no matching {missing} with the same file name in {root / (missing + 's')}")
-    return {"all": [str(images[s].relative_to(root)) for s in sorted(images)]}
+        if stem in images:
+            raise DataError(f"{images[stem]}: no matching mask with the same file name in {root / 'masks'}")
+        raise DataError(f"{masks[stem]}: no matching image with the same file name in {root / 'images'}")
+    if not images:
+        raise DataError(f"{root / 'images'}: no images")
+    return {stem: (images[stem], masks[stem]) for stem in sorted(images)}
+
+
+def _all_samples(root: Path, task: str) -> dict[str, list[str]]:
+    """Relative image paths (POSIX, so splits.json travels between systems) grouped by class;
+    segmentation has one group."""
+    if task == "classify":
+        return {c: [p.relative_to(root).as_posix() for p in _images_in(root / c)] for c in list_classes(root)}
+    return {"all": [image.relative_to(root).as_posix() for image, _ in _pair_segmentation(root).values()]}
 
 
 def load_or_create_splits(
@@ -83,33 +120,29 @@ def load_or_create_splits(
 ) -> dict:
     """Train/val/test relative paths, drawn once (stratified by class) and saved as ROOT/splits.json.
 
-    Later calls reuse the saved file whatever their seed: every stage must see the same split.
+    Later calls reuse the saved file whatever their seed or fractions: every stage (and every rank of a
+    distributed run) must see the same split, so the first draw wins. Delete the file to draw again.
+    Returns ``{"train": [...], "val": [...], "test": [...], "seed", "fractions", "task"}``.
     """
     root = Path(root)
     task = task or detect_task(root)
     path = root / SPLITS_FILE
     if path.exists():
-        try:
-            splits = json.loads(path.read_text())
-            names = [p for s in SPLITS for p in splits[s]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: not a valid splits file ({err}); delete it to draw the splits again") from None
-        for rel in names:
-            if not (root / rel).exists():
-                raise DataError(f"{root / rel}: listed in {path} but missing; restore it or delete {path}")
-        return splits
-    if abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
-        raise ValueError(f"split fractions {fractions} must be positive and sum to 1")
+        return _load_splits(root, path, task)
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"split fractions {fractions} must be three positive numbers that sum to 1")
     rng = random.Random(seed)
     splits: dict = {s: [] for s in SPLITS}
     for group, files in _all_samples(root, task).items():
-        if len(files) < 3:
-            raise DataError(f"{root / group if task == 'classify' else root}: {len(files)} image(s); "
-                            f"at least 3 are needed to give train, val and test one each")
+        n = len(files)
+        if n < 3:
+            where = root / group if task == "classify" else root / "images"
+            raise DataError(f"{where}: {n} image(s); at least 3 are needed to give train, val and test one each")
         files = sorted(files)
         rng.shuffle(files)
-        n_val = max(1, round(fractions[1] * len(files)))
-        n_test = max(1, round(fractions[2] * len(files)))
+        # At least one each, and never so many for val/test that train goes empty.
+        n_val = min(max(1, round(fractions[1] * n)), n - 2)
+        n_test = min(max(1, round(fractions[2] * n)), n - 1 - n_val)
         splits["val"] += files[:n_val]
         splits["test"] += files[n_val:n_val + n_test]
         splits["train"] += files[n_val + n_test:]
@@ -118,78 +151,110 @@ def load_or_create_splits(
     return splits
 
 
+def _load_splits(root: Path, path: Path, task: str) -> dict:
+    try:
+        splits = json.loads(path.read_text())
+        names = [p for s in SPLITS for p in splits[s]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a valid splits file ({err}); delete it to draw the splits again") from None
+    if splits.get("task", task) != task:
+        raise DataError(f"{path}: drawn for a {splits['task']} data set, this is a {task} one; delete it")
+    for rel in names:
+        if not (root / rel).exists():
+            raise DataError(f"{root / rel}: listed in {path} but missing; restore it or delete {path}")
+    return splits
+
+
+def _load_problem(path: Path) -> str | None:
+    """Why an image cannot be read, or None. verify() checks the structure (CRCs) without decoding;
+    load() then decodes, which is what catches a truncated body, notably in JPEGs."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            img.load()
+        return None
+    except Exception as err:  # PIL raises many types for a damaged file
+        return f"{type(err).__name__}: {err}"
+
+
 def _open_rgb(path: Path) -> Image.Image:
     """Any readable image as 8-bit RGB (grayscale, palette, RGBA and 16-bit included)."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if img.mode in _SIXTEEN_BIT_MODES:
+                # Scaled by the image's own maximum: 12-bit data in 16-bit files would be near black
+                # if divided by 257, and convert("RGB") would clip it to 255.
                 arr = np.asarray(img, dtype=np.float32)
-                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+                img = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
             return img.convert("RGB")
     except Exception as err:  # PIL raises many types for a damaged file
-        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err}); --skip-bad skips such files") from None
+        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err}); {SKIP_HINT}") from None
 
 
 def _open_mask(path: Path, num_classes: int) -> np.ndarray:
+    """An integer label image as int64 HxW; 0/255 binary masks become 0/1."""
     try:
         with Image.open(path) as img:
-            mask = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I", "I;16") else img)
+            img.load()
+            if img.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(img.convert("RGB"))
+                if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                    raise DataError(f"{path}: a colour mask; save class indices as a single-channel (L or P) image")
+                mask = rgb[..., 0]
+            elif img.mode == "LA":
+                mask = np.asarray(img.getchannel(0))
+            else:  # 1, L, P (palette indices are the labels), 16-bit
+                mask = np.asarray(img)
+    except DataError:
+        raise
     except Exception as err:
-        raise DataError(f"{path}: cannot read mask ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: cannot read mask ({type(err).__name__}: {err}); {SKIP_HINT}") from None
+    if mask.dtype.kind not in "biu":
+        raise DataError(f"{path}: mask pixels are {mask.dtype}, not integer class indices")
     values = np.unique(mask)
-    if num_classes == 2 and set(values.tolist()) <= {0, 255}:
-        mask = (mask > 0).astype(np.uint8)  # binary masks are often saved as 0/255
+    if values.max() >= num_classes and set(values.tolist()) <= {0, 255}:
+        mask = mask > 0  # binary masks are often saved as 0/255
     elif values.max() >= num_classes:
         raise DataError(f"{path}: mask value {int(values.max())} is not a class index (0..{num_classes - 1})")
     return mask.astype(np.int64)
 
 
-def _is_readable(path: Path) -> str | None:
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:
-            img.load()  # verify() does not decode pixel data; a truncated body fails here
-        return None
-    except Exception as err:
-        return f"{type(err).__name__}: {err}"
-
-
 class _FolderDataset(Dataset):
-    def __init__(self, root, split: str, transform, skip_bad: bool, files: list[str]):
+    """Shared checks: the split name, and every file of the split readable (or skipped)."""
+
+    def __init__(self, root, split: str, transform, skip_bad: bool, entries: list[tuple[Path, ...]]):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: allowed values are {', '.join(SPLITS)}")
         self.root, self.split, self.transform = Path(root), split, transform
         self.skipped: list[Path] = []
-        kept = []
-        for rel in files:
-            for path in self._paths_of(rel):
-                problem = _is_readable(path)
-                if problem:
-                    if not skip_bad:
-                        raise DataError(f"{path}: cannot read image ({problem}); --skip-bad skips such files")
-                    self.skipped.append(path)
-                    break
+        self._readable: list[tuple[Path, ...]] = []
+        for entry in entries:  # an entry is the image plus its mask, if any
+            bad = next(((p, why) for p in entry if (why := _load_problem(p))), None)
+            if bad is None:
+                self._readable.append(entry)
+            elif skip_bad:
+                self.skipped.append(bad[0])
             else:
-                kept.append(rel)
-        self.files = kept
-
-    def _paths_of(self, rel: str) -> list[Path]:
-        return [self.root / rel]
+                raise DataError(f"{bad[0]}: cannot read the file ({bad[1]}); {SKIP_HINT}")
+        if entries and not self._readable:
+            raise DataError(f"{self.root / SPLITS_FILE}: none of the {len(entries)} files of the {split} split is readable")
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self._readable)
 
 
 class ImageClassificationFolder(_FolderDataset):
+    """``ROOT/<class>/*`` images of one split; items are (image tensor, label)."""
+
     def __init__(self, root, split: str, transform=None, skip_bad: bool = False):
         root = Path(root)
         self.classes = list_classes(root)
-        splits = load_or_create_splits(root, "classify")
-        super().__init__(root, split, transform, skip_bad, splits[split])
         index = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(self.root / rel, index[Path(rel).parts[0]]) for rel in self.files]
+        splits = load_or_create_splits(root, "classify")
+        super().__init__(root, split, transform, skip_bad, [(root / rel,) for rel in splits[split]])
+        self.samples = [(path, index[path.parent.name]) for path, in self._readable]
         self.targets = [label for _, label in self.samples]
 
     def __getitem__(self, i: int):
@@ -201,35 +266,45 @@ class ImageClassificationFolder(_FolderDataset):
 
 
 class SegmentationFolder(_FolderDataset):
+    """``ROOT/images/*`` with ``ROOT/masks/*`` of one split; items are (image tensor, mask LongTensor HxW)."""
+
     def __init__(self, root, split: str, transform=None, skip_bad: bool = False, num_classes: int = 2):
         root = Path(root)
         self.num_classes = num_classes
-        self._masks = {p.stem: p for p in _images_in(root / "masks")}
+        pairs = _pair_segmentation(root)
         splits = load_or_create_splits(root, "segment")
-        super().__init__(root, split, transform, skip_bad, splits[split])
-
-    def _paths_of(self, rel: str) -> list[Path]:
-        return [self.root / rel, self._masks[Path(rel).stem]]
+        super().__init__(root, split, transform, skip_bad, [pairs[Path(rel).stem] for rel in splits[split]])
+        self.samples: list[tuple[Path, Path]] = list(self._readable)  # (image, mask)
 
     def __getitem__(self, i: int):
-        rel = self.files[i]
-        image = tv_tensors.Image(v2.functional.pil_to_tensor(_open_rgb(self.root / rel)))
-        mask = tv_tensors.Mask(torch.from_numpy(_open_mask(self._masks[Path(rel).stem], self.num_classes)))
+        image_path, mask_path = self.samples[i]
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(_open_rgb(image_path)))
+        mask = _open_mask(mask_path, self.num_classes)
+        if mask.shape != tuple(image.shape[-2:]):
+            raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                            f"{image_path.name} is {image.shape[-1]}x{image.shape[-2]}")
+        mask = tv_tensors.Mask(torch.from_numpy(mask))
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask.as_subclass(torch.Tensor).long()
 
 
 def build_transforms(task: str, input_size: int, train: bool) -> v2.Compose:
-    """Joint image(+mask) transforms; masks are resized nearest and stay integer."""
+    """Joint image(+mask) transforms: call ``tf(image)`` or ``tf(image, mask)`` with tv_tensors.
+
+    v2 applies the same random flip/rotation to both, resizes masks nearest-neighbour, and leaves
+    masks out of the colour jitter, the dtype conversion and the normalisation, so they stay integer.
+    """
+    if task not in ("classify", "segment"):
+        raise ValueError(f"task {task!r}: allowed values are classify, segment")
     steps: list = [v2.Resize((input_size, input_size), antialias=True)]
     if train:
         steps += [
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
+            # Tissue has no up: any multiple of 90 degrees (exact on the square, resized tile).
             v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
-            # stain variation; ColorJitter touches images only, never masks
-            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03),
+            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03),  # stain variation
         ]
     steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
               v2.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)]
@@ -238,6 +313,8 @@ def build_transforms(task: str, input_size: int, train: bool) -> v2.Compose:
 
 @dataclass
 class DataBundle:
+    """The loaders of one data set and what the models need to know about it."""
+
     task: str
     classes: list[str]
     num_classes: int
@@ -245,7 +322,15 @@ class DataBundle:
     val: DataLoader
     test: DataLoader
     calib: DataLoader  # the TRAIN split with eval transforms: BN recalibration and INT8 calibration
-    skipped: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # unreadable files dropped with skip_bad
+
+
+def segmentation_classes(root: Path) -> list[str]:
+    """Class names of a segmentation data set: from its dataset.json if it has one, else binary."""
+    summary = _read_marker(Path(root))
+    if summary.get("task") == "segment" and summary.get("classes"):
+        return list(summary["classes"])
+    return ["background", "nucleus"]
 
 
 def _dataset(root: Path, task: str, split: str, transform, skip_bad: bool, num_classes: int):
@@ -254,19 +339,15 @@ def _dataset(root: Path, task: str, split: str, transform, skip_bad: bool, num_c
     return SegmentationFolder(root, split, transform, skip_bad, num_classes)
 
 
-def segmentation_classes(root: Path) -> list[str]:
-    marker = root / "dataset.json"
-    if marker.exists():
-        classes = json.loads(marker.read_text()).get("classes")
-        if classes:
-            return list(classes)
-    return ["background", "nucleus"]
-
-
 def build_loaders(
     root: str | os.PathLike, input_size: int, batch_size: int, seed: int = 0, workers: int = 0,
     skip_bad: bool = False, distributed: bool = False, drop_last_train: bool = True,
 ) -> DataBundle:
+    """Train (augmented, shuffled with ``seed``), val, test and calib loaders of ROOT.
+
+    With ``distributed`` the train loader uses a seeded DistributedSampler (call its set_epoch each
+    epoch); val and test stay whole on every rank. The splits are drawn with ``seed`` only the first time.
+    """
     root = Path(root)
     task = detect_task(root)
     load_or_create_splits(root, task, seed=seed)
@@ -277,11 +358,12 @@ def build_loaders(
     val_set, test_set = (_dataset(root, task, s, eval_tf, skip_bad, n) for s in ("val", "test"))
     calib_set = copy.copy(train_set)  # the same (already verified) files, without augmentation
     calib_set.transform = eval_tf
-    generator = torch.Generator().manual_seed(seed)
     sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=drop_last_train) if distributed else None
+    # Dropping the last partial batch avoids a tiny BatchNorm batch, but never at the cost of every batch.
+    drop_last = drop_last_train and len(sampler if sampler is not None else train_set) >= batch_size
     common = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
-    train = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, generator=generator,
-                       drop_last=drop_last_train, **common)
+    train = DataLoader(train_set, shuffle=sampler is None, sampler=sampler,
+                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common)
     calib = DataLoader(calib_set, shuffle=True, generator=torch.Generator().manual_seed(seed + 1), **common)
     return DataBundle(
         task, classes, n, train, DataLoader(val_set, **common), DataLoader(test_set, **common), calib,
@@ -292,13 +374,14 @@ def build_loaders(
 def dataset_summary(root: str | os.PathLike) -> dict:
     """What a model card needs to say about the data: its own description (dataset.json) and split sizes."""
     root = Path(root)
-    summary = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").exists() else {}
+    summary = _read_marker(root)
     splits = load_or_create_splits(root)
     summary.update(root=str(root), task=detect_task(root), split_sizes={s: len(splits[s]) for s in SPLITS})
     return summary
 
 
-__all__: Sequence[str] = (
-    "DataError", "DataBundle", "dataset_summary", "detect_task", "list_classes", "load_or_create_splits", "ImageClassificationFolder",
-    "SegmentationFolder", "build_transforms", "build_loaders", "NORMALIZE_MEAN", "NORMALIZE_STD", "IMAGE_EXTENSIONS",
-)
+__all__ = [
+    "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "DataBundle", "DataError", "ImageClassificationFolder",
+    "SegmentationFolder", "build_loaders", "build_transforms", "dataset_summary", "detect_task", "list_classes",
+    "load_or_create_splits", "segmentation_classes",
+]

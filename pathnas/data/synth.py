@@ -5,7 +5,7 @@ Four grades (BreakHis-like: normal, benign, in situ, invasive) differ in nuclear
 pleomorphism (irregular outlines, varied sizes) and hyperchromasia. Neighbouring grades'
 ranges overlap, so a small CNN can learn the task but not from the mean colour alone.
 Every image is drawn from its own generator seeded by (seed, grade, index), so the data set is
-byte-identical whatever the order or the machine.
+byte-identical whatever the generation order (across machines: for the same numpy, Pillow and zlib).
 """
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..io import write_bytes_atomic, write_json_atomic
 from .datasets import DataError
 
-GENERATOR_VERSION = "pathnas-synth-he/1"
+# Bump whenever the pixels change, so an existing data set is never mistaken for a new one.
+# /2: the nucleus count no longer scales with the image size (sizes other than 64 were too sparse).
+GENERATOR_VERSION = "pathnas-synth-he/2"
 CLASSES = ("normal", "benign", "in_situ", "invasive")
 SEGMENT_CLASSES = ("background", "nucleus")
 
-# Per grade, (low, high) ranges at a 64x64 reference size: nuclei per image, mean radius in px,
+# Per grade, (low, high) ranges: nuclei per tile, mean radius in px at the 64x64 reference size,
 # pleomorphism (relative spread of radius and outline irregularity), hyperchromasia (0..1 darker).
+# A tile covers the same field of view whatever its size: lengths scale with the size, counts do not,
+# so the grades keep the same nuclear density at every resolution.
 GRADES = {
     "normal": dict(count=(5, 12), radius=(2.0, 2.9), pleo=(0.04, 0.16), hyper=(0.00, 0.20)),
     "benign": dict(count=(9, 18), radius=(2.4, 3.3), pleo=(0.10, 0.26), hyper=(0.10, 0.35)),
@@ -71,7 +75,7 @@ def render(rng: np.random.Generator, grade: str, size: int) -> tuple[Image.Image
     rgb = rgb * (1 - 0.25 * fibres[..., None]) + 255.0 * 0.25 * fibres[..., None]
 
     # Nuclei: irregular polygons around ellipses; pleomorphism spreads size and outline.
-    count = int(round(_uniform(rng, p["count"]) * scale * scale))
+    count = int(round(_uniform(rng, p["count"])))
     mean_radius = _uniform(rng, p["radius"]) * scale
     pleo = _uniform(rng, p["pleo"])
     hyper = _uniform(rng, p["hyper"])
@@ -105,6 +109,37 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _file_names(task: str, n_per_class: int) -> list[tuple[int, int, list[str]]]:
+    """(grade index, image index, relative output paths) of every tile, in generation order."""
+    names = []
+    for c, grade in enumerate(CLASSES):
+        for i in range(n_per_class):
+            if task == "classify":
+                names.append((c, i, [f"{grade}/{grade}_{i:04d}.png"]))
+            else:  # the grades in consecutive blocks of stems, one images/ + masks/ pair each
+                stem = f"img_{c * n_per_class + i:04d}"
+                names.append((c, i, [f"images/{stem}.png", f"masks/{stem}.png"]))
+    return names
+
+
+def _refuse_foreign_files(out: Path, expected: set[str]) -> None:
+    """Stop before mixing the synthetic tiles into another data set (or an unfinished one of other
+    parameters, whose leftover tiles would silently join the new data set)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    folders = {rel.split("/")[0] for rel in expected}
+    for entry in sorted(out.iterdir()):
+        if entry.name.startswith("."):  # temporary files of an interrupted write
+            continue
+        inside = sorted(entry.iterdir()) if entry.is_dir() and entry.name in folders else [entry]
+        for path in inside:
+            if not path.name.startswith(".") and path.relative_to(out).as_posix() not in expected:
+                raise DataError(f"{path}: {out} holds files this data set would not write (another data set or "
+                                f"an unfinished one with other parameters); choose another folder or delete it")
+
+
 def generate(
     out_dir: str | os.PathLike,
     task: Literal["classify", "segment"] = "classify",
@@ -114,8 +149,9 @@ def generate(
 ) -> dict:
     """Write the data set into ``out_dir`` and return its summary (also saved as dataset.json).
 
-    Idempotent: an existing complete data set with the same parameters is left as it is.
-    Every file is written atomically and dataset.json, the completion marker, last.
+    Idempotent: an existing complete data set with the same parameters is left as it is; one with
+    other parameters is a DataError. Every file is written atomically and dataset.json, the
+    completion marker, last, so an interrupted run is simply run again.
     """
     if task not in ("classify", "segment"):
         raise ValueError(f"task {task!r}: allowed values are classify, segment")
@@ -128,28 +164,27 @@ def generate(
               "image_size": image_size, "seed": seed}
     marker = out / "dataset.json"
     if marker.exists():
-        existing = json.loads(marker.read_text())
-        if {k: existing.get(k) for k in params} == params:
+        try:
+            existing = json.loads(marker.read_text())
+            found = {k: existing.get(k) for k in params}
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+            raise DataError(f"{marker}: not a readable data set marker ({err}); delete the folder to generate again") from None
+        if found == params:
             return existing
-        raise DataError(
-            f"{marker}: a data set with other parameters is already there "
-            f"({ {k: existing.get(k) for k in params} }); choose another --out or delete it"
-        )
-    counts: dict[str, int] = {}
-    for c, grade in enumerate(CLASSES):
-        for i in range(n_per_class):
-            image, mask = render(np.random.default_rng([seed, c, i]), grade, image_size)
-            if task == "classify":
-                write_bytes_atomic(out / grade / f"{grade}_{i:04d}.png", _png_bytes(image))
-            else:
-                stem = f"img_{c * n_per_class + i:04d}"
-                write_bytes_atomic(out / "images" / f"{stem}.png", _png_bytes(image))
-                write_bytes_atomic(out / "masks" / f"{stem}.png", _png_bytes(Image.fromarray(mask, "L")))
-        counts[grade] = n_per_class
+        differ = ", ".join(f"{k}={found[k]!r} (asked {params[k]!r})" for k in params if found[k] != params[k])
+        raise DataError(f"{marker}: a data set with other parameters is already there ({differ}); "
+                        f"choose another --out or delete it")
+    names = _file_names(task, n_per_class)
+    _refuse_foreign_files(out, {rel for _, _, rels in names for rel in rels})
+    for c, i, rels in names:
+        image, mask = render(np.random.default_rng([seed, c, i]), CLASSES[c], image_size)
+        write_bytes_atomic(out / rels[0], _png_bytes(image))
+        if task == "segment":
+            write_bytes_atomic(out / rels[1], _png_bytes(Image.fromarray(mask, "L")))
     summary = {
         **params,
         "classes": list(CLASSES if task == "classify" else SEGMENT_CLASSES),
-        "counts": counts,
+        "counts": {grade: n_per_class for grade in CLASSES},  # segment: tiles per grade
         "description": "synthetic H&E-like tiles (pink stroma, purple nuclei); grades differ in nuclear "
                        "density, size, pleomorphism and hyperchromasia; not real patient data",
     }
