@@ -4,14 +4,14 @@ Light to import: torch, onnxruntime and openvino load only when something is mea
 """
 from .predictor import LatencyPredictor, RooflinePredictor, TablePredictor, UnknownShapeError, predictor_for
 from .profiles import HardwareProfile, ProfileError, UnknownDeviceError, list_profiles, load_profile
-from .regress import BaselineMismatchError, Verdict, compare
+from .regress import BaselineMismatchError, Verdict, check_regression, compare
 from .tables import NoLatencyTableError, load_table, measure_model_latency, measure_table, save_table
 from .timing import TimingResult, time_callable
 
 __all__ = [
     "LatencyPredictor", "RooflinePredictor", "TablePredictor", "UnknownShapeError", "predictor_for",
     "HardwareProfile", "ProfileError", "UnknownDeviceError", "list_profiles", "load_profile",
-    "BaselineMismatchError", "Verdict", "compare",
+    "BaselineMismatchError", "Verdict", "check_regression", "compare",
     "NoLatencyTableError", "load_table", "measure_model_latency", "measure_table", "save_table",
     "TimingResult", "time_callable",
 ]

@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 from .profiles import HardwareProfile
-from .tables import find_table, load_table, missing_table_error
+from .tables import find_table, load_table, missing_table_error, profile_command, table_filename
 
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
-class UnknownShapeError(KeyError):
-    """The table has no measurement for a part this architecture uses."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
+class UnknownShapeError(ValueError):
+    """The table has no measurement for a part (module at an exact input shape) of this supernet."""
 
 
 class LatencyPredictor:
@@ -56,17 +53,20 @@ class TablePredictor(LatencyPredictor):
         self.table, self.table_path = table, table_path
         self._scale = table["overhead"]["scale"]
         self._offset = table["overhead"]["offset_ms"]
+        # Checked once, here, for every part the space can select: a search must not stop at
+        # its seventh candidate, and a missing part must never count as zero.
+        missing = sorted({p.key for p in self._parts if p.key not in table["parts"]})
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            config = supernet.config.model_dump(mode="json")
+            raise UnknownShapeError(
+                f"latency table {table_path or ''} has no measurement for {shown}: it was measured for another "
+                f"{config['space']} configuration. Measure this one on the device:\n  "
+                f"{profile_command(profile, config, table_filename(config))}"
+            )
 
     def parts_sum_ms(self, arch) -> float:
-        chosen = self.supernet.parts_for(arch, self._parts)
-        missing = [p.key for p in chosen if p.key not in self.table["parts"]]
-        if missing:
-            raise UnknownShapeError(
-                f"latency table {self.table_path or ''} has no measurement for {', '.join(missing)} "
-                f"(architecture {self.supernet.check(arch).code}); it was measured for another configuration: "
-                f"re-run pathnas-edge profile for this one"
-            )
-        return sum(self.table["parts"][p.key]["median_ms"] for p in chosen)
+        return sum(self.table["parts"][p.key]["median_ms"] for p in self.supernet.parts_for(arch, self._parts))
 
     def predict_ms(self, arch) -> float:
         return self._scale * self.parts_sum_ms(arch) + self._offset
@@ -74,6 +74,7 @@ class TablePredictor(LatencyPredictor):
     def describe(self) -> dict:
         return {**super().describe(), "table": str(self.table_path) if self.table_path else None,
                 "measured_on": self.table["metadata"].get("cpu_model"), "measured_at": self.table["metadata"].get("date"),
+                "metadata": self.table["metadata"], "overhead": self.table["overhead"],
                 "holdout_accuracy": self.table.get("accuracy")}
 
 

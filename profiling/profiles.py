@@ -47,20 +47,33 @@ class HardwareProfile(BaseModel):
     cpu_match: CpuMatch | None = None
 
     def runs_here(self) -> bool:
-        """Whether this machine can measure the profile: its runtime is here, and for CPU
-        profiles the CPU shows the architecture, vendor and instruction-set flags it names."""
-        if self.runtime in ("tensorrt", "torch-cuda"):
+        """Whether this machine can measure the profile.
+
+        GPU runtimes: the runtime imports and finds a CUDA GPU (TensorRT through the CUDA
+        runtime library, so no torch is needed). CPU runtimes: the runtime imports and the CPU
+        shows the architecture, vendor and instruction-set flags that ``cpu_match`` names
+        (a profile without ``cpu_match`` describes a machine that is not this one).
+        """
+        import importlib.util
+
+        if self.runtime == "torch-cuda":
             try:
                 import torch
-
-                if not torch.cuda.is_available():
-                    return False
-                if self.runtime == "tensorrt":
-                    import tensorrt  # noqa: F401
-                return True
             except ImportError:
                 return False
-        if self.cpu_match is None:
+            return torch.cuda.is_available()
+        if self.runtime == "tensorrt":
+            from pathnas.export.runtimes import CudaRuntime, ProviderError
+
+            if importlib.util.find_spec("tensorrt") is None:
+                return False
+            try:
+                CudaRuntime()
+            except ProviderError:
+                return False
+            return True
+        module = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino"}[self.runtime]
+        if self.cpu_match is None or importlib.util.find_spec(module) is None:
             return False
         cpu = _cpu_info()
         m = self.cpu_match

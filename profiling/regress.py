@@ -56,30 +56,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def model_input_shape(path: str | Path, batch_size: int = 1) -> tuple[int, ...]:
-    """The model's input shape with dynamic axes set to ``batch_size`` (ONNX or OpenVINO IR)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        return tuple(d.dim_value if d.dim_value > 0 else batch_size for d in dims)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        return tuple(d.get_length() if d.is_static else batch_size for d in shape)
-    raise ValueError(f"{path}: give an ONNX (.onnx) or OpenVINO IR (.xml) model, or a TensorRT engine with its shape")
-
-
 def measure_samples(path: str | Path, profile: HardwareProfile, rounds: int = 5, repeats: int = 20) -> list[float]:
-    """Per-call latency samples (ms per image) from several timing rounds of the model in the profile's runtime."""
+    """Per-call latency samples (ms per image) from several timing rounds of a model file
+    (.onnx, OpenVINO .xml, TensorRT .engine) in the profile's runtime, at the profile's batch size."""
     from pathnas.export.runtimes import open_runner
 
-    shape = model_input_shape(path, profile.batch_size)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runner = open_runner(path, profile.runtime, profile.threads)
+    runner = open_runner(path, profile.runtime, profile.threads, profile.precision)
     try:
+        x = np.random.default_rng(0).standard_normal(runner.fixed_input_shape(profile.batch_size), dtype=np.float32)
         samples: list[float] = []
         for _ in range(rounds):
             samples += time_callable(lambda: runner.run(x), repeats=repeats).samples_ms
@@ -116,6 +100,10 @@ def check_baseline(baseline: dict, profile: HardwareProfile, source: str = "base
                 f"{source} was measured with {key}={baseline.get(key)!r}, but this check runs with {key}={expected!r}; "
                 f"measure a baseline here with --update-baseline"
             )
+    samples = baseline.get("samples_ms")
+    if not isinstance(samples, list) or len(samples) < 5 or not all(isinstance(v, (int, float)) and v > 0 for v in samples):
+        raise ValueError(f"{source}: samples_ms must list at least 5 positive latencies (ms); re-measure it with "
+                         f"--update-baseline")
 
 
 def compare(current_ms: list[float], baseline_ms: list[float], tolerance: float = 0.10,
@@ -132,6 +120,15 @@ def compare(current_ms: list[float], baseline_ms: list[float], tolerance: float 
     ratio = float(np.median(cur) / np.median(base))
     return Verdict(bool(low <= 1 + tolerance), ratio, float(low), float(high), tolerance, confidence,
                    float(np.median(cur)), float(np.median(base)))
+
+
+def check_regression(path: str | Path, profile: HardwareProfile, baseline: dict, tolerance: float = 0.10,
+                     confidence: float = 0.95, rounds: int = 5, source: str = "baseline") -> Verdict:
+    """Measure ``path`` here and judge it against ``baseline`` (a baseline file's contents, or the
+    ``latency_baseline`` of a bundle manifest; ``source`` names it in errors). Raises
+    BaselineMismatchError when the baseline was measured on another device or runtime."""
+    check_baseline(baseline, profile, source)
+    return compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
 
 
 def write_junit(path: str | Path, name: str, verdict: Verdict, seconds: float) -> None:

@@ -172,21 +172,25 @@ def fit_overhead(parts_sum_ms: np.ndarray, measured_ms: np.ndarray) -> dict:
     return {"model": "offset", "scale": 1.0, "offset_ms": float(np.mean(measured_ms - parts_sum_ms))}
 
 
+def _export_for(profile: HardwareProfile, module, input_shape, path: Path) -> Path:
+    """``module`` as ONNX at the profile's batch size (every runtime here reads ONNX)."""
+    from pathnas.export.onnx_export import export_onnx
+
+    # Blocks and subnets are plain convolutions/attention: the TorchScript exporter is
+    # ~100x faster than dynamo here and gives the same graph.
+    export_onnx(module.eval(), path, (profile.batch_size, *input_shape[1:]), exporters=("legacy", "dynamo"))
+    return path
+
+
 class _Item:
-    """One thing to time: a part or a whole subnet, exported and opened in the profile's runtime."""
+    """One thing to time: a model file (a part, a subnet) opened in the profile's runtime."""
 
-    def __init__(self, module, input_shape, profile: HardwareProfile, path: Path):
-        import torch
-
-        from pathnas.export.onnx_export import export_onnx
+    def __init__(self, path: Path, profile: HardwareProfile):
         from pathnas.export.runtimes import open_runner
 
-        shape = (profile.batch_size, *input_shape[1:])
-        # Blocks and subnets are plain convolutions/attention: the TorchScript exporter is
-        # ~100x faster than dynamo here and gives the same graph.
-        export_onnx(module.eval(), path, shape, exporters=("legacy", "dynamo"))
-        self.runner = open_runner(path, profile.runtime, profile.threads)
-        self.x = torch.randn(*shape).numpy()
+        self.runner = open_runner(path, profile.runtime, profile.threads, profile.precision)
+        shape = self.runner.fixed_input_shape(profile.batch_size)
+        self.x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         self.rounds: list = []
 
     def time_once(self) -> None:
@@ -245,12 +249,13 @@ def measure_table(
         folder = Path(tmp)
         items: dict[str, _Item] = {}
         for i, (key, part) in enumerate(unique.items()):
-            items[key] = _Item(part.build(), part.input_shape, profile, folder / f"part{i}.onnx")
+            items[key] = _Item(_export_for(profile, part.build(), part.input_shape, folder / f"part{i}.onnx"), profile)
             if progress:
                 progress.advance(task)
         input_shape = tuple(supernet.example_input().shape)
         for j, arch in enumerate(archs):
-            items[f"net:{arch.code}"] = _Item(supernet.extract(arch), input_shape, profile, folder / f"net{j}.onnx")
+            net_path = _export_for(profile, supernet.extract(arch), input_shape, folder / f"net{j}.onnx")
+            items[f"net:{arch.code}"] = _Item(net_path, profile)
             if progress:
                 progress.advance(task)
         order = list(items)
@@ -301,16 +306,31 @@ def save_table(table: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def measure_model_latency(model, profile: HardwareProfile, input_shape: tuple[int, ...], rounds: int = 3) -> dict:
-    """Latency of a whole PyTorch model exported and run in the profile's runtime on this machine."""
-    import torch
+def measure_model_latency(model_or_path, profile: HardwareProfile, input_shape: tuple[int, ...] | None = None,
+                          rounds: int = 3) -> dict:
+    """Latency on this machine, in the profile's runtime, of a PyTorch model (exported to ONNX at
+    ``input_shape``, batch set to the profile's) or of a model file (.onnx, .xml, .engine) as it is.
 
+    Returns the fastest of ``rounds`` timing rounds: median_ms and p90_ms per image, the medians
+    of all rounds, and the provider that ran it.
+    """
     if not profile.runs_here():
         raise ValueError(f"device {profile.name} ({profile.description}) cannot be measured on this machine")
-    with tempfile.TemporaryDirectory(prefix="pathnas-measure-") as tmp, torch.no_grad():
-        item = _Item(model, input_shape, profile, Path(tmp) / "model.onnx")
-        for _ in range(rounds):
-            item.time_once()
-        provider = item.runner.provider
-        item.runner.close()
+    with tempfile.TemporaryDirectory(prefix="pathnas-measure-") as tmp:
+        if isinstance(model_or_path, (str, Path)):
+            path = Path(model_or_path)
+        else:
+            import torch
+
+            if input_shape is None:
+                raise ValueError("input_shape is needed to export a PyTorch model for timing")
+            with torch.no_grad():
+                path = _export_for(profile, model_or_path, input_shape, Path(tmp) / "model.onnx")
+        item = _Item(path, profile)
+        try:
+            for _ in range(rounds):
+                item.time_once()
+            provider = item.runner.provider
+        finally:
+            item.runner.close()
     return {**item.result(profile.batch_size), "provider": provider}

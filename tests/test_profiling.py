@@ -1,29 +1,36 @@
 """Hardware profiles, the timing protocol, latency tables, the predictor and regression checks."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pathnas.profiling import (
+    BaselineMismatchError,
     NoLatencyTableError,
     ProfileError,
     UnknownDeviceError,
     UnknownShapeError,
+    check_regression,
     compare,
     list_profiles,
     load_profile,
     load_table,
+    measure_model_latency,
     measure_table,
     predictor_for,
     save_table,
 )
 from pathnas.profiling import timing as timing_module
 from pathnas.profiling.profiles import read_profile
+from pathnas.profiling.regress import make_baseline, measure_samples
 from pathnas.profiling.tables import SCHEMA, config_digest
 from pathnas.spaces import build_supernet, space_config
 
@@ -116,10 +123,16 @@ def test_predictor_is_the_sum_of_the_selected_parts_through_the_overhead_model(t
 def test_a_shape_the_table_has_not_measured_is_an_error(tiny, tmp_path):
     missing = next(p.key for p in tiny.latency_parts() if p.requires == ((2, 7),))
     path = save_table(hand_made_table(tiny, drop_key=missing), tmp_path / "t.json")
-    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path)
-    predictor.predict_ms("3333")
-    with pytest.raises(UnknownShapeError, match=missing.replace("(", r"\(").replace(")", r"\)")):
-        predictor.predict_ms("3373")
+    # refused when the predictor is made, before any search relies on it, never counted as zero
+    with pytest.raises(UnknownShapeError, match=re.escape(missing)) as err:
+        predictor_for(load_profile("cpu"), tiny, table_path=path)
+    assert "pathnas-edge profile --device x86-cpu-ort --space shufflenet --input-size 32" in str(err.value)
+
+
+def test_a_table_for_another_device_is_refused(tiny, tmp_path):
+    path = save_table(hand_made_table(tiny), tmp_path / "t.json")
+    with pytest.raises(ValueError, match="measured for device x86-cpu-ort, not x86-cpu-openvino"):
+        predictor_for(load_profile("x86-cpu-openvino"), tiny, table_path=path)
 
 
 def test_table_format_is_checked(tmp_path):
@@ -181,6 +194,55 @@ def onnx_model(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("regress") / "model.onnx"
     export_onnx(tiny.extract("3333"), path, (1, 3, 32, 32), exporters=("legacy",))
     return path
+
+
+def test_runners_share_one_interface_and_check_what_they_run(onnx_model, tmp_path):
+    from pathnas.export.runtimes import open_runner
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    outputs = {}
+    for runtime, provider in (("onnxruntime-cpu", "CPUExecutionProvider"), ("openvino-cpu", "OpenVINO CPU")):
+        with open_runner(onnx_model, runtime, threads=1) as runner:
+            assert runner.input_shape == (None, 3, 32, 32) and runner.fixed_input_shape(2) == (2, 3, 32, 32)
+            assert runner.provider.startswith(provider)
+            outputs[runtime] = runner.run(x)
+    assert outputs["onnxruntime-cpu"].shape == (2, 4)
+    np.testing.assert_allclose(outputs["onnxruntime-cpu"], outputs["openvino-cpu"], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match=r"model.xml: runtime onnxruntime-cpu runs .onnx files, not .xml"):
+        open_runner(onnx_model.with_suffix(".xml"), "onnxruntime-cpu")
+    with pytest.raises(FileNotFoundError, match="missing.engine does not exist"):
+        open_runner(tmp_path / "missing.engine", "tensorrt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_a_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
+    from pathnas.export.runtimes import ProviderError, open_runner
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not used")
+    with pytest.raises(ProviderError, match="need the tensorrt package"):
+        open_runner(engine, "tensorrt")
+
+
+def test_measure_model_latency_of_a_file_and_of_a_module(tiny, onnx_model):
+    profile = load_profile("cpu")
+    from_file = measure_model_latency(onnx_model, profile, rounds=1)
+    from_module = measure_model_latency(tiny.extract("3333"), profile, (1, 3, 32, 32), rounds=1)
+    for result in (from_file, from_module):
+        assert result["provider"] == "CPUExecutionProvider" and 0 < result["median_ms"] <= result["p90_ms"]
+
+
+def test_check_regression_takes_a_baseline_dict(onnx_model):
+    profile = load_profile("cpu")
+    baseline = make_baseline(onnx_model, profile, measure_samples(onnx_model, profile, rounds=1))
+    assert check_regression(onnx_model, profile, baseline, tolerance=1.0, rounds=1).passed
+    too_fast = {**baseline, "samples_ms": [v * 0.3 for v in baseline["samples_ms"]]}
+    verdict = check_regression(onnx_model, profile, too_fast, rounds=1)
+    assert not verdict.passed and verdict.ci_low > 1.1
+    with pytest.raises(BaselineMismatchError, match="manifest.json was measured with runtime='openvino-cpu'"):
+        check_regression(onnx_model, profile, {**baseline, "runtime": "openvino-cpu"}, source="manifest.json")
+    with pytest.raises(ValueError, match="samples_ms must list at least 5"):
+        check_regression(onnx_model, profile, {**baseline, "samples_ms": [1.0]})
 
 
 def run_cli(*args):
