@@ -62,6 +62,9 @@ def quantize(
     calibration_images: int = typer.Option(512, min=1),
     quantize_first_conv: bool = typer.Option(False, "--quantize-first-conv", help="also quantize the first conv"),
     quantize_classifier: bool = typer.Option(False, "--quantize-classifier", help="also quantize the classifier"),
+    full_range_weights: bool = typer.Option(False, "--full-range-weights",
+                                            help="8-bit weights (safe on VNNI CPUs and GPUs; AVX2-only CPUs saturate)"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (QDQ, per-channel)."""
     from pathnas.cli import console
@@ -75,9 +78,15 @@ def quantize(
     bundle = build_loaders(data, preprocess["input_size"], 16)
     info = quantize_int8(source, run_dir / "quantize" / "model_int8.onnx",
                          calibration_batches(bundle.calib, calibration_images), not quantize_first_conv,
-                         not quantize_classifier, calibration_images)
+                         not quantize_classifier, calibration_images, reduce_range=not full_range_weights)
     write_calibration_record(run_dir / "quantize" / "calibration.json", info)
-    console.print(f"INT8 QDQ model: {run_dir / 'quantize' / 'model_int8.onnx'} (float nodes: {info['float_nodes']})")
+    int8 = run_dir / "quantize" / "model_int8.onnx"
+    info["size_mb"], info["fp32_size_mb"] = int8.stat().st_size / 1e6, source.stat().st_size / 1e6
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        console.print(f"INT8 QDQ model: {int8} ({info['size_mb']:.3f} MB, {100 * info['size_mb'] / info['fp32_size_mb']:.0f}% "
+                      f"of FP32; float nodes: {info['float_nodes']})")
 
 
 def export(
@@ -89,6 +98,8 @@ def export(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export the retrained (or extracted) model; unavailable combinations are skipped with the reason."""
+    from rich.markup import escape
+
     from pathnas.cli import console
     from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
     from pathnas.pipeline import stage_export
@@ -101,7 +112,7 @@ def export(
     for r in rows:
         colour = {"exported": "green", "skipped": "yellow"}.get(r["status"], "red")
         console.print(f"[{colour}]{r['format']:9s} {r['precision']:5s} {r['status']}[/{colour}] "
-                      f"{r['path'] or ''}{(': ' + r['reason']) if r['reason'] else ''}")
+                      f"{r['path'] or ''}{escape(': ' + r['reason']) if r['reason'] else ''}")
 
 
 def validate(

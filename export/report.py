@@ -42,6 +42,7 @@ def save_report(report: dict, folder: Path) -> None:
 
 
 def print_report(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"validation on {report['images']} {report['split']} images")
@@ -54,7 +55,7 @@ def print_report(report: dict, console) -> None:
         if r.get("reason"):
             notes.append(f"[{len(notes) + 1}] {r['backend']} {r['precision']}: {r['reason'].splitlines()[0]}")
             cells[3] += f" [{len(notes)}]"
-        table.add_row(*cells, style=style)
+        table.add_row(*(escape(c) for c in cells), style=style)
     console.print(table)
     for note in notes + report.get("notes", []):
         console.print(note, soft_wrap=True, markup=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +18,19 @@ from pathnas.stages import run_stage
 from pathnas.subnet import load_subnet
 from pathnas.train import PretrainConfig, pretrain
 
-TINY = dict(width_mult=0.5, input_size=32, stage_repeats=(1, 1, 1, 1))
-CLI = [sys.executable, "-m", "pathnas.cli"]
+TINY = dict(width_mult=0.25, input_size=32, stage_repeats=(1, 1, 1, 1))
+
+
+def cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """`pathnas-edge ARGS` in this process (a subprocess would re-import torch for each call)."""
+    from pathnas.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
 def make_run(root: Path, task: str) -> tuple[Path, Path]:
@@ -98,6 +108,22 @@ def test_stages_skip_when_inputs_are_unchanged_and_rerun_when_they_change(tmp_pa
     assert recorded["outputs"] == ["out.txt"] and set(recorded["inputs"]) == {"source", "mode"}
 
 
+def test_a_crashed_stage_is_not_recorded_and_runs_again(tmp_path):
+    out = tmp_path / "out.txt"
+
+    def crash():
+        out.write_text("half")
+        raise KeyboardInterrupt  # killed mid-stage
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "flaky", {"mode": 1}, [out], crash)
+    assert not (tmp_path / "stages.json").exists()
+    assert run_stage(tmp_path, "flaky", {"mode": 1}, [out], lambda: out.write_text("done"))
+    assert not run_stage(tmp_path, "flaky", {"mode": 1}, [out], crash)
+    with pytest.raises(RuntimeError, match="without writing"):
+        run_stage(tmp_path, "lazy", {}, [tmp_path / "never.txt"], lambda: None)
+
+
 @pytest.fixture(scope="module")
 def exported(classify_run):
     run, data = classify_run
@@ -142,13 +168,31 @@ def test_int8_is_qdq_per_channel_calibrated_on_train_with_float_ends(exported):
     assert weight_scales  # per-channel scales
     size_ratio = (run / "quantize" / "model_int8.onnx").stat().st_size / (run / "export" / "model.onnx").stat().st_size
     assert size_ratio < 0.6
+    from pathnas.export.quantize import float_nodes
+
+    fp32 = run / "export" / "model.onnx"
+    nodes = {n.name: n.op_type for n in onnx.load(str(fp32)).graph.node}
+    first, classifier = float_nodes(fp32)
+    assert nodes[first] == "Conv" and nodes[classifier] in ("Gemm", "MatMul")
+    assert float_nodes(fp32, keep_first_conv=False) == [classifier] and float_nodes(fp32, False, False) == []
 
 
-def test_validation_reports_every_backend_and_precision(exported):
+def test_quantize_command_can_quantize_the_first_conv_too(exported, tmp_path, capsys, monkeypatch):
     run, data, _ = exported
-    result = subprocess.run([*CLI, "validate", "--run-dir", str(run), "--data", str(data), "--json"],
-                            capture_output=True, text=True)
-    report = json.loads(result.stdout)
+    (tmp_path / "export").mkdir()
+    for name in ("model.onnx", "preprocess.json"):
+        (tmp_path / "export" / name).write_bytes((run / "export" / name).read_bytes())
+    code, out, _ = cli(capsys, monkeypatch, "quantize", "--run-dir", str(tmp_path), "--data", str(data),
+                       "--calibration-images", "16", "--quantize-first-conv", "--json")
+    info = json.loads(out)
+    assert code == 0 and len(info["float_nodes"]) == 1 and info["calibration_images"] == 16
+    assert info["size_mb"] < info["fp32_size_mb"] and (tmp_path / "quantize" / "calibration.json").exists()
+
+
+def test_validation_reports_every_backend_and_precision(exported, capsys, monkeypatch):
+    run, data, _ = exported
+    code, out, _ = cli(capsys, monkeypatch, "validate", "--run-dir", str(run), "--data", str(data), "--json")
+    report = json.loads(out)
     rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
     fp32 = rows[("onnxruntime", "fp32")]
     assert fp32["status"] == "passed" and fp32["top1_agreement_pct"] == 100.0 and fp32["cosine"] >= 0.99999
@@ -158,10 +202,10 @@ def test_validation_reports_every_backend_and_precision(exported):
     assert rows[("pytorch", "fp32")]["status"] == "reference"
     assert report["images"] == len(json.loads((data / "splits.json").read_text())["val"]) and report["split"] == "val"
     assert (run / "validate" / "report.md").read_text().startswith("# Validation against PyTorch")
-    assert result.returncode == (0 if report["passed"] else 1)
+    assert code == (0 if report["passed"] else 1)
 
 
-def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, tmp_path):
+def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, tmp_path, capsys, monkeypatch):
     run, data, _ = exported
     bad = tmp_path / "bad"
     for sub in ("extract", "export"):
@@ -177,10 +221,11 @@ def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, 
     (bad / "export" / "export.json").write_text(json.dumps({"artifacts": [
         {"format": "onnx", "backend": "onnxruntime", "precision": "fp32", "path": "export/model.onnx",
          "status": "exported", "reason": None}]}))
-    result = subprocess.run([*CLI, "validate", "--run-dir", str(bad), "--data", str(data), "--json"],
-                            capture_output=True, text=True)
-    assert result.returncode == 1
-    row = next(r for r in json.loads(result.stdout)["rows"] if r["backend"] == "onnxruntime")
+    code, out, _ = cli(capsys, monkeypatch, "validate", "--run-dir", str(bad), "--data", str(data), "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert not report["passed"] and json.loads((bad / "validate" / "report.json").read_text()) == report
+    row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
     assert row["status"] == "failed-validation" and "cosine" in row["reason"] and row["max_abs_diff"] > 1e-3
 
 
@@ -194,8 +239,9 @@ def test_segmentation_validation_reports_pixel_agreement_and_dice(tmp_path):
     assert row["top1_agreement_pct"] == 100.0 and row["mask_dice_vs_pytorch_pct"] == 100.0
 
 
-def test_bad_format_and_precision_lists_are_refused(classify_run):
+def test_bad_format_and_precision_lists_are_refused(classify_run, capsys, monkeypatch):
     run, data = classify_run
-    result = subprocess.run([*CLI, "export", "--run-dir", str(run), "--data", str(data), "--format", "onnx,coreml"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "allowed values are onnx, openvino, tensorrt" in result.stderr
+    code, _, err = cli(capsys, monkeypatch, "export", "--run-dir", str(run), "--data", str(data), "--format", "onnx,coreml")
+    assert code == 2 and "allowed values are onnx, openvino, tensorrt" in err
+    code, _, err = cli(capsys, monkeypatch, "export", "--run-dir", str(run), "--data", str(data), "--precision", "int4")
+    assert code == 2 and "allowed values are fp32, fp16, int8" in err
