@@ -1,154 +1,171 @@
 """The torch-free workstation runtime against the toolchain, on this machine.
 
-    python benchmarks/runtime_path.py [--run demo] [--json]
+    python benchmarks/runtime_path.py [--run RUN] [--repeats 3] [--json]
 
 Needs a validated run directory (`make demo` writes demo/). Measures:
-- installed size of the runtime's dependency closure (pathnas-edge's base install) against the
-  full toolchain (`pathnas-edge[toolchain]`), from the distributions installed in this environment;
-- cold start, process start to first prediction: `pathnas-infer` on one image against a
-  process that loads the PyTorch model from its checkpoint and predicts the same image;
-- tiles per second of `pathnas-infer` on a 4096 x 4096 tiled TIFF (a quarter of it tissue).
+- installed size of the runtime install's dependency closure (pathnas-edge's base dependencies,
+  and with the [runtime] extra for OpenVINO) against the full toolchain ([toolchain] extra), summed
+  over the files the installed distributions recorded in this environment;
+- cold start, process start to first prediction on one image: `pathnas-infer` (bundle verification
+  included) against a process that loads the PyTorch model from its checkpoint and predicts;
+- tiles per second of pathnas-infer on a 4096 x 4096 tiled TIFF (a quarter of it tissue), in
+  process (model loading included), and the peak resident memory of a `pathnas-infer` process on
+  it against one on a single small image (the libraries' share).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
 import json
-import re
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+# Process start to first prediction with PyTorch: what a workstation would run without a bundle.
 TORCH_PREDICT = """
 import sys, torch
-from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
+from torchvision.io import read_image
 from pathnas.data import build_transforms
 from pathnas.subnet import load_subnet
 model, meta = load_subnet(sys.argv[1])
-x = build_transforms(meta["task"], meta["space_config"]["input_size"], False)(
-    tv_tensors.Image(F.pil_to_tensor(Image.open(sys.argv[2]).convert("RGB"))))
+x = build_transforms(meta["task"], meta["space_config"]["input_size"], False)(tv_tensors.Image(read_image(sys.argv[2])))
 with torch.no_grad():
-    print(model(x[None]).softmax(1))
+    print(model.eval()(x[None]).softmax(1))
 """
 
 
-def closure(requirements: list[str]) -> set[str]:
-    """Installed distributions needed by these requirement names (markers with extras skipped)."""
-    seen: set[str] = set()
-    todo = [re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower() for r in requirements]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen.add(name)
-        for req in dist.requires or []:
-            if "extra ==" in req:
-                continue
-            todo.append(re.split(r"[<>=!~;\[ (]", req, maxsplit=1)[0].strip().lower())
-    return seen
-
-
-def installed_mb(names: set[str]) -> float:
-    total = 0
-    for name in names:
-        for f in metadata.distribution(name).files or []:
-            path = Path(f.locate())
-            if path.is_file():
-                total += path.stat().st_size
-    return total / 1e6
-
-
-def requirements(extra: str | None) -> list[str]:
-    reqs = metadata.distribution("pathnas-edge").requires or []
-    base = [r for r in reqs if "extra ==" not in r]
-    if extra is None:
-        return base
-    return base + [r.split(";")[0] for r in reqs if f'extra == "{extra}"' in r]
-
-
-def timed(cmd: list[str], repeats: int = 3) -> float:
+def median_wall_s(command: list[str], repeats: int) -> float:
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(command, check=True, capture_output=True)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
+
+
+# The child reports its own high-water mark: VmHWM belongs to the process image after exec, whereas
+# ru_maxrss would also count the (large) benchmark process it was forked from.
+PEAK_RSS = """
+import runpy, sys
+sys.argv = ["pathnas-infer"] + sys.argv[1:]
+try:
+    runpy.run_module("pathnas.deploy.infer", run_name="__main__")
+finally:
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print("PEAK_KB", hwm.split()[1], file=sys.stderr)
+"""
+
+
+def peak_rss_mb(infer_args: list[str]) -> float:
+    """Peak resident memory of a pathnas-infer process (Linux /proc), in MB."""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *infer_args], capture_output=True, text=True)
+    lines = [l for l in result.stderr.splitlines() if l.startswith("PEAK_KB")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"pathnas-infer {' '.join(infer_args)} failed: {result.stderr[-2000:]}")
+    return int(lines[-1].split()[1]) * 1024 / 1e6
+
+
+def write_slide(path: Path, side: int = 4096, tile: int = 256) -> None:
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    pink = np.clip(rng.normal([230, 150, 200], 12, (tile, tile, 3)), 0, 255).astype(np.uint8)
+    white = np.full((tile, tile, 3), 250, np.uint8)
+    n = side // tile
+    tifffile.imwrite(path, (pink if tx < n // 4 else white for _ in range(n) for tx in range(n)),
+                     shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
+
+
+def first_image(run: Path) -> Path:
+    export = json.loads((run / "export" / "export.json").read_text())
+    root = Path((export.get("dataset") or {}).get("root", run / "data"))
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+    if not images:
+        raise SystemExit(f"no images under {root} (the run's data set) to time a prediction on")
+    return images[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("demo"))
+    parser.add_argument("--repeats", type=int, default=3, help="cold starts timed per side (median)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.run / "validate" / "report.json").exists():
         raise SystemExit(f"{args.run} holds no validated run: run `make demo` first (or pass --run)")
 
-    runtime = closure(requirements(None))
-    runtime_ov = closure(requirements("runtime"))
-    toolchain = closure(requirements("toolchain"))
-    sizes = {"runtime (onnxruntime)": installed_mb(runtime), "runtime + openvino": installed_mb(runtime_ov),
-             "full toolchain": installed_mb(toolchain)}
+    from pathnas.deploy.footprint import declared_requirements, installed_mb, requirement_closure
+
+    closures = {"runtime (onnxruntime)": requirement_closure(declared_requirements()),
+                "runtime + openvino": requirement_closure(declared_requirements(("runtime",))),
+                "full toolchain": requirement_closure(declared_requirements(("runtime", "toolchain")))}
+    installed = {name: {"mb": installed_mb(dists), "distributions": len(dists)} for name, dists in closures.items()}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle = tmp / "bundle"
         subprocess.run([sys.executable, "-m", "pathnas.cli", "package", str(args.run), "--device", "cpu",
                         "--out", str(bundle), "--no-latency"], check=True, capture_output=True)
-        image = next(p for p in sorted((args.run / "data").rglob("*.png")) if "splits" not in p.name)
-        infer_s = timed([sys.executable, "-m", "pathnas.deploy.infer", str(bundle), str(image), "--out", str(tmp / "r.csv")])
-        subnet = args.run / "retrain" / "best.pt"
-        torch_s = timed([sys.executable, "-c", TORCH_PREDICT, str(subnet), str(image)])
+        image = first_image(args.run)
+        infer_cmd = [sys.executable, "-m", "pathnas.deploy.infer", str(bundle)]
+        cold = {"pathnas-infer (onnxruntime)": median_wall_s([*infer_cmd, str(image), "--out", str(tmp / "r.csv")],
+                                                              args.repeats)}
+        checkpoint = args.run / "retrain" / "best.pt"
+        checkpoint = checkpoint if checkpoint.exists() else args.run / "extract" / "subnet.pt"
+        cold["pytorch (load checkpoint + predict)"] = median_wall_s(
+            [sys.executable, "-c", TORCH_PREDICT, str(checkpoint), str(image)], args.repeats)
 
-        import tifffile
+        slide = tmp / "slide.tif"
+        write_slide(slide)
+        slide_args = [str(bundle), str(slide), "--out", str(tmp / "slide.csv"), "--batch-size", "32"]
+        from pathnas.deploy import infer
 
-        side, tile = 4096, 256
-        rng = np.random.default_rng(0)
-        pink = np.clip(rng.normal([230, 150, 200], 12, (tile, tile, 3)), 0, 255).astype(np.uint8)
-        white = np.full((tile, tile, 3), 250, np.uint8)
-        tiles = (pink if tx < 4 else white for _ in range(16) for tx in range(16))
-        tifffile.imwrite(tmp / "slide.tif", tiles, shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
-                         photometric="rgb")
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pathnas.deploy.infer", str(bundle), str(tmp / "slide.tif"), "--out",
-                        str(tmp / "slide.csv"), "--batch-size", "32"], check=True, capture_output=True)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):
+            infer.main(slide_args)
         slide_s = time.perf_counter() - start
-        import csv
-
-        row = next(csv.DictReader(open(tmp / "slide.csv")))
+        with open(tmp / "slide.csv", newline="") as f:
+            row = next(csv.DictReader(f))
+        rss_mb = peak_rss_mb(slide_args)
+        rss_one_image_mb = peak_rss_mb([str(bundle), str(image), "--out", str(tmp / "r.csv")])
+    tile_px = json.loads((args.run / "export" / "preprocess.json").read_text())["input_size"]
     result = {
-        "installed_mb": sizes, "distributions": {"runtime": len(runtime), "toolchain": len(toolchain)},
-        "cold_start_s": {"pathnas-infer (onnxruntime)": infer_s, "pytorch (load checkpoint + predict)": torch_s},
-        "slide": {"side_px": side, "tiles": int(row["tiles"]), "tissue_tiles": int(row["tissue_tiles"]),
-                  "seconds": slide_s, "tiles_per_s": int(row["tiles"]) / slide_s,
-                  "tissue_tiles_per_s": int(row["tissue_tiles"]) / slide_s},
+        "installed": installed,
+        "cold_start_s": cold,
+        "slide": {"side_px": 4096, "tile_px": tile_px, "overlap": 0.25, "tiles": int(row["tiles"]),
+                  "tissue_tiles": int(row["tissue_tiles"]), "seconds": slide_s,
+                  "tiles_per_s": int(row["tiles"]) / slide_s, "tissue_tiles_per_s": int(row["tissue_tiles"]) / slide_s,
+                  "decoded_mb": 4096 * 4096 * 3 / 1e6, "process_peak_rss_mb": rss_mb,
+                  "one_image_process_peak_rss_mb": rss_one_image_mb},
+        "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
     }
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        print(json.dumps(result, indent=2))
         return
-    print("| installed | MB | distributions |\n|---|---|---|")
-    for name, mb in sizes.items():
-        n = {"runtime (onnxruntime)": runtime, "runtime + openvino": runtime_ov, "full toolchain": toolchain}[name]
-        print(f"| {name} | {mb:.0f} | {len(n)} |")
-    print("\n| cold start (process start to first prediction, median of 3) | s |\n|---|---|")
-    for name, s in result["cold_start_s"].items():
-        print(f"| {name} | {s:.2f} |")
-    sl = result["slide"]
-    print(f"\n4096 x 4096 tiled TIFF, tile {json.loads((args.run / 'export' / 'preprocess.json').read_text())['input_size']}"
-          f" px with 25% overlap: {sl['tiles']} tiles ({sl['tissue_tiles']} tissue) in {sl['seconds']:.1f} s = "
-          f"{sl['tiles_per_s']:.0f} tiles/s scanned, {sl['tissue_tiles_per_s']:.0f} tissue tiles/s classified "
-          f"(including process start)")
+    print("| install | size MB | distributions |\n|---|---|---|")
+    for name, figures in installed.items():
+        print(f"| {name} | {figures['mb']:.0f} | {figures['distributions']} |")
+    print(f"\n| cold start: process start to first prediction (median of {args.repeats}) | s |\n|---|---|")
+    for name, seconds in cold.items():
+        print(f"| {name} | {seconds:.2f} |")
+    s = result["slide"]
+    print(f"\n| 4096 x 4096 tiled TIFF, {tile_px} px tiles, 25% overlap | |\n|---|---|")
+    for label, value in (("tiles scanned", s["tiles"]), ("tissue tiles classified", s["tissue_tiles"]),
+                         ("seconds (in process)", f"{s['seconds']:.2f}"), ("tiles/s scanned", f"{s['tiles_per_s']:.0f}"),
+                         ("tissue tiles/s classified", f"{s['tissue_tiles_per_s']:.0f}"),
+                         ("peak RSS of the pathnas-infer process, MB", f"{rss_mb:.0f}"),
+                         ("(the same process on one small image, MB)", f"{rss_one_image_mb:.0f}"),
+                         ("the image decoded whole would be, MB", f"{s['decoded_mb']:.0f}")):
+        print(f"| {label} | {value} |")
 
 
 if __name__ == "__main__":

@@ -10,50 +10,96 @@ from pathlib import Path
 
 from pathnas.io import write_json_atomic
 
+from .footprint import runtime_versions
 from .manifest import MANIFEST, SCHEMA, bundle_files, sha256_file, verify
 
-# Which validated artifacts a profile's runtime can use. A TensorRT engine is built on the device
-# itself (it is specific to the GPU and TensorRT version), so TensorRT bundles carry the ONNX files.
-RUNTIME_BACKENDS = {"onnxruntime-cpu": ("onnxruntime",), "openvino-cpu": ("openvino",),
-                    "tensorrt": ("onnxruntime", "tensorrt"), "torch-cuda": ("onnxruntime",)}
+# Which validated artifacts (validation report backends) a profile's runtime can use. A TensorRT
+# engine is specific to the GPU and TensorRT version it was built on, so a TensorRT bundle carries
+# the validated ONNX, which onnxruntime's TensorRT provider builds its engine from on the device.
+# Bundles run without PyTorch, so torch-cuda profiles have no bundle.
+RUNTIME_BACKENDS = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino", "tensorrt": "onnxruntime"}
 
 
-def _chosen_rows(report: dict, profile) -> list[dict]:
-    backends = RUNTIME_BACKENDS[profile.runtime]
-    rows = [r for r in report["rows"] if r["backend"] in backends and r["status"] == "passed" and r.get("artifact")]
-    if profile.runtime == "tensorrt":
-        rows = [r for r in rows if r["backend"] == "onnxruntime"]  # the ONNX the device builds its engine from
+TASK_WORDS = {"classify": "classification", "segment": "segmentation"}
+
+
+def zip_path(bundle: Path) -> Path:
+    return Path(f"{bundle}.zip")
+
+
+def _read_json(path: Path, produced_by: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `pathnas-edge {produced_by}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def _chosen_rows(report: dict, profile, report_path: Path) -> list[dict]:
+    if profile.runtime not in RUNTIME_BACKENDS:
+        raise ValueError(f"profile {profile.name} runs {profile.runtime}; a bundle runs without PyTorch, on a profile "
+                         f"whose runtime is one of {', '.join(RUNTIME_BACKENDS)}")
+    backend = RUNTIME_BACKENDS[profile.runtime]
+    try:
+        rows = [r for r in report["rows"] if r["backend"] == backend and r["status"] == "passed" and r.get("artifact")]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{report_path}: not a validation report (rows with backend, status, artifact): {err}") from None
+    if not rows:
+        raise ValueError(f"{report_path}: no artifact for runtime {profile.runtime} passed validation; "
+                         f"nothing can be packaged for {profile.name}")
     return rows
 
 
-def model_card(manifest: dict, dataset: dict | None, retrain: dict | None, report: dict) -> str:
-    metric = retrain.get("metric_name", "metric") if retrain else "metric"
+def _fmt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _is_synthetic(dataset: dict) -> bool:
+    return "synth" in f"{dataset.get('description', '')} {dataset.get('generator', '')}".lower()
+
+
+def model_card(manifest: dict, dataset: dict | None, retrain: dict | None) -> str:
+    """MODEL_CARD.md: intended use, training data (plainly flagged when synthetic), metrics, limitations."""
+    profile, validation = manifest["profile"], manifest["validation"]
     lines = [
         f"# Model card: {manifest['task']} model {manifest['architecture']}", "",
         "## Intended use",
-        f"Research and decision support for {manifest['task']} of H&E histopathology tiles into "
-        f"{', '.join(manifest['classes'])}, on {manifest['profile']['name']} ({manifest['profile']['description']}). "
+        f"Research and decision support: {TASK_WORDS[manifest['task']]} of H&E histopathology images into "
+        f"{', '.join(manifest['classes'])}, on {profile['name']} ({profile['description']}). "
         "Not a medical device; every output needs review by a qualified pathologist.", "",
         "## Training data",
     ]
-    if dataset and "synth" in str(dataset.get("description", "")) + str(dataset.get("generator", "")):
-        lines.append(f"**Synthetic data**: {dataset.get('description')} (generator {dataset.get('generator')}, "
-                     f"{sum(dataset.get('counts', {}).values())} images of {dataset.get('image_size')} px). "
-                     "This model has never seen a real patient image and must not be used on one clinically.")
-    elif dataset:
-        lines.append(f"{dataset['task']} data from {dataset['root']}: splits {dataset['split_sizes']} (train / val / test)."
-                     + (f" {dataset['description']}" if dataset.get("description") else ""))
-    else:
+    if not dataset:
         lines.append("The data set summary was not recorded with the run.")
+    else:
+        splits = f"splits {dataset.get('split_sizes')} (train / val / test)"
+        if _is_synthetic(dataset):
+            lines.append(f"**Synthetic data**: {dataset.get('description')} (generator {dataset.get('generator')}, "
+                         f"images of {dataset.get('image_size')} px, {splits}). This model has never seen a real "
+                         "patient image and must not be used on one clinically.")
+        else:
+            lines.append(f"{dataset.get('task')} data from {dataset.get('root')}: {splits}."
+                         + (f" {dataset['description']}" if dataset.get("description") else ""))
     lines += ["", "## Metrics"]
     if retrain:
-        lines.append(f"Validation {metric} {retrain['val'][metric]:.2f}; test {metric} {retrain['test'][metric]:.2f} "
-                     f"(test split read once, after model selection on validation).")
-    for r in report["rows"]:
-        if r["status"] == "passed":
-            lines.append(f"- {r['backend']} {r['precision']}: top-1 agreement with PyTorch {r['top1_agreement_pct']:.2f}%, "
-                         f"{r['metric_name']} {r['metric']:.2f}, latency p50 {r['latency_p50_ms']:.3f} ms at batch 1 "
-                         f"on the validation machine")
+        metric = retrain.get("metric_name", "metric")
+        val, test = retrain.get("val") or {}, retrain.get("test") or {}
+        lines.append(f"Retrained model: validation {metric} {_fmt(val.get(metric))}; test {metric} "
+                     f"{_fmt(test.get(metric))} (the test split is read once, after model selection on validation).")
+    else:
+        lines.append("**Not retrained**: the model keeps the weights it inherited from the search supernet; "
+                     "no test-split figure was measured.")
+    lines.append(f"Packaged artifacts against the PyTorch model on {_fmt(validation.get('images'), 'd')} "
+                 f"{validation.get('split') or ''} images:")
+    for r in validation["rows"]:
+        lines.append(f"- {r['backend']} {r['precision']}: top-1 agreement with PyTorch {_fmt(r.get('top1_agreement_pct'))}%, "
+                     f"{r.get('metric_name')} {_fmt(r.get('metric'))}, latency p50 {_fmt(r.get('latency_p50_ms'), '.3f')} "
+                     "ms at batch 1 on the validation machine")
+    baseline = manifest.get("latency_baseline")
+    if baseline:
+        lines.append(f"Latency baseline on {baseline['device']}: median {baseline['median_ms']:.3f} ms, "
+                     f"p90 {baseline['p90_ms']:.3f} ms per image ({baseline['runtime']}, {baseline['threads']} threads).")
     lines += ["", "## Limitations",
               "- Inputs are preprocessed as in preprocess.json; other magnifications, stains or scanners are out of scope "
               "until validated on them.",
@@ -69,17 +115,14 @@ def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> 
 
     run_dir, out = Path(run_dir), Path(out)
     report_path = run_dir / "validate" / "report.json"
-    if not report_path.is_file():
-        raise FileNotFoundError(f"{report_path} does not exist: run `pathnas-edge validate` first")
-    report = json.loads(report_path.read_text())
-    rows = _chosen_rows(report, profile)
-    if not rows:
-        raise ValueError(f"{report_path}: no artifact for runtime {profile.runtime} passed validation; "
-                         f"nothing can be packaged for {profile.name}")
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
-    export = json.loads((run_dir / "export" / "export.json").read_text())
-    retrain = json.loads((run_dir / "retrain" / "summary.json").read_text()) if (run_dir / "retrain" / "summary.json").exists() else None
+    report = _read_json(report_path, "validate")
+    rows = _chosen_rows(report, profile, report_path)
+    for path in (out, zip_path(out)):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; choose another --out or remove it")
+    export = _read_json(run_dir / "export" / "export.json", "export")
+    retrain_path = run_dir / "retrain" / "summary.json"
+    retrain = _read_json(retrain_path, "retrain") if retrain_path.exists() else None
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -96,6 +139,9 @@ def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> 
         shutil.copy2(run_dir / "export" / "preprocess.json", staging / "preprocess.json")
         shutil.copy2(run_dir / "export" / "labels.json", staging / "labels.json")
         preferred = next((a for a in artifacts if a["precision"] == profile.precision), artifacts[0])
+        precision_note = None if preferred["precision"] == profile.precision else (
+            f"profile {profile.name} asks for {profile.precision}, but no {profile.precision} artifact passed "
+            f"validation; the bundle runs {preferred['precision']}")
         baseline = None
         if measure_latency and profile.runs_here():
             model_path = staging / preferred["path"]
@@ -105,35 +151,31 @@ def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> 
             "schema": SCHEMA, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "architecture": export["arch"], "task": export["task"], "classes": json.loads((staging / "labels.json").read_text()),
             "preprocess": "preprocess.json", "labels": "labels.json",
-            "model": {"artifacts": artifacts, "default": preferred["path"]},
+            "model": {"artifacts": artifacts, "default": preferred["path"], "precision_note": precision_note},
             "profile": {"name": profile.name, "runtime": profile.runtime, "precision": profile.precision,
                         "threads": profile.threads, "description": profile.description},
-            "versions": report["versions"], "dataset": data_summary,
-            "validation": {"passed": [r for r in report["rows"] if r in rows], "thresholds": report["thresholds"],
-                           "images": report["images"], "split": report["split"]},
+            "versions": {"validated_with": report.get("versions", {}), "packaged_with": runtime_versions()},
+            "dataset": data_summary,
+            # rows: the packaged artifacts' validation; others: what was not packaged, and why
+            "validation": {"rows": rows, "thresholds": report.get("thresholds"), "images": report.get("images"),
+                           "split": report.get("split"),
+                           "others": [{k: r.get(k) for k in ("backend", "precision", "status", "reason")}
+                                      for r in report["rows"] if r not in rows]},
             "retrain": retrain,
             "latency_baseline": baseline,
             "latency_baseline_note": None if baseline else (
-                f"not measured: this machine cannot run {profile.name}; on the device run "
-                f"`pathnas-edge regress BUNDLE --update-baseline`"),
+                f"not measured ({'--no-latency' if not measure_latency else f'this machine cannot run {profile.name}'}); "
+                f"on the device run `pathnas-edge regress BUNDLE --update-baseline`"),
         }
-        (staging / "MODEL_CARD.md").write_text(model_card(manifest, data_summary, retrain, report), encoding="utf-8")
+        (staging / "MODEL_CARD.md").write_text(model_card(manifest, data_summary, retrain), encoding="utf-8")
         manifest["files"] = {name: sha256_file(staging / name) for name in bundle_files(staging)}
         write_json_atomic(staging / MANIFEST, manifest)
         verify(staging)
         archive = shutil.make_archive(str(staging), "zip", root_dir=staging)
         os.replace(staging, out)
-        os.replace(archive, out.with_suffix(".zip"))
+        os.replace(archive, zip_path(out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         Path(str(staging) + ".zip").unlink(missing_ok=True)
         raise
     return out
-
-
-def update_baseline(bundle: Path, baseline: dict) -> None:
-    """Record a baseline measured on the device, re-hashing nothing else (the manifest is not hashed)."""
-    manifest = verify(bundle)
-    manifest["latency_baseline"] = baseline
-    manifest["latency_baseline_note"] = None
-    write_json_atomic(Path(bundle) / MANIFEST, manifest)

@@ -19,6 +19,7 @@ def package(
     device: str = typer.Option(..., help="hardware profile the bundle is for"),
     out: Path = typer.Option(..., help="bundle folder to create (a .zip of it is written beside it)"),
     no_latency: bool = typer.Option(False, "--no-latency", help="do not measure the latency baseline here"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Package a validated model for an offline workstation: model files, preprocessing, labels,
     manifest with SHA-256 of every file, model card, latency baseline."""
@@ -30,24 +31,35 @@ def package(
     bundle = build(run_dir, load_profile(device), out, measure_latency=not no_latency)
     manifest = json.loads((bundle / "manifest.json").read_text())
     baseline = manifest["latency_baseline"]
+    if as_json:
+        print(json.dumps({"bundle": str(bundle), "zip": str(bundle.with_suffix(".zip")), "files": manifest["files"],
+                          "model": manifest["model"], "latency_baseline": baseline}, indent=2))
+        return
     console.print(f"[green]bundle[/green] {bundle} and {bundle.with_suffix('.zip')}: "
                   f"{len(manifest['files'])} files, model {manifest['model']['default']}")
     console.print(f"latency baseline: {baseline['median_ms']:.3f} ms median on {baseline['device']}" if baseline
                   else f"latency baseline: {manifest['latency_baseline_note']}")
 
 
-def verify(bundle: Path = typer.Argument(..., help="bundle folder")) -> None:
+def verify(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Check the manifest and every hash; exit 1 naming each missing, extra or changed file."""
     from pathnas.cli import console, err_console
 
     from .manifest import verification_problems
 
     problems = verification_problems(bundle)
-    if problems:
+    if as_json:
+        print(json.dumps({"bundle": str(bundle), "verified": not problems, "problems": problems}, indent=2))
+    elif problems:
         for problem in problems:
             err_console.print(f"[red]FAIL[/red] {problem}", markup=True, soft_wrap=True)
+    else:
+        console.print(f"[green]OK[/green] {bundle}: every file matches its manifest")
+    if problems:
         raise typer.Exit(1)
-    console.print(f"[green]OK[/green] {bundle}: every file matches its manifest")
 
 
 def regress(
@@ -65,38 +77,35 @@ def regress(
     (bootstrap confidence interval of the ratio of medians; a noisy run alone does not fail)."""
     from pathnas.cli import console
     from pathnas.profiling import load_profile
-    from pathnas.profiling.regress import check_baseline, compare, make_baseline, measure_samples, save_baseline, write_junit
+    from pathnas.profiling.regress import check_regression, make_baseline, measure_samples, save_baseline, write_junit
 
-    from .bundle import update_baseline as update_bundle_baseline
-    from .manifest import verify as verify_bundle
+    from .regress import check_bundle, measure_bundle_baseline
 
     start = time.perf_counter()
-    if model.is_dir():  # a bundle: it must verify, and it carries its model, profile and baseline
-        manifest = verify_bundle(model)
-        hw = load_profile(device or manifest["profile"]["name"])
-        model_path = model / manifest["model"]["default"]
-        reference, source = manifest["latency_baseline"], f"{model}/manifest.json"
+    if model.is_dir():  # a bundle: it must verify, and it names its model, profile and baseline
+        if update_baseline:
+            fresh = measure_bundle_baseline(model, device, rounds)
+            console.print(f"baseline written to {model / 'manifest.json'}: median {fresh['median_ms']:.3f} ms")
+            return
+        verdict, hw = check_bundle(model, device, tolerance, confidence, rounds)
     else:
         if not model.is_file():
             raise FileNotFoundError(f"model {model} does not exist")
         if baseline is None:
             raise ValueError("--baseline FILE is needed for a model file (a bundle carries its own)")
-        hw, model_path, source = load_profile(device or "cpu"), model, str(baseline)
-        reference = None
-        if baseline.is_file():
-            try:
-                reference = json.loads(baseline.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{baseline}: not valid JSON ({err})") from None
-    if update_baseline:
-        fresh = make_baseline(model_path, hw, measure_samples(model_path, hw, rounds))
-        update_bundle_baseline(model, fresh) if model.is_dir() else save_baseline(baseline, fresh)
-        console.print(f"baseline written to {source}: median {fresh['median_ms']:.3f} ms")
-        return
-    if reference is None:
-        raise FileNotFoundError(f"{source} has no latency baseline; measure one on this device with --update-baseline")
-    check_baseline(reference, hw, source)
-    verdict = compare(measure_samples(model_path, hw, rounds), reference["samples_ms"], tolerance, confidence)
+        hw = load_profile(device or "cpu")
+        if update_baseline:
+            fresh = make_baseline(model, hw, measure_samples(model, hw, rounds))
+            save_baseline(baseline, fresh)
+            console.print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms")
+            return
+        if not baseline.is_file():
+            raise FileNotFoundError(f"baseline {baseline} does not exist; measure one on this device with --update-baseline")
+        try:
+            reference = json.loads(baseline.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{baseline}: not valid JSON ({err})") from None
+        verdict = check_regression(model, hw, reference, tolerance, confidence, rounds, str(baseline))
     if junit:
         write_junit(junit, f"{model.name}@{hw.name}", verdict, time.perf_counter() - start)
     if as_json:

@@ -3,8 +3,9 @@
 Imports only numpy, Pillow, tifffile and onnxruntime or openvino (tests prove it with torch
 blocked). The bundle is verified first and refused if it does not verify. Files and folders
 are classified in batches (CSV or JSON with class probabilities) or segmented (mask PNGs).
-Images much larger than the model input are tiled with overlap at native resolution, empty
-background tiles are skipped, and a per-tile CSV and a heatmap PNG are written. A bad input
+Images much larger than a tile (the training images' size) are tiled with overlap at native
+resolution, streamed region by region from tiled TIFFs and OpenSlide slides; empty background
+tiles are skipped, and a per-tile CSV and a heatmap PNG are written. A bad input
 (unreadable, too small, an empty folder) gets its own line in the output, the run goes on,
 and the exit code says that some inputs failed. Every output is written atomically.
 """
@@ -15,6 +16,7 @@ import csv
 import io
 import json
 import sys
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +26,39 @@ from pathnas.io import atomic_path, write_bytes_atomic, write_text_atomic
 
 from .images import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, open_image, tile_grid, tissue_fraction
 from .manifest import BundleError, verify
+from .overlay import Overview, png_bytes
 
 EXIT_INPUT_FAILURES = 1
-EXIT_BAD_BUNDLE = 2
+EXIT_CANNOT_RUN = 2
+# An image resized whole is decoded whole first: beyond this, only tiling reads it safely.
+MAX_WHOLE_SIDE_PX = 10_000
+
+
+PREPROCESS_EXPECTED = {"channel_order": "RGB", "layout": "NCHW"}
+
+
+def _checked_preprocess(path: Path) -> dict:
+    """preprocess.json, refused (BundleError naming the field) when it asks for what this runtime does not do."""
+    pre = json.loads(path.read_text())
+    for key in ("input_size", "mean", "std", "scale"):
+        if key not in pre:
+            raise BundleError(f"{path}: field {key!r} is missing")
+    for key, expected in PREPROCESS_EXPECTED.items():
+        if pre.get(key, expected) != expected:
+            raise BundleError(f"{path}: {key} {pre[key]!r} is not supported (allowed: {expected!r})")
+    if len(pre["mean"]) != 3 or len(pre["std"]) != 3:
+        raise BundleError(f"{path}: mean and std need 3 values (RGB)")
+    return pre
 
 
 class Model:
     """A verified bundle's model, its preprocessing and labels."""
 
-    def __init__(self, bundle: Path, runtime: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Path, runtime: str = "auto", threads: int | None = None, device: str = "cpu"):
         from pathnas.export.runtimes import OpenVinoRunner, OrtRunner
 
         self.manifest = verify(bundle)
-        self.pre = json.loads((bundle / self.manifest["preprocess"]).read_text())
+        self.pre = _checked_preprocess(bundle / self.manifest["preprocess"])
         self.labels = json.loads((bundle / self.manifest["labels"]).read_text())
         self.task = self.manifest["task"]
         artifacts = self.manifest["model"]["artifacts"]
@@ -47,9 +69,12 @@ class Model:
             raise BundleError(f"{bundle}: holds no {runtime} model (it has: {', '.join(a['backend'] for a in artifacts)})")
         path = bundle / chosen["path"]
         self.runner = (OpenVinoRunner(path, "CPU", threads) if chosen["backend"] == "openvino"
-                       else OrtRunner(path, "cpu", threads))
+                       else OrtRunner(path, device, threads))
         self.artifact = chosen
         self.size = int(self.pre["input_size"])
+        # Training resized whole images of the data set to the input size, so a slide is cut into
+        # tiles of the training images' native size (when the data set recorded it), then resized.
+        self.tile_px = int((self.manifest.get("dataset") or {}).get("image_size") or self.size)
         self.mean = np.asarray(self.pre["mean"], np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(self.pre["std"], np.float32).reshape(1, 3, 1, 1)
 
@@ -86,31 +111,13 @@ def collect_inputs(args: list[str]) -> tuple[list[Path], list[dict]]:
     return files, failures
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _heatmap(thumbnail: np.ndarray, scores: list[tuple[int, int, float]], tile: int, scale: float) -> np.ndarray:
-    """The thumbnail with each tissue tile tinted red by its score (0..1)."""
-    heat = np.zeros(thumbnail.shape[:2], np.float32)
-    hits = np.zeros(thumbnail.shape[:2], np.float32)
-    for y, x, score in scores:
-        ys, xs = int(y / scale), int(x / scale)
-        ye, xe = int((y + tile) / scale) + 1, int((x + tile) / scale) + 1
-        heat[ys:ye, xs:xe] += score
-        hits[ys:ye, xs:xe] += 1
-    heat = np.divide(heat, hits, out=np.zeros_like(heat), where=hits > 0)[..., None]
-    red = np.array([255, 0, 0], np.float32)
-    alpha = 0.6 * heat
-    return (thumbnail * (1 - alpha) + red * alpha).astype(np.uint8)
-
-
 class Runner:
+    """Runs the model over the inputs and collects one result row per input."""
+
     def __init__(self, model: Model, args):
         self.model, self.args = model, args
         self.rows: list[dict] = []
+        self._stems: dict[str, int] = {}
 
     def _row(self, path: Path, probs: np.ndarray, extra: dict | None = None) -> dict:
         labels = self.model.labels
@@ -119,73 +126,94 @@ class Runner:
         row.update(extra or {})
         return row
 
-    def whole_images(self, items: list[tuple[Path, np.ndarray]]) -> None:
+    def _output_stem(self, path: Path) -> str:
+        """Name stem of an input's mask, tile CSV and heatmap, unique in the run (two folders may both hold a.png)."""
+        n = self._stems[path.stem] = self._stems.get(path.stem, 0) + 1
+        return path.stem if n == 1 else f"{path.stem}-{n}"
+
+    def _mask_path(self, stem: str) -> Path:
+        return Path(self.args.mask_dir) / f"{stem}_mask.png"
+
+    def whole_images(self, items: list[tuple[Path, np.ndarray, str]]) -> None:
         """Batched inference of images that fit the model (resized to the input size)."""
         for start in range(0, len(items), self.args.batch_size):
             chunk = items[start:start + self.args.batch_size]
-            probs = self.model.predict(np.concatenate([self.model.preprocess(rgb) for _, rgb in chunk]))
-            for (path, rgb), p in zip(chunk, probs):
+            probs = self.model.predict(np.concatenate([self.model.preprocess(rgb) for _, rgb, _ in chunk]))
+            for (path, rgb, note), p in zip(chunk, probs):
                 if self.model.task == "segment":
                     mask = p.argmax(0).astype(np.uint8)
                     mask = np.asarray(Image.fromarray(mask).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
-                    out = Path(self.args.mask_dir) / f"{path.stem}_mask.png"
-                    write_bytes_atomic(out, _png(mask))
-                    self.rows.append({"input": str(path), "status": "ok", "error": "", "mask": str(out),
+                    mask_path = self._mask_path(self._output_stem(path))
+                    write_bytes_atomic(mask_path, png_bytes(mask))
+                    self.rows.append({"input": str(path), "status": "ok", "error": "", "note": note,
+                                      "mask": str(mask_path),
                                       "foreground_pct": round(100 * float((mask > 0).mean()), 3)})
                 else:
-                    self.rows.append(self._row(path, p))
+                    self.rows.append(self._row(path, p, {"note": note}))
 
-    def tiled(self, path: Path, reader) -> None:
+    def tiled(self, path: Path, reader, tile_px: int) -> None:
         """Overlapping native-resolution tiles; background skipped; per-tile CSV, heatmap, aggregate row.
 
         Memory stays bounded: tiles are read as they are needed, the per-tile CSV is streamed
-        to its (atomic) file, and only a small array of per-tile scores is kept for the heatmap.
+        to its (atomic) file, the overview is painted from the tiles at a fixed small size, and
+        only the per-tile positions and scores are kept, packed (8 + 4 x classes bytes per tile).
         """
-        size, labels = self.model.size, self.model.labels
-        tile_csv = Path(self.args.tile_dir) / f"{path.stem}_tiles.csv"
-        positions, scores = [], []
-        total = 0
+        labels, segment = self.model.labels, self.model.task == "segment"
+        overview = Overview(reader.height, reader.width, self.args.heatmap_size)
+        mask = np.zeros(overview.shape, np.uint8) if segment else None
+        stem = self._output_stem(path)
+        tile_csv = Path(self.args.tile_dir) / f"{stem}_tiles.csv"
+        positions, scores = array("q"), array("f")  # compact: a slide may have 10^5-10^6 tiles
+        total = tissue = 0
         with atomic_path(tile_csv) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["y", "x", "tissue_fraction"] + [f"prob_{c}" for c in labels])
+            writer.writerow(["y", "x", "tissue_fraction"] + [f"{'area' if segment else 'prob'}_{c}" for c in labels])
             batch, where = [], []
 
             def flush():
                 if batch:
                     for (y, x, frac), p in zip(where, self.model.predict(np.concatenate(batch))):
-                        score = p if self.model.task == "classify" else p.reshape(p.shape[0], -1).mean(1)
-                        writer.writerow([y, x, round(frac, 4), *(round(float(v), 6) for v in score)])
-                        positions.append((y, x))
-                        scores.append(score.astype(np.float32))
+                        if segment:  # per-class share of the tile's pixels, and the mask for the overview
+                            tile_mask = Image.fromarray(p.argmax(0).astype(np.uint8))
+                            overview.paint(mask, y, x, np.asarray(tile_mask.resize((tile_px, tile_px), Image.NEAREST)))
+                            p = p.reshape(p.shape[0], -1).mean(1)
+                        writer.writerow([y, x, round(frac, 4), *(round(float(v), 6) for v in p)])
+                        positions.extend((y, x))
+                        scores.extend(p.tolist())
                     batch.clear()
                     where.clear()
 
-            for y, x in tile_grid(reader.height, reader.width, size, self.args.tile_overlap):
+            for y, x in tile_grid(reader.height, reader.width, tile_px, self.args.tile_overlap, reader.block):
                 total += 1
-                tile = reader.read_region(y, x, size, size)
+                tile = reader.read_region(y, x, tile_px, tile_px)
+                overview.paint(overview.image, y, x, tile)
                 frac = tissue_fraction(tile)
                 if frac < self.args.min_tissue:
                     continue
+                tissue += 1
                 batch.append(self.model.preprocess(tile))
                 where.append((y, x, frac))
                 if len(batch) == self.args.batch_size:
                     flush()
             flush()
-        extra = {"tiles": total, "tissue_tiles": len(scores), "tile_csv": str(tile_csv)}
-        if not scores:
-            self.rows.append({"input": str(path), "status": "ok", "error": "", "prediction": "", **extra,
-                              "note": "no tissue found"})
+        extra = {"note": reader.note, "tiles": total, "tissue_tiles": tissue, "tile_csv": str(tile_csv)}
+        if segment:
+            write_bytes_atomic(self._mask_path(stem), png_bytes(mask))
+            extra.update(mask=str(self._mask_path(stem)), mask_downsample=overview.step)
+        if not tissue:
+            extra["note"] = "; ".join(filter(None, [reader.note, "no tissue found"]))
+            self.rows.append({"input": str(path), "status": "ok", "error": "", "prediction": "", **extra})
             return
-        per_tile = np.stack(scores)
+        per_tile = np.frombuffer(scores, np.float32).reshape(tissue, len(labels))
         mean = per_tile.mean(0)
-        top = int(mean.argmax())
-        thumb = reader.thumbnail(self.args.heatmap_size)
-        scale = max(reader.height / thumb.shape[0], reader.width / thumb.shape[1])
-        heat = _heatmap(thumb.astype(np.float32), [(y, x, float(s)) for (y, x), s in zip(positions, per_tile[:, top])],
-                        size, scale)
-        heatmap = Path(self.args.tile_dir) / f"{path.stem}_heatmap_{labels[top]}.png"
-        write_bytes_atomic(heatmap, _png(heat))
-        self.rows.append(self._row(path, mean, {**extra, "heatmap": str(heatmap)}))
+        # The heatmap shows the most likely class; for segmentation the most frequent non-background one.
+        shown = int(mean[1:].argmax()) + 1 if segment and len(labels) > 1 else int(mean.argmax())
+        heatmap = Path(self.args.tile_dir) / f"{stem}_heatmap_{labels[shown]}.png"
+        write_bytes_atomic(heatmap, png_bytes(overview.heatmap(np.frombuffer(positions, np.int64).reshape(tissue, 2), per_tile[:, shown], tile_px)))
+        extra["heatmap"] = str(heatmap)
+        if segment:
+            extra["foreground_pct"] = round(100 * float(1 - mean[0]), 3)
+        self.rows.append(self._row(path, mean, extra))
 
 
 def _csv(rows: list[dict], first: list[str]) -> str:
@@ -198,20 +226,28 @@ def _csv(rows: list[dict], first: list[str]) -> str:
 
 
 def run(args) -> int:
+    from pathnas.export.runtimes import ProviderError
+
     bundle = Path(args.bundle)
     try:
-        model = Model(bundle, args.runtime, args.threads)
+        model = Model(bundle, args.runtime, args.threads, args.device)
     except BundleError as err:
         print(f"error: refusing to run: {err}", file=sys.stderr)
-        return EXIT_BAD_BUNDLE
+        return EXIT_CANNOT_RUN
+    except ProviderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     files, failures = collect_inputs(args.inputs)
     out = Path(args.out)
+    if args.format is None:
+        args.format = "json" if out.suffix.lower() == ".json" else "csv"
     for attr, default in (("mask_dir", out.parent / "masks"), ("tile_dir", out.parent / "tiles")):
         if getattr(args, attr) is None:
             setattr(args, attr, default)
     runner = Runner(model, args)
+    tile_px = args.tile_size or model.tile_px
     runner.rows += failures
-    small: list[tuple[Path, np.ndarray]] = []
+    small: list[tuple[Path, np.ndarray, str]] = []
     for path in files:
         reader = None
         try:
@@ -219,11 +255,14 @@ def run(args) -> int:
             h, w = reader.height, reader.width
             if h < model.size or w < model.size:
                 raise InputError(f"{path}: image is {w}x{h}, smaller than the model input {model.size}x{model.size}")
-            tiled = args.tile == "always" or (args.tile == "auto" and max(h, w) > 2 * model.size)
-            if tiled:
-                runner.tiled(path, reader)
+            fits_a_tile = min(h, w) >= tile_px
+            if fits_a_tile and (args.tile == "always" or (args.tile == "auto" and max(h, w) > 2 * tile_px)):
+                runner.tiled(path, reader, tile_px)
+            elif max(h, w) > MAX_WHOLE_SIDE_PX:
+                raise InputError(f"{path}: image is {w}x{h}, too large to resize whole (over {MAX_WHOLE_SIDE_PX} px); "
+                                 "tile it (--tile auto)")
             else:
-                small.append((path, reader.read_region(0, 0, h, w)))
+                small.append((path, reader.read_region(0, 0, h, w), reader.note))
         except InputError as err:
             runner.rows.append({"input": str(path), "status": "error", "error": str(err)})
         except Exception as err:  # a decoder failing on one file must not stop the others
@@ -239,7 +278,7 @@ def run(args) -> int:
     if args.format == "json":
         write_text_atomic(out, json.dumps({"bundle": str(bundle), "model": model.artifact, "results": rows}, indent=2))
     else:
-        first = ["input", "status", "error", "prediction"] + [f"prob_{c}" for c in model.labels]
+        first = ["input", "status", "error", "note", "prediction"] + [f"prob_{c}" for c in model.labels]
         write_text_atomic(out, _csv(rows, first))
     failed = [r for r in rows if r["status"] != "ok"]
     print(f"{len(rows) - len(failed)} input(s) done, {len(failed)} failed; results in {out}", file=sys.stderr)
@@ -256,10 +295,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results file (.csv or .json)")
     p.add_argument("--format", choices=["csv", "json"], default=None, help="default: from --out's extension")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto")
+    p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                   help="onnxruntime execution provider (fails rather than falling back to the CPU)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile", choices=["auto", "always", "never"], default="auto",
-                   help="auto: tile images larger than twice the model input")
+                   help="auto: tile images larger than twice the tile size; always: every image at least one tile "
+                        "large; never: resize every image whole")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile side in image pixels, each tile resized to the model input (default: the training "
+                        "images' size recorded in the bundle, else the model input size)")
     p.add_argument("--tile-overlap", type=float, default=0.25)
     p.add_argument("--min-tissue", type=float, default=0.2, help="skip tiles with less tissue than this share")
     p.add_argument("--heatmap-size", type=int, default=512)
@@ -269,12 +314,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    if args.format is None:
-        args.format = "json" if str(args.out).endswith(".json") else "csv"
-    if args.batch_size < 1 or not 0 <= args.tile_overlap < 1:
-        print("error: --batch-size must be >= 1 and --tile-overlap in [0, 1)", file=sys.stderr)
-        raise SystemExit(2)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.batch_size < 1:
+        cli.error(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.tile_size is not None and args.tile_size < 8:
+        cli.error(f"--tile-size {args.tile_size}: must be at least 8 pixels")
+    if not 0 <= args.tile_overlap < 1:
+        cli.error(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+    if not 0 <= args.min_tissue <= 1:
+        cli.error(f"--min-tissue {args.min_tissue}: must be in [0, 1]")
     raise SystemExit(run(args))
 
 
