@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from pathnas.data import build_loaders, generate
-from pathnas.export.onnx_export import export_onnx
+from pathnas.deploy.machine import cpu_model
+from pathnas.deploy.runners import open_runner
+from pathnas.deploy.timing import time_callable
 from pathnas.export.openvino_export import export_openvino
 from pathnas.export.quantize import calibration_batches, quantize_int8
-from pathnas.export.runtimes import OpenVinoRunner, OrtRunner
-from pathnas.profiling.profiles import cpu_model
-from pathnas.profiling.timing import time_callable
+from pathnas.onnx import export_onnx
 from pathnas.spaces import build_supernet, space_config
 
 DEFAULT_ARCH = "35753575357535753575"
@@ -71,11 +71,11 @@ def main() -> None:
         candidates = [("pytorch eager", "fp32", eager, params_mb)]
         xn = x.numpy()
         for name, precision, path in (("onnxruntime", "fp32", tmp / "fp32.onnx"), ("onnxruntime", "int8", tmp / "int8.onnx")):
-            runner = OrtRunner(path, "cpu", args.threads)
+            runner = open_runner(path, "onnxruntime", args.threads)
             candidates.append((name, precision, lambda r=runner: r.run(xn), path.stat().st_size / 1e6))
         for precision in ("fp32", "int8"):
             xml = tmp / f"ov_{precision}" / "model.xml"
-            runner = OpenVinoRunner(xml, "CPU", args.threads)
+            runner = open_runner(xml, "openvino", args.threads)
             size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
             candidates.append(("openvino", precision, lambda r=runner: r.run(xn), size))
         best = {}

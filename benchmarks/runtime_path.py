@@ -58,7 +58,7 @@ PEAK_RSS = """
 import runpy, sys
 sys.argv = ["pathnas-infer"] + sys.argv[1:]
 try:
-    runpy.run_module("pathnas.deploy.infer", run_name="__main__")
+    runpy.run_module("pathnas.deploy.toolkit", run_name="__main__")
 finally:
     hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print("PEAK_KB", hwm.split()[1], file=sys.stderr)
@@ -116,7 +116,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pathnas.cli", "package", str(args.run), "--device", "cpu",
                         "--out", str(bundle), "--no-latency"], check=True, capture_output=True)
         image = first_image(args.run)
-        infer_cmd = [sys.executable, "-m", "pathnas.deploy.infer", str(bundle)]
+        infer_cmd = [sys.executable, "-m", "pathnas.deploy.toolkit", str(bundle)]
         cold = {"pathnas-infer (onnxruntime)": median_wall_s([*infer_cmd, str(image), "--out", str(tmp / "r.csv")],
                                                               args.repeats)}
         checkpoint = args.run / "retrain" / "best.pt"

@@ -1,4 +1,9 @@
-"""`pathnas-edge package`: a validated run becomes a self-contained bundle for one device profile."""
+"""Packaging: a validated model becomes a self-contained bundle for one device profile.
+
+Torch-free, like the rest of this package; the toolchain's package stage gathers the inputs
+(its run directory's validation report, export record, preprocessing and labels) and the
+hardware profile, and calls ``package``.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,10 +13,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pathnas.io import write_json_atomic
+from dataclasses import dataclass
+
+from pathnas.errors import AlreadyExistsError, ConfigError, InvalidFileError
+from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .footprint import runtime_versions
-from .manifest import MANIFEST, SCHEMA, bundle_files, sha256_file, verify
+from .manifest import MANIFEST, SCHEMA, bundle_files, verify
+from .regress import RunSettings, make_baseline, measure_samples
 
 # Which validated artifacts (validation report backends) a profile's runtime can use. A TensorRT
 # engine is specific to the GPU and TensorRT version it was built on, so a TensorRT bundle carries
@@ -27,27 +36,31 @@ def zip_path(bundle: Path) -> Path:
     return Path(f"{bundle}.zip")
 
 
-def _read_json(path: Path, produced_by: str):
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `pathnas-edge {produced_by}` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+@dataclass(frozen=True)
+class PackageInputs:
+    """What a bundle is made from: files a validated run wrote."""
+
+    root: Path  # the artifact paths of the report are relative to it
+    report: Path  # the validation report (report.json)
+    export: Path  # the export record (export.json)
+    preprocess: Path
+    labels: Path
+    retrain_summary: Path | None = None
 
 
 def _chosen_rows(report: dict, profile, report_path: Path) -> list[dict]:
     if profile.runtime not in RUNTIME_BACKENDS:
-        raise ValueError(f"profile {profile.name} runs {profile.runtime}; a bundle runs without PyTorch, on a profile "
-                         f"whose runtime is one of {', '.join(RUNTIME_BACKENDS)}")
+        raise ConfigError(f"profile {profile.name} runs {profile.runtime}; a bundle runs without PyTorch, on a profile "
+                          f"whose runtime is one of {', '.join(RUNTIME_BACKENDS)}")
     backend = RUNTIME_BACKENDS[profile.runtime]
     try:
         rows = [r for r in report["rows"] if r["backend"] == backend and r["status"] == "passed" and r.get("artifact")]
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{report_path}: not a validation report (rows with backend, status, artifact): {err}") from None
+        raise InvalidFileError(f"{report_path}: not a validation report (rows with backend, status, artifact): "
+                               f"{err}") from None
     if not rows:
-        raise ValueError(f"{report_path}: no artifact for runtime {profile.runtime} passed validation; "
-                         f"nothing can be packaged for {profile.name}")
+        raise InvalidFileError(f"{report_path}: no artifact for runtime {profile.runtime} passed validation; "
+                               f"nothing can be packaged for {profile.name}")
     return rows
 
 
@@ -103,32 +116,35 @@ def model_card(manifest: dict, dataset: dict | None, retrain: dict | None) -> st
     lines += ["", "## Limitations",
               "- Inputs are preprocessed as in preprocess.json; other magnifications, stains or scanners are out of scope "
               "until validated on them.",
-              "- Latency figures hold for the stated device, runtime and threads only; `pathnas-edge regress BUNDLE` "
+              "- Latency figures hold for the stated device, runtime and threads only; `pathnas-infer regress BUNDLE` "
               "re-checks them on the target.",
               "- Trained and validated on the data above only; performance on other data is unknown."]
     return "\n".join(lines) + "\n"
 
 
-def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> Path:
-    """Build the bundle folder and its .zip atomically; refuses runs whose artifacts did not pass validation."""
-    from pathnas.profiling.regress import make_baseline, measure_samples
+def package(inputs: PackageInputs, profile, out: Path, measure_latency: bool = True,
+            no_latency_reason: str = "not asked for") -> Path:
+    """Build the bundle folder and its .zip atomically; refuses runs whose artifacts did not pass validation.
 
-    run_dir, out = Path(run_dir), Path(out)
-    report_path = run_dir / "validate" / "report.json"
-    report = _read_json(report_path, "validate")
-    rows = _chosen_rows(report, profile, report_path)
+    ``profile`` is the hardware profile the bundle is for (name, description, runtime, precision,
+    threads, batch_size); the latency baseline is measured here when ``measure_latency``, else the
+    manifest says ``no_latency_reason``.
+    """
+    out = Path(out)
+    report = read_json(inputs.report, "validation report", "run `pathnas-edge validate` first")
+    rows = _chosen_rows(report, profile, inputs.report)
     for path in (out, zip_path(out)):
         if path.exists():
-            raise FileExistsError(f"{path} already exists; choose another --out or remove it")
-    export = _read_json(run_dir / "export" / "export.json", "export")
-    retrain_path = run_dir / "retrain" / "summary.json"
-    retrain = _read_json(retrain_path, "retrain") if retrain_path.exists() else None
+            raise AlreadyExistsError(f"{path} already exists; choose another --out or remove it")
+    export = read_json(inputs.export, "export record", "run `pathnas-edge export` first")
+    retrain = read_json(inputs.retrain_summary, "retrain summary") if inputs.retrain_summary \
+        and inputs.retrain_summary.exists() else None
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         artifacts = []
         for r in rows:
-            src = run_dir / r["artifact"]
+            src = inputs.root / r["artifact"]
             dst = staging / "model" / f"{r['backend']}-{r['precision']}" / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
@@ -136,24 +152,27 @@ def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> 
                 shutil.copy2(src.with_suffix(".bin"), dst.with_suffix(".bin"))
             artifacts.append({"backend": r["backend"], "precision": r["precision"],
                               "path": dst.relative_to(staging).as_posix()})
-        shutil.copy2(run_dir / "export" / "preprocess.json", staging / "preprocess.json")
-        shutil.copy2(run_dir / "export" / "labels.json", staging / "labels.json")
+        shutil.copy2(inputs.preprocess, staging / "preprocess.json")
+        shutil.copy2(inputs.labels, staging / "labels.json")
         preferred = next((a for a in artifacts if a["precision"] == profile.precision), artifacts[0])
         precision_note = None if preferred["precision"] == profile.precision else (
             f"profile {profile.name} asks for {profile.precision}, but no {profile.precision} artifact passed "
             f"validation; the bundle runs {preferred['precision']}")
         baseline = None
-        if measure_latency and profile.runs_here():
+        if measure_latency:
             model_path = staging / preferred["path"]
-            baseline = make_baseline(model_path, profile, measure_samples(model_path, profile))
+            settings = RunSettings.of(profile)
+            baseline = make_baseline(model_path, settings, measure_samples(model_path, settings))
         data_summary = export.get("dataset")
         manifest = {
             "schema": SCHEMA, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "architecture": export["arch"], "task": export["task"], "classes": json.loads((staging / "labels.json").read_text()),
+            "architecture": export["arch"], "task": export["task"],
+            "classes": read_json(staging / "labels.json", "labels", kind=list),
             "preprocess": "preprocess.json", "labels": "labels.json",
             "model": {"artifacts": artifacts, "default": preferred["path"], "precision_note": precision_note},
             "profile": {"name": profile.name, "runtime": profile.runtime, "precision": profile.precision,
-                        "threads": profile.threads, "description": profile.description},
+                        "threads": profile.threads, "batch_size": profile.batch_size,
+                        "description": profile.description},
             "versions": {"validated_with": report.get("versions", {}), "packaged_with": runtime_versions()},
             "dataset": data_summary,
             # rows: the packaged artifacts' validation; others: what was not packaged, and why
@@ -164,8 +183,8 @@ def package(run_dir: Path, profile, out: Path, measure_latency: bool = True) -> 
             "retrain": retrain,
             "latency_baseline": baseline,
             "latency_baseline_note": None if baseline else (
-                f"not measured ({'--no-latency' if not measure_latency else f'this machine cannot run {profile.name}'}); "
-                f"on the device run `pathnas-edge regress BUNDLE --update-baseline`"),
+                f"not measured ({no_latency_reason}); "
+                f"on the device run `pathnas-infer regress BUNDLE --update-baseline`"),
         }
         (staging / "MODEL_CARD.md").write_text(model_card(manifest, data_summary, retrain), encoding="utf-8")
         manifest["files"] = {name: sha256_file(staging / name) for name in bundle_files(staging)}

@@ -68,7 +68,6 @@ def module_distributions() -> dict[str, set[str]]:
 
 def runtime_versions() -> dict[str, str]:
     """Versions of the runtime install's distributions here (with OpenVINO), and Python's."""
-    import platform
+    from .machine import versions
 
-    names = requirement_closure(declared_requirements(("runtime",)))
-    return {"python": platform.python_version(), **{name: metadata.version(name) for name in sorted(names)}}
+    return versions(sorted(requirement_closure(declared_requirements(("runtime",)))))

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pathnas.io import atomic_path, write_bytes_atomic, write_text_atomic
+from pathnas.io import atomic_path, read_json, write_bytes_atomic, write_text_atomic
 
 from .images import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, open_image, tile_grid, tissue_fraction
 from .manifest import BundleError, verify
 from .overlay import Overview, png_bytes
+from .runners import open_runner
 
 EXIT_INPUT_FAILURES = 1
-EXIT_CANNOT_RUN = 2
 # An image resized whole is decoded whole first: beyond this, only tiling reads it safely.
 MAX_WHOLE_SIDE_PX = 10_000
 
@@ -39,7 +39,7 @@ PREPROCESS_EXPECTED = {"channel_order": "RGB", "layout": "NCHW"}
 
 def _checked_preprocess(path: Path) -> dict:
     """preprocess.json, refused (BundleError naming the field) when it asks for what this runtime does not do."""
-    pre = json.loads(path.read_text())
+    pre = read_json(path, "bundle preprocessing")
     for key in ("input_size", "mean", "std", "scale"):
         if key not in pre:
             raise BundleError(f"{path}: field {key!r} is missing")
@@ -55,11 +55,9 @@ class Model:
     """A verified bundle's model, its preprocessing and labels."""
 
     def __init__(self, bundle: Path, runtime: str = "auto", threads: int | None = None, device: str = "cpu"):
-        from pathnas.export.runtimes import OpenVinoRunner, OrtRunner
-
         self.manifest = verify(bundle)
         self.pre = _checked_preprocess(bundle / self.manifest["preprocess"])
-        self.labels = json.loads((bundle / self.manifest["labels"]).read_text())
+        self.labels = read_json(bundle / self.manifest["labels"], "bundle labels", kind=list)
         self.task = self.manifest["task"]
         artifacts = self.manifest["model"]["artifacts"]
         wanted = {"auto": None, "onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime]
@@ -68,8 +66,7 @@ class Model:
         if chosen is None:
             raise BundleError(f"{bundle}: holds no {runtime} model (it has: {', '.join(a['backend'] for a in artifacts)})")
         path = bundle / chosen["path"]
-        self.runner = (OpenVinoRunner(path, "CPU", threads) if chosen["backend"] == "openvino"
-                       else OrtRunner(path, device, threads))
+        self.runner = open_runner(path, chosen["backend"], threads, device=device)
         self.artifact = chosen
         self.size = int(self.pre["input_size"])
         # Training resized whole images of the data set to the input size, so a slide is cut into
@@ -226,17 +223,12 @@ def _csv(rows: list[dict], first: list[str]) -> str:
 
 
 def run(args) -> int:
-    from pathnas.export.runtimes import ProviderError
-
+    """Inference as ``add_arguments`` describes; BundleError or ProviderError when it cannot start."""
     bundle = Path(args.bundle)
     try:
         model = Model(bundle, args.runtime, args.threads, args.device)
     except BundleError as err:
-        print(f"error: refusing to run: {err}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except ProviderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
+        raise BundleError(f"refusing to run: {err}") from None
     files, failures = collect_inputs(args.inputs)
     out = Path(args.out)
     if args.format is None:
@@ -287,9 +279,7 @@ def run(args) -> int:
     return EXIT_INPUT_FAILURES if failed else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a bundle folder written by `pathnas-edge package`")
     p.add_argument("inputs", nargs="+", help="image files, slides or folders of them")
     p.add_argument("--out", required=True, help="results file (.csv or .json)")
@@ -310,12 +300,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap-size", type=int, default=512)
     p.add_argument("--mask-dir", default=None, help="segmentation masks (default: beside --out)")
     p.add_argument("--tile-dir", default=None, help="per-tile CSVs and heatmaps (default: beside --out)")
-    return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    cli = parser()
-    args = cli.parse_args(argv)
+def check_arguments(cli: argparse.ArgumentParser, args) -> None:
+    """Usage errors argparse cannot see (exit 2 with the usage line)."""
     if args.batch_size < 1:
         cli.error(f"--batch-size {args.batch_size}: must be at least 1")
     if args.tile_size is not None and args.tile_size < 8:
@@ -324,8 +312,3 @@ def main(argv: list[str] | None = None) -> None:
         cli.error(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
     if not 0 <= args.min_tissue <= 1:
         cli.error(f"--min-tissue {args.min_tissue}: must be in [0, 1]")
-    raise SystemExit(run(args))
-
-
-if __name__ == "__main__":
-    main()

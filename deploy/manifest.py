@@ -6,9 +6,10 @@ to load the bundle: a tampered or half-copied model never runs.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
+
+from pathnas.errors import InvalidFileError, UserError
+from pathnas.io import read_json, sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA = "pathnas-bundle/1"
@@ -17,16 +18,8 @@ REQUIRED = {"schema": str, "files": dict, "model": dict, "architecture": str, "t
             "latency_baseline": (dict, type(None)), "created_at": str}
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """A bundle that does not verify; the message names the file at fault."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundle_files(root: Path) -> list[str]:
@@ -39,11 +32,9 @@ def read_manifest(root: Path) -> dict:
     if not path.is_file():
         raise BundleError(f"{path}: missing; {root} is not a pathnas bundle")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: a manifest is a JSON object")
+        manifest = read_json(path, "bundle manifest")
+    except InvalidFileError as err:
+        raise BundleError(str(err)) from None
     for key, kind in REQUIRED.items():
         if key not in manifest:
             raise BundleError(f"{path}: field {key!r} is missing")

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+from pathnas.errors import ConfigError
 from pathnas.io import write_json_atomic
 
 log = logging.getLogger("pathnas.export")
@@ -34,25 +35,27 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise ValueError(f"{what} {text!r}: allowed values are {', '.join(allowed)} (comma-separated)")
+        raise ConfigError(f"{what} {text!r}: allowed values are {', '.join(allowed)} (comma-separated)")
     return items
 
 
-def export_artifacts(run_dir: Path, model, meta: dict, calib_loader, formats: list[str], precisions: list[str],
-                     calibration_images: int = 512, keep_first_conv: bool = True, keep_classifier: bool = True,
+def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, calib_loader,
+                     formats: list[str], precisions: list[str], calibration_images: int = 512,
+                     keep_first_conv: bool = True, keep_classifier: bool = True,
                      dataset: dict | None = None) -> list[dict]:
-    """Write the artifacts under RUN/export (and RUN/quantize); returns the rows of export.json."""
+    """Write the artifacts under ``export_dir`` (INT8 under ``quant_dir``) and ``export_dir/export.json``,
+    whose paths are relative to ``root`` (the run directory); returns its rows."""
     import onnx
     import onnxruntime
     import torch
 
-    from .onnx_export import export_onnx
+    from pathnas.onnx import export_onnx
+
     from .openvino_export import export_openvino
     from .quantize import calibration_batches, quantize_int8, write_calibration_record
     from .tensorrt_export import Unavailable, build_engine
 
-    run_dir = Path(run_dir)
-    export_dir, quant_dir = run_dir / "export", run_dir / "quantize"
+    root, export_dir, quant_dir = Path(root), Path(export_dir), Path(quant_dir)
     size = meta["space_config"]["input_size"]
     shape = (1, meta["space_config"].get("in_chans", 3), size, size)
     preprocess = preprocess_spec(size)
@@ -65,7 +68,7 @@ def export_artifacts(run_dir: Path, model, meta: dict, calib_loader, formats: li
     })
     write_json_atomic(export_dir / "preprocess.json", preprocess)
     write_json_atomic(export_dir / "labels.json", meta["classes"])
-    rel = lambda p: str(Path(p).relative_to(run_dir))  # noqa: E731
+    rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
     rows: list[dict] = []
     int8_path = quant_dir / "model_int8.onnx"
     if "int8" in precisions:

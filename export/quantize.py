@@ -28,6 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
+from pathnas.errors import InvalidFileError
 from pathnas.io import atomic_path, write_json_atomic
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
@@ -105,7 +106,7 @@ def calibration_batches(calib_loader, images: int) -> list[np.ndarray]:
         if seen >= images:
             break
     if not out:
-        raise ValueError("no calibration images: the training split is empty")
+        raise InvalidFileError("no calibration images: the training split is empty")
     return out
 
 

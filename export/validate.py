@@ -10,11 +10,15 @@ at most 1 point. A miss makes the row "failed-validation" and says by how much.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pathnas.deploy.machine import versions
+from pathnas.deploy.runners import ProviderError, open_runner
+from pathnas.deploy.timing import time_callable
+from pathnas.errors import InvalidFileError
 
 THRESHOLDS = {
     "fp32": {"agreement_pct": 100.0, "cosine": 0.99999},
@@ -24,20 +28,7 @@ THRESHOLDS = {
 STATUSES = ("passed", "failed-validation", "failed", "skipped")
 
 
-def library_versions() -> dict:
-    import onnx
-    import onnxruntime
-    import openvino
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()}
-    try:
-        import tensorrt
-
-        versions["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        versions["tensorrt"] = "not installed"
-    return versions
+VERSIONED = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "polygraphy")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,7 +59,7 @@ def compare_outputs(task: str, num_classes: int, ref: list[np.ndarray], out: lis
 
     ref_all, out_all = np.concatenate(ref), np.concatenate(out)
     if ref_all.shape != out_all.shape:
-        raise ValueError(f"output shape {out_all.shape} differs from PyTorch's {ref_all.shape}")
+        raise InvalidFileError(f"output shape {out_all.shape} differs from PyTorch's {ref_all.shape}")
     diff = np.abs(ref_all - out_all)
     ref_pred, out_pred = ref_all.argmax(1), out_all.argmax(1)
     metrics = {}
@@ -113,44 +104,34 @@ def validation_batches(loader, max_images: int | None = None) -> tuple[list[np.n
         if max_images is not None and seen >= max_images:
             break
     if not images:
-        raise ValueError("no validation images: the validation split is empty")
+        raise InvalidFileError("no validation images: the validation split is empty")
     return images, targets
 
 
 def time_runner(run, example: np.ndarray) -> dict:
-    from pathnas.profiling.timing import time_callable
-
     t = time_callable(lambda: run(example), repeats=20)
     return {"latency_p50_ms": t.median_ms, "latency_p90_ms": t.p90_ms, "images_per_s": 1000.0 / t.median_ms}
 
 
-def validate_artifact(artifact: dict, run_dir: Path, task: str, num_classes: int, ref: list[np.ndarray],
+def validate_artifact(artifact: dict, root: Path, task: str, num_classes: int, ref: list[np.ndarray],
                       batches: list[np.ndarray], targets: list[np.ndarray], threads: int | None) -> dict:
     """One report row; a runtime failure becomes a 'failed' row, never a crash of the whole report."""
-    from pathnas.export.runtimes import OpenVinoRunner, OrtRunner
-    from pathnas.export.tensorrt_export import Unavailable
+    from .tensorrt_export import Unavailable
 
     row = {"backend": artifact["backend"], "precision": artifact["precision"], "artifact": artifact.get("path"),
            "device": None, "status": artifact["status"], "reason": artifact.get("reason")}
     if artifact["status"] != "exported":
         return row
-    path = run_dir / artifact["path"]
+    path = root / artifact["path"]
     row["size_mb"] = sum(p.stat().st_size for p in [path, path.with_suffix(".bin")] if p.exists()) / 1e6
     try:
-        if artifact["backend"] == "onnxruntime":
-            runner = OrtRunner(path, "cpu", threads)
-        elif artifact["backend"] == "openvino":
-            runner = OpenVinoRunner(path, "CPU", threads)
-        else:
-            from pathnas.export.runtimes import TensorRTRunner
-
-            runner = TensorRTRunner(path)
+        runner = open_runner(path, artifact["backend"], threads)
         outputs = [runner.run(b) for b in batches]
         row["device"] = runner.provider
         row.update(compare_outputs(task, num_classes, ref, outputs, targets))
         row.update(time_runner(runner.run, batches[0][:1]))
         runner.close()
-    except Unavailable as err:
+    except (Unavailable, ProviderError) as err:  # the runtime is not on this machine: say so, never pretend
         row.update(status="skipped", reason=str(err))
         return row
     except Exception as err:  # a broken artifact is a row of the report, with its error
@@ -174,15 +155,15 @@ def pytorch_row(model: torch.nn.Module, batches: list[np.ndarray], ref: list[np.
     return row
 
 
-def validate(run_dir: Path, model: torch.nn.Module, artifacts: list[dict], loader, task: str, num_classes: int,
+def validate(root: Path, model: torch.nn.Module, artifacts: list[dict], loader, task: str, num_classes: int,
              threads: int | None = None, max_images: int | None = None) -> dict:
     """The validation report (rows in the schema the deployment stage reads)."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     batches, targets = validation_batches(loader, max_images)
     ref = reference_outputs(model, batches)
     rows = [pytorch_row(model, batches, ref, targets, task, num_classes)]
-    rows += [validate_artifact(a, Path(run_dir), task, num_classes, ref, batches, targets, threads) for a in artifacts]
+    rows += [validate_artifact(a, Path(root), task, num_classes, ref, batches, targets, threads) for a in artifacts]
     checked = [r for r in rows if r["status"] not in ("reference", "skipped")]
-    return {"rows": rows, "versions": library_versions(), "thresholds": THRESHOLDS,
+    return {"rows": rows, "versions": versions(VERSIONED), "thresholds": THRESHOLDS,
             "images": int(sum(b.shape[0] for b in batches)), "split": "val", "threads": threads,
             "passed": bool(checked) and all(r["status"] == "passed" for r in checked)}

@@ -1,13 +1,23 @@
-"""Atomic file writes: a stage's file is written to a temporary name and renamed,
-so an interrupted run never leaves a half-written file that looks finished."""
+"""Files, written so that nothing half-written looks finished, and read with errors that name them.
+
+Torch-free (the workstation runtime uses it): a stage's file is written to a temporary name
+and renamed; JSON is read through one helper that turns every way a file can be wrong into
+an ``InvalidFileError`` naming it; SHA-256 of files is computed in one place.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import InvalidFileError, MissingFileError
+
+# Files a run or a bundle writes are read by other accounts (a hospital's service user).
+FILE_MODE = 0o644
 
 
 @contextmanager
@@ -19,10 +29,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files an interrupted ``atomic_path`` left in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -41,27 +63,39 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
-    import torch
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
-
-def load_torch_checkpoint(path: str | os.PathLike, expected_format: str, kind: str, map_location="cpu") -> dict:
-    """A checkpoint dict written by this project, with a clear error for a missing, damaged or foreign file."""
-    import torch
-
-    path = Path(path)
+def read_text(path: Path, what: str = "file", hint: str | None = None) -> str:
+    """A text file's contents; MissingFileError (with ``hint``: how to make it) or InvalidFileError naming it."""
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} checkpoint {path} does not exist")
+        raise MissingFileError(f"{what} {path} does not exist" + (f": {hint}" if hint else ""))
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
-        raise ValueError(f"{path}: not a pathnas {kind} checkpoint (expected format {expected_format})")
-    return ckpt
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidFileError(f"{what} {path}: cannot be read ({err})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file", hint: str | None = None, kind: type | None = dict) -> Any:
+    """The JSON in ``path``; MissingFileError (with ``hint``: how to make it) or InvalidFileError naming it.
+
+    ``kind`` is the type the top level must have (dict by default; None accepts any).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(read_text(path, what, hint))
+    except json.JSONDecodeError as err:
+        raise InvalidFileError(f"{what} {path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise InvalidFileError(f"{what} {path}: JSON nested too deeply") from None
+    if kind is not None and not isinstance(value, kind):
+        raise InvalidFileError(f"{what} {path}: expected a JSON {kind.__name__}, found {type(value).__name__}")
+    return value
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -79,7 +113,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            raise InvalidFileError(f"{path}: line {i + 1} is not valid JSON") from None
     return records
 
 

@@ -9,28 +9,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from .io import append_jsonl, read_jsonl, rewrite_jsonl, save_torch_atomic, write_json_atomic
+from .checkpoint import resume_training, save_checkpoint
+from .errors import ConfigError
+from .io import append_jsonl, write_json_atomic
 from .subnet import build_subnet, load_subnet, save_subnet
-from .train import OptimConfig, build_training, evaluate, primary_metric, recalibrate_bn, train_epoch
+from .settings import RetrainConfig
+from .train import build_training, evaluate, primary_metric, recalibrate_bn, train_epoch
 from .train.distributed import DistContext, resolve_device
 
 log = logging.getLogger("pathnas.retrain")
 
-
-class RetrainConfig(OptimConfig):
-    data: Path
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.02, gt=0)
-    from_scratch: bool = False
-    bn_images: int = Field(256, ge=0)
-    workers: int = Field(0, ge=0)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+RETRAIN_FORMAT = "pathnas-retrain/1"
 
 
 def retrain(subnet_path: Path, cfg: RetrainConfig, out_dir: Path, progress=None) -> dict:
@@ -47,20 +39,17 @@ def retrain(subnet_path: Path, cfg: RetrainConfig, out_dir: Path, progress=None)
     data = build_loaders(cfg.data, meta["space_config"]["input_size"], cfg.batch_size, seed=cfg.seed,
                          workers=cfg.workers)
     if data.classes != meta["classes"] and meta["classes"]:
-        raise ValueError(f"{cfg.data} has classes {data.classes}, the subnet was built for {meta['classes']}")
+        raise ConfigError(f"{cfg.data} has classes {data.classes}, the subnet was built for {meta['classes']}")
     model.to(device)
     task, key = meta["task"], primary_metric(meta["task"])
     parts = build_training(model, task, data.num_classes, cfg, len(data.train), device)
     ctx = DistContext(0, 1, 0, device)
     start_epoch, best = 0, -math.inf
     last = out_dir / "last.pt"
+    identity = {"arch": meta["arch"], "space_config": meta["space_config"]}
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        parts.load_state_dict(state["training"])
-        start_epoch, best = state["epoch"], state["best_metric"]
-        kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
-        rewrite_jsonl(out_dir / "metrics.jsonl", kept)
+        start_epoch, best = resume_training(last, RETRAIN_FORMAT, "retrain", model, parts, out_dir / "metrics.jsonl",
+                                            identity, map_location=device)
         log.info("retrain: resumed after epoch %d", start_epoch)
     elif not cfg.from_scratch:
         recalibrate_bn(model, data.calib, cfg.bn_images, device)  # inherited BN stats mix every path
@@ -79,8 +68,8 @@ def retrain(subnet_path: Path, cfg: RetrainConfig, out_dir: Path, progress=None)
             best = val[key]
             save_subnet(out_dir / "best.pt", model, meta["space_config"], meta["arch"], task, data.classes,
                         epoch=epoch + 1, val=val)
-        save_torch_atomic({"model": model.state_dict(), "training": parts.state_dict(), "epoch": epoch + 1,
-                           "best_metric": best}, last)
+        save_checkpoint({"format": RETRAIN_FORMAT, **identity, "model": model.state_dict(),
+                         "training": parts.state_dict(), "epoch": epoch + 1, "best_metric": best}, last)
         append_jsonl(out_dir / "metrics.jsonl", record)
         log.info("retrain epoch %d: loss %.4f val %s %.2f", epoch + 1, record["train_loss"], key, val[key])
     best_model, best_meta = load_subnet(out_dir / "best.pt")

@@ -1,13 +1,14 @@
 """Standalone subnets: extraction from a supernet, and their checkpoint format."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .io import load_torch_checkpoint, save_torch_atomic
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import InvalidFileError
+from .io import read_json
 from .spaces import build_supernet, config_from_dict
 
 SUBNET_FORMAT = "pathnas-subnet/1"
@@ -15,7 +16,7 @@ SUBNET_FORMAT = "pathnas-subnet/1"
 
 def save_subnet(path: Path, model: nn.Module, space_config: dict, arch: str, task: str, classes: list[str],
                 **extra) -> None:
-    save_torch_atomic({"format": SUBNET_FORMAT, "space_config": space_config, "arch": arch, "task": task,
+    save_checkpoint({"format": SUBNET_FORMAT, "space_config": space_config, "arch": arch, "task": task,
                        "classes": classes, "model": model.state_dict(), **extra}, path)
 
 
@@ -26,7 +27,7 @@ def build_subnet(space_config: dict, arch: str) -> nn.Module:
 
 def load_subnet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a standalone model from a subnet checkpoint; returns it (eval mode) and its metadata."""
-    ckpt = load_torch_checkpoint(path, SUBNET_FORMAT, "subnet", map_location)
+    ckpt = load_checkpoint(path, SUBNET_FORMAT, "subnet", map_location)
     model = build_subnet(ckpt["space_config"], ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "training")}
@@ -34,9 +35,9 @@ def load_subnet(path: str | Path, map_location: str | torch.device = "cpu") -> t
 
 
 def best_arch_from_search(summary_path: Path) -> str:
-    summary = json.loads(Path(summary_path).read_text())
+    summary = read_json(summary_path, "search summary", "run `pathnas-edge search` first")
     if not summary.get("best"):
-        raise ValueError(f"{summary_path}: the search found no architecture that meets every budget; "
+        raise InvalidFileError(f"{summary_path}: the search found no architecture that meets every budget; "
                          f"relax the budgets or pass --arch")
     return summary["best"]["arch"]
 

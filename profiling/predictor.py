@@ -2,12 +2,18 @@
 
 Two sources, never mixed: a table measured on the device (``measured-table``), or, only when
 asked for, a roofline estimate from the profile's published peak compute and bandwidth
-(``roofline-estimate``), which is labelled an estimate wherever it appears.
+(``roofline-estimate``), which is labelled an estimate wherever it appears. When the device
+is this machine, ``measure_ms`` also times the path here, so a search can show both.
+
+The predictors implement ``pathnas.search.LatencyModel``; the search receives one from its
+caller and never imports this package.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+
+from pathnas.errors import ConfigError, InvalidFileError, UserError
 
 from .profiles import HardwareProfile
 from .tables import find_table, load_table, missing_table_error, profile_command, table_filename
@@ -15,7 +21,7 @@ from .tables import find_table, load_table, missing_table_error, profile_command
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
-class UnknownShapeError(ValueError):
+class UnknownShapeError(UserError):
     """The table has no measurement for a part (module at an exact input shape) of this supernet."""
 
 
@@ -23,13 +29,24 @@ class LatencyPredictor:
     source: str
     is_estimate: bool
 
-    def __init__(self, profile: HardwareProfile, supernet):
+    def __init__(self, profile: HardwareProfile, supernet, measure_here: bool = False):
         self.profile = profile
         self.supernet = supernet
         self._parts = supernet.latency_parts()
+        # Timing a path here is only meaningful when this machine is the device (and has an artifact runner).
+        self.measures_here = measure_here and profile.runs_here() and profile.runtime != "torch-cuda"
 
     def predict_ms(self, arch) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def measure_ms(self, arch) -> float | None:
+        """The path's latency timed on this machine (one round), or None when this machine is not the device."""
+        if not self.measures_here:
+            return None
+        from .tables import measure_model_latency
+
+        shape = tuple(self.supernet.example_input().shape)
+        return measure_model_latency(self.supernet.extract(arch), self.profile, shape, rounds=1)["median_ms"]
 
     def label(self, latency_ms: float) -> str:
         """The figure as it should be shown: estimates say so."""
@@ -46,10 +63,11 @@ class TablePredictor(LatencyPredictor):
     source = "measured-table"
     is_estimate = False
 
-    def __init__(self, profile: HardwareProfile, supernet, table: dict, table_path: Path | None = None):
-        super().__init__(profile, supernet)
+    def __init__(self, profile: HardwareProfile, supernet, table: dict, table_path: Path | None = None,
+                 measure_here: bool = False):
+        super().__init__(profile, supernet, measure_here)
         if table["profile"] != profile.name:
-            raise ValueError(f"{table_path}: table was measured for device {table['profile']}, not {profile.name}")
+            raise InvalidFileError(f"{table_path}: table was measured for device {table['profile']}, not {profile.name}")
         self.table, self.table_path = table, table_path
         self._scale = table["overhead"]["scale"]
         self._offset = table["overhead"]["offset_ms"]
@@ -84,13 +102,13 @@ class RooflinePredictor(LatencyPredictor):
     source = "roofline-estimate"
     is_estimate = True
 
-    def __init__(self, profile: HardwareProfile, supernet):
+    def __init__(self, profile: HardwareProfile, supernet, measure_here: bool = False):
         if not (profile.peak_gflops and profile.memory_bandwidth_gbs):
-            raise ValueError(
+            raise ConfigError(
                 f"device {profile.name} publishes no peak_gflops / memory_bandwidth_gbs in its profile, "
                 f"so not even a roofline estimate is possible; measure it with pathnas-edge profile"
             )
-        super().__init__(profile, supernet)
+        super().__init__(profile, supernet, measure_here)
         self._cache: dict[str, float] = {}
 
     def _part_ms(self, part) -> float:
@@ -123,18 +141,20 @@ def predictor_for(
     supernet,
     latency_source: Literal["table", "roofline"] = "table",
     table_path: str | Path | None = None,
+    measure_here: bool = False,
 ) -> LatencyPredictor:
     """The predictor for a device and a supernet configuration.
 
     ``table`` (the default) needs a table measured on the device; without one it raises
     NoLatencyTableError saying which command to run there and where to put the file.
+    ``measure_here``: also time each path on this machine when it is the device.
     """
     if latency_source == "roofline":
-        return RooflinePredictor(profile, supernet)
+        return RooflinePredictor(profile, supernet, measure_here)
     if latency_source != "table":
-        raise ValueError(f"latency source {latency_source!r}: allowed values are table, roofline")
+        raise ConfigError(f"latency source {latency_source!r}: allowed values are table, roofline")
     config = supernet.config.model_dump(mode="json")
     path = find_table(profile, config, table_path)
     if path is None:
         raise missing_table_error(profile, config)
-    return TablePredictor(profile, supernet, load_table(path), path)
+    return TablePredictor(profile, supernet, load_table(path), path, measure_here)

@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import platform
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pathnas.deploy.machine import cpu_flags, cpu_info
+from pathnas.deploy.runners import cuda_device_count
+from pathnas.errors import ConfigError
+from pathnas.io import read_text
 
 PROFILE_PACKAGE = "pathnas.hardware_profiles"
 
 
-class UnknownDeviceError(ValueError):
+class UnknownDeviceError(ConfigError):
     """No profile has this name or alias."""
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigError):
     """A profile file that does not validate; names the file and the field."""
 
 
@@ -63,41 +66,16 @@ class HardwareProfile(BaseModel):
                 return False
             return torch.cuda.is_available()
         if self.runtime == "tensorrt":
-            from pathnas.export.runtimes import CudaRuntime, ProviderError
-
-            if importlib.util.find_spec("tensorrt") is None:
-                return False
-            try:
-                CudaRuntime()
-            except ProviderError:
-                return False
-            return True
+            return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
         module = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino"}[self.runtime]
         if self.cpu_match is None or importlib.util.find_spec(module) is None:
             return False
-        cpu = _cpu_info()
         m = self.cpu_match
         return (
             (m.arch is None or m.arch == platform.machine())
-            and (m.vendor is None or m.vendor == cpu.get("vendor_id"))
-            and set(m.flags) <= set(cpu.get("flags", "").split())
+            and (m.vendor is None or m.vendor == cpu_info().get("vendor_id"))
+            and set(m.flags) <= cpu_flags()
         )
-
-
-@lru_cache(maxsize=1)
-def _cpu_info() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def cpu_model() -> str:
-    return _cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
 def _profile_files() -> list[Path]:
@@ -106,9 +84,11 @@ def _profile_files() -> list[Path]:
 
 
 def read_profile(path: str | Path) -> HardwareProfile:
+    import yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "hardware profile"))  # safe: data only, never objects
     except yaml.YAMLError as err:
         raise ProfileError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):

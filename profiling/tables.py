@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pathnas.io import write_json_atomic
+from pathnas.deploy.machine import cpu_model, versions
+from pathnas.deploy.runners import open_profile_runner
+from pathnas.deploy.timing import time_callable
+from pathnas.errors import ConfigError, InvalidFileError, MissingFileError, UserError
+from pathnas.io import read_json, write_json_atomic
 
-from .profiles import HardwareProfile, cpu_model
-from .timing import time_callable
+from .profiles import HardwareProfile
 
 log = logging.getLogger("pathnas.profiling")
 
@@ -30,7 +33,7 @@ SCHEMA = "pathnas-latency-table/1"
 TABLES_ENV = "PATHNAS_LATENCY_TABLES"
 
 
-class NoLatencyTableError(ValueError):
+class NoLatencyTableError(UserError):
     """The device has no measured table for this supernet configuration."""
 
 
@@ -52,7 +55,7 @@ def find_table(profile: HardwareProfile, space_config: dict, table_path: str | P
     if table_path is not None:
         path = Path(table_path)
         if not path.is_file():
-            raise FileNotFoundError(f"latency table {path} does not exist")
+            raise MissingFileError(f"latency table {path} does not exist")
         return path
     name = table_filename(space_config)
     folders = [Path(os.environ[TABLES_ENV]) / profile.name] if os.environ.get(TABLES_ENV) else []
@@ -62,15 +65,12 @@ def find_table(profile: HardwareProfile, space_config: dict, table_path: str | P
 
 def load_table(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable latency table ({err})") from None
-    if not isinstance(table, dict) or table.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a latency table of schema {SCHEMA} (found {table.get('schema') if isinstance(table, dict) else None!r})")
+    table = read_json(path, "latency table")
+    if table.get("schema") != SCHEMA:
+        raise InvalidFileError(f"{path}: not a latency table of schema {SCHEMA} (found {table.get('schema')!r})")
     for key in ("profile", "space_config", "parts", "overhead", "metadata"):
         if key not in table:
-            raise ValueError(f"{path}: latency table lacks {key!r}")
+            raise InvalidFileError(f"{path}: latency table lacks {key!r}")
     return table
 
 
@@ -104,27 +104,9 @@ def missing_table_error(profile: HardwareProfile, space_config: dict) -> NoLaten
     )
 
 
-def runtime_versions(runtime: str) -> dict[str, str]:
-    import onnx
-    import torch
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
-    if runtime == "onnxruntime-cpu" or runtime == "tensorrt":
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    if runtime == "openvino-cpu":
-        import openvino
-
-        versions["openvino"] = openvino.get_version()
-    if runtime == "tensorrt":
-        try:
-            import tensorrt
-
-            versions["tensorrt"] = tensorrt.__version__
-        except ImportError:
-            pass
-    return versions
+# The distributions whose versions decide a runtime's latency.
+RUNTIME_DISTRIBUTIONS = {"onnxruntime-cpu": ("onnxruntime",), "openvino-cpu": ("openvino",),
+                         "tensorrt": ("onnxruntime", "tensorrt"), "torch-cuda": ()}
 
 
 def machine_metadata(profile: HardwareProfile) -> dict:
@@ -140,7 +122,7 @@ def machine_metadata(profile: HardwareProfile) -> dict:
         "precision": profile.precision,
         "threads": profile.threads,
         "batch_size": profile.batch_size,
-        "versions": runtime_versions(profile.runtime),
+        "versions": versions(("torch", "onnx", *RUNTIME_DISTRIBUTIONS[profile.runtime])),
     }
 
 
@@ -174,7 +156,7 @@ def fit_overhead(parts_sum_ms: np.ndarray, measured_ms: np.ndarray) -> dict:
 
 def _export_for(profile: HardwareProfile, module, input_shape, path: Path) -> Path:
     """``module`` as ONNX at the profile's batch size (every runtime here reads ONNX)."""
-    from pathnas.export.onnx_export import export_onnx
+    from pathnas.onnx import export_onnx
 
     # Blocks and subnets are plain convolutions/attention: the TorchScript exporter is
     # ~100x faster than dynamo here and gives the same graph.
@@ -186,9 +168,7 @@ class _Item:
     """One thing to time: a model file (a part, a subnet) opened in the profile's runtime."""
 
     def __init__(self, path: Path, profile: HardwareProfile):
-        from pathnas.export.runtimes import open_runner
-
-        self.runner = open_runner(path, profile.runtime, profile.threads, profile.precision)
+        self.runner = open_profile_runner(path, profile.runtime, profile.threads, profile.precision)
         shape = self.runner.fixed_input_shape(profile.batch_size)
         self.x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         self.rounds: list = []
@@ -226,9 +206,9 @@ def measure_table(
     import torch
 
     if subnets <= fit_subnets:
-        raise ValueError(f"subnets ({subnets}) must exceed fit_subnets ({fit_subnets}) to leave held-out paths")
+        raise ConfigError(f"subnets ({subnets}) must exceed fit_subnets ({fit_subnets}) to leave held-out paths")
     if rounds < 1:
-        raise ValueError(f"rounds {rounds}: at least 1")
+        raise ConfigError(f"rounds {rounds}: at least 1")
     supernet = supernet.eval()
     parts = supernet.latency_parts()
     unique = {p.key: p for p in parts}
@@ -242,7 +222,7 @@ def measure_table(
             seen.add(arch.code)
             archs.append(arch)
     else:
-        raise ValueError(f"the space has fewer than {subnets} distinct paths")
+        raise ConfigError(f"the space has fewer than {subnets} distinct paths")
     total = len(unique) + len(archs)
     task = progress.add_task(f"profiling {profile.name}", total=total * (rounds + 1)) if progress else None
     with tempfile.TemporaryDirectory(prefix="pathnas-profile-") as tmp, torch.no_grad():
@@ -315,7 +295,7 @@ def measure_model_latency(model_or_path, profile: HardwareProfile, input_shape: 
     of all rounds, and the provider that ran it.
     """
     if not profile.runs_here():
-        raise ValueError(f"device {profile.name} ({profile.description}) cannot be measured on this machine")
+        raise ConfigError(f"device {profile.name} ({profile.description}) cannot be measured on this machine")
     with tempfile.TemporaryDirectory(prefix="pathnas-measure-") as tmp:
         if isinstance(model_or_path, (str, Path)):
             path = Path(model_or_path)
@@ -323,7 +303,7 @@ def measure_model_latency(model_or_path, profile: HardwareProfile, input_shape: 
             import torch
 
             if input_shape is None:
-                raise ValueError("input_shape is needed to export a PyTorch model for timing")
+                raise ConfigError("input_shape is needed to export a PyTorch model for timing")
             with torch.no_grad():
                 path = _export_for(profile, model_or_path, input_shape, Path(tmp) / "model.onnx")
         item = _Item(path, profile)

@@ -19,7 +19,8 @@ import tifffile
 from PIL import Image
 
 from pathnas.data import generate
-from pathnas.pipeline import stage_export, stage_extract, stage_validate
+from pathnas.pipeline import RunLayout
+from pathnas.pipeline.stages import stage_export, stage_extract, stage_validate
 from pathnas.spaces import space_config
 from pathnas.train import PretrainConfig, pretrain
 
@@ -54,9 +55,9 @@ def make_validated_run(root: Path, task: str, formats: tuple[str, ...] = ("onnx"
     pretrain(space_config(name, **knobs), PretrainConfig(data=data, run_dir=run / "supernet", epochs=1, batch_size=8,
                                                          workers=0, eval_paths=0, device="cpu", mixup_alpha=0,
                                                          cutmix_alpha=0), progress=False)
-    stage_extract(run, run / "supernet" / "last.pt", arch)
-    stage_export(run, data, list(formats), ["fp32"])
-    assert stage_validate(run, data)["passed"]
+    stage_extract(RunLayout(run), run / "supernet" / "last.pt", arch)
+    stage_export(RunLayout(run), data, list(formats), ["fp32"])
+    assert stage_validate(RunLayout(run), data)["passed"]
     return run, data
 
 
@@ -81,7 +82,7 @@ def copy_bundle(bundle: Path, dest: Path) -> Path:
 
 
 def test_package_writes_a_self_contained_verified_bundle(bundle):
-    from pathnas.deploy.manifest import sha256_file
+    from pathnas.io import sha256_file
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["files"]) == {"preprocess.json", "labels.json", "MODEL_CARD.md",
@@ -133,7 +134,7 @@ def _flip_a_byte(path: Path) -> None:
     (lambda b: (b / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
 ])
 def test_a_tampered_bundle_fails_verification_and_the_runtime_refuses_it(bundle, tmp_path, tamper, message):
-    from pathnas.deploy import infer
+    from pathnas.deploy import toolkit
 
     copy = copy_bundle(bundle, tmp_path / "b")
     tamper(copy)
@@ -145,7 +146,7 @@ def test_a_tampered_bundle_fails_verification_and_the_runtime_refuses_it(bundle,
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as refused:
-        infer.main([str(copy), str(image), "--out", str(tmp_path / "r.csv")])
+        toolkit.main([str(copy), str(image), "--out", str(tmp_path / "r.csv")])
     assert refused.value.code == 2 and "refusing to run" in stderr.getvalue() and message in stderr.getvalue()
     assert not (tmp_path / "r.csv").exists()
 
@@ -160,13 +161,16 @@ def test_package_refuses_what_it_must_not_ship(classify_run, bundle, tmp_path):
     (failed / "validate" / "report.json").write_text(json.dumps(report))
     code, _, err = cli("package", failed, "--device", "cpu", "--out", tmp_path / "b")
     assert code == 2 and "no artifact for runtime onnxruntime-cpu passed validation" in err
-    from pathnas.deploy.bundle import package
+    from pathnas.deploy.bundle import PackageInputs, package
+    from pathnas.errors import ConfigError
     from pathnas.profiling import HardwareProfile
 
     torch_gpu = HardwareProfile(name="gpu-torch", description="a GPU through PyTorch", runtime="torch-cuda",
                                 precision="fp16", batch_size=1, threads=1, input_sizes=[32])
-    with pytest.raises(ValueError, match="runs without PyTorch"):
-        package(run, torch_gpu, tmp_path / "b")
+    layout = RunLayout(run)
+    inputs = PackageInputs(layout.root, layout.report, layout.export_record, layout.preprocess, layout.labels)
+    with pytest.raises(ConfigError, match="runs without PyTorch"):
+        package(inputs, torch_gpu, tmp_path / "b")
     code, _, err = cli("package", run, "--device", "cpu", "--out", bundle)
     assert code == 2 and "already exists" in err
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.zip").exists()
@@ -227,7 +231,7 @@ def torch_free(module: str, *args) -> subprocess.CompletedProcess:
 
 
 def infer(*args) -> subprocess.CompletedProcess:
-    return torch_free("pathnas.deploy.infer", *args)
+    return torch_free("pathnas.deploy.toolkit", *args)
 
 
 def imported_distributions(result: subprocess.CompletedProcess) -> set[str]:
@@ -242,11 +246,11 @@ def read_csv(path: Path) -> list[dict]:
 
 def run_infer_here(*args) -> tuple[int, str]:
     """pathnas-infer in this process (for tracemalloc, and to save a process start)."""
-    from pathnas.deploy import infer as infer_module
+    from pathnas.deploy import toolkit
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-        infer_module.main([str(a) for a in args])
+        toolkit.main([str(a) for a in args])
     return exit_info.value.code, err.getvalue()
 
 
@@ -350,7 +354,7 @@ def test_tiling_a_large_tiff_streams_with_bounded_memory(bundle, tmp_path):
     import onnxruntime  # noqa: F401  (imported first: code is not the image data measured here)
 
     import pathnas.deploy.infer  # noqa: F401
-    import pathnas.export.runtimes  # noqa: F401
+    import pathnas.deploy.runners  # noqa: F401
 
     slide = tmp_path / "slide.tif"
     _synthetic_slide(slide, 4096)
@@ -421,15 +425,14 @@ def test_regress_a_bundle_against_its_manifest_baseline(bundle, tmp_path):
 
     copy = copy_bundle(bundle, tmp_path / "b")
     # On the workstation, without PyTorch: re-measure the baseline, then check against it.
-    measured = torch_free("pathnas.deploy.regress", copy, "--update-baseline", "--rounds", "2")
+    measured = torch_free("pathnas.deploy.toolkit", "regress", copy, "--update-baseline", "--rounds", "2")
     assert measured.returncode == 0, measured.stderr
     assert verify(copy)["latency_baseline"]["samples_ms"] != json.loads((bundle / "manifest.json").read_text())[
         "latency_baseline"]["samples_ms"]  # rewritten, and the bundle still verifies
-    checked = torch_free("pathnas.deploy.regress", copy, "--tolerance", "1.0", "--rounds", "2", "--json")
+    checked = torch_free("pathnas.deploy.toolkit", "regress", copy, "--tolerance", "1.0", "--rounds", "2", "--json")
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["passed"] is True
-    # pydantic and pyyaml read the hardware profile: proposed for the base (runtime) install
-    allowed = requirement_closure(declared_requirements(("runtime",)) + ["pydantic", "pyyaml"]) | {"pathnas-edge"}
+    allowed = requirement_closure(declared_requirements(("runtime",))) | {"pathnas-edge"}
     assert imported_distributions(checked) <= allowed, imported_distributions(checked) - allowed
     # The same check through pathnas-edge; a baseline 3x faster than now is a regression.
     manifest = json.loads((copy / "manifest.json").read_text())

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from pathnas.data import generate
-from pathnas.pipeline import stage_export, stage_extract, stage_validate
+from pathnas.pipeline import RunLayout
+from pathnas.pipeline.stages import stage_export, stage_extract, stage_validate
 from pathnas.retrain import RetrainConfig, retrain
 from pathnas.spaces import space_config
-from pathnas.stages import run_stage
+from pathnas.pipeline.record import run_stage
 from pathnas.subnet import load_subnet
 from pathnas.train import PretrainConfig, pretrain
 
@@ -47,7 +48,7 @@ def make_run(root: Path, task: str) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory):
     run, data = make_run(tmp_path_factory.mktemp("cls"), "classify")
-    stage_extract(run, run / "supernet" / "last.pt", "3575")
+    stage_extract(RunLayout(run), run / "supernet" / "last.pt", "3575")
     return run, data
 
 
@@ -68,7 +69,7 @@ def test_extract_refuses_a_search_without_a_feasible_best(tmp_path, classify_run
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "summary.json").write_text(json.dumps({"best": None}))
     with pytest.raises(ValueError, match="no architecture that meets every budget"):
-        stage_extract(tmp_path, run / "supernet" / "last.pt")
+        stage_extract(RunLayout(tmp_path), run / "supernet" / "last.pt")
 
 
 def test_retrain_keeps_the_best_val_epoch_reads_test_once_and_resumes(classify_run, tmp_path):
@@ -96,13 +97,13 @@ def test_stages_skip_when_inputs_are_unchanged_and_rerun_when_they_change(tmp_pa
         calls.append(1)
         out.write_text(source.read_text().upper())
 
-    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
-    assert not run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    assert run_stage(RunLayout(tmp_path), "upper", {"source": source, "mode": 1}, [out], work)
+    assert not run_stage(RunLayout(tmp_path), "upper", {"source": source, "mode": 1}, [out], work)
     source.write_text("b")
-    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
+    assert run_stage(RunLayout(tmp_path), "upper", {"source": source, "mode": 1}, [out], work)
     out.unlink()  # a lost output reruns the stage
-    assert run_stage(tmp_path, "upper", {"source": source, "mode": 1}, [out], work)
-    assert run_stage(tmp_path, "upper", {"source": source, "mode": 2}, [out], work)
+    assert run_stage(RunLayout(tmp_path), "upper", {"source": source, "mode": 1}, [out], work)
+    assert run_stage(RunLayout(tmp_path), "upper", {"source": source, "mode": 2}, [out], work)
     assert len(calls) == 4 and out.read_text() == "B"
     recorded = json.loads((tmp_path / "stages.json").read_text())["upper"]
     assert recorded["outputs"] == ["out.txt"] and set(recorded["inputs"]) == {"source", "mode"}
@@ -116,18 +117,18 @@ def test_a_crashed_stage_is_not_recorded_and_runs_again(tmp_path):
         raise KeyboardInterrupt  # killed mid-stage
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tmp_path, "flaky", {"mode": 1}, [out], crash)
+        run_stage(RunLayout(tmp_path), "flaky", {"mode": 1}, [out], crash)
     assert not (tmp_path / "stages.json").exists()
-    assert run_stage(tmp_path, "flaky", {"mode": 1}, [out], lambda: out.write_text("done"))
-    assert not run_stage(tmp_path, "flaky", {"mode": 1}, [out], crash)
+    assert run_stage(RunLayout(tmp_path), "flaky", {"mode": 1}, [out], lambda: out.write_text("done"))
+    assert not run_stage(RunLayout(tmp_path), "flaky", {"mode": 1}, [out], crash)
     with pytest.raises(RuntimeError, match="without writing"):
-        run_stage(tmp_path, "lazy", {}, [tmp_path / "never.txt"], lambda: None)
+        run_stage(RunLayout(tmp_path), "lazy", {}, [tmp_path / "never.txt"], lambda: None)
 
 
 @pytest.fixture(scope="module")
 def exported(classify_run):
     run, data = classify_run
-    rows = stage_export(run, data, ["onnx", "openvino", "tensorrt"], ["fp32", "fp16", "int8"], calibration_images=48)
+    rows = stage_export(RunLayout(run), data, ["onnx", "openvino", "tensorrt"], ["fp32", "fp16", "int8"], calibration_images=48)
     return run, data, rows
 
 
@@ -231,9 +232,9 @@ def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, 
 
 def test_segmentation_validation_reports_pixel_agreement_and_dice(tmp_path):
     run, data = make_run(tmp_path, "segment")
-    stage_extract(run, run / "supernet" / "last.pt", "33333333")
-    stage_export(run, data, ["onnx"], ["fp32"])
-    report = stage_validate(run, data)
+    stage_extract(RunLayout(run), run / "supernet" / "last.pt", "33333333")
+    stage_export(RunLayout(run), data, ["onnx"], ["fp32"])
+    report = stage_validate(RunLayout(run), data)
     row = next(r for r in report["rows"] if r["backend"] == "onnxruntime")
     assert row["status"] == "passed" and row["metric_name"] == "dice_pct"
     assert row["top1_agreement_pct"] == 100.0 and row["mask_dice_vs_pytorch_pct"] == 100.0

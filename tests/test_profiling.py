@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from pathnas.deploy import timing as timing_module
+from pathnas.deploy.regress import BaselineMismatchError, check_regression, compare, make_baseline, measure_samples
 from pathnas.profiling import (
-    BaselineMismatchError,
     NoLatencyTableError,
     ProfileError,
     UnknownDeviceError,
     UnknownShapeError,
-    check_regression,
-    compare,
     list_profiles,
     load_profile,
     load_table,
@@ -28,9 +27,7 @@ from pathnas.profiling import (
     predictor_for,
     save_table,
 )
-from pathnas.profiling import timing as timing_module
 from pathnas.profiling.profiles import read_profile
-from pathnas.profiling.regress import make_baseline, measure_samples
 from pathnas.profiling.tables import SCHEMA, config_digest
 from pathnas.spaces import build_supernet, space_config
 
@@ -189,7 +186,7 @@ def test_compare_is_noise_aware():
 
 @pytest.fixture(scope="module")
 def onnx_model(tiny, tmp_path_factory):
-    from pathnas.export.onnx_export import export_onnx
+    from pathnas.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("regress") / "model.onnx"
     export_onnx(tiny.extract("3333"), path, (1, 3, 32, 32), exporters=("legacy",))
@@ -197,7 +194,7 @@ def onnx_model(tiny, tmp_path_factory):
 
 
 def test_runners_share_one_interface_and_check_what_they_run(onnx_model, tmp_path):
-    from pathnas.export.runtimes import open_runner
+    from pathnas.deploy.runners import open_profile_runner as open_runner
 
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
     outputs = {}
@@ -216,11 +213,11 @@ def test_runners_share_one_interface_and_check_what_they_run(onnx_model, tmp_pat
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_a_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
-    from pathnas.export.runtimes import ProviderError, open_runner
+    from pathnas.deploy.runners import ProviderError, open_runner
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not used")
-    with pytest.raises(ProviderError, match="need the tensorrt package"):
+    with pytest.raises(ProviderError, match=r"tensorrt, which is not installed here: pip install 'pathnas-edge\[tensorrt\]'"):
         open_runner(engine, "tensorrt")
 
 

@@ -14,6 +14,7 @@ import torch
 from pathnas.data import generate
 from pathnas.io import read_jsonl
 from pathnas.profiling import load_profile, measure_table, save_table
+from pathnas.pipeline.stages import latency_factory
 from pathnas.search import ProposalError, SearchSettings, ncode, parse_choice, parse_proposal, run_search
 from pathnas.spaces import space_config
 from pathnas.train import PretrainConfig, pretrain
@@ -125,6 +126,11 @@ def settings(world, run_dir: Path, **overrides) -> SearchSettings:
     return SearchSettings(**{**base, **overrides})
 
 
+def search(settings: SearchSettings, **kwargs) -> dict:
+    """A search with the latency source its settings name (as the CLI and the pipeline build it)."""
+    return run_search(settings, latency_factory(settings), **kwargs)
+
+
 def proposal(values) -> str:
     return json.dumps({"reasoning": "test", "configuration": values})
 
@@ -150,7 +156,7 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
     ])
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
-    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=8,
+    summary = search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=8,
                                   budget_ms=world["budget_ms"] * 10, llm_timeout_s=0.7))
     evaluations = read_jsonl(run / "evaluations.jsonl")
     assert [e["arch"] for e in evaluations] == ["3333", "5555", "3577", "0573", "7777", "5353", "7530", "3737"]
@@ -180,7 +186,7 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
 def test_the_search_stops_cleanly_when_the_server_keeps_failing(world, server_factory, tmp_path):
     server = server_factory([{"reply": proposal([3, 3, 3, 3])}] + [{"status": 503}] * 10)
     run = tmp_path / "run"
-    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=5, llm_retries=2))
+    summary = search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=5, llm_retries=2))
     assert summary["status"] == "stopped" and "failed 3 times in a row" in summary["reason"]
     assert [e["arch"] for e in read_jsonl(run / "evaluations.jsonl")] == ["3333"]  # what was done is kept
     assert json.loads((run / "summary.json").read_text())["best"]["arch"] == "3333"
@@ -188,16 +194,16 @@ def test_the_search_stops_cleanly_when_the_server_keeps_failing(world, server_fa
 
 def test_an_llm_that_never_gives_a_valid_answer_stops_the_search_cleanly(world, server_factory, tmp_path):
     server = server_factory([{"reply": "I cannot help with that."}] * 3)
-    summary = run_search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=2))
+    summary = search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=2))
     assert summary["status"] == "stopped" and "no valid new architecture in 3 attempts" in summary["reason"]
     assert "holds no JSON object" in server.prompts()[1]
 
 
 def test_replay_needs_no_network(world, server_factory, tmp_path):
     server = server_factory([{"reply": proposal(v)} for v in ([3, 3, 3, 3], [5, 5, 5, 5], [7, 7, 7, 7])])
-    first = run_search(settings(world, tmp_path / "live", proposer="llm", llm_base_url=server.url, iterations=3))
+    first = search(settings(world, tmp_path / "live", proposer="llm", llm_base_url=server.url, iterations=3))
     server.close()
-    replayed = run_search(settings(world, tmp_path / "replay", proposer="llm", iterations=3,
+    replayed = search(settings(world, tmp_path / "replay", proposer="llm", iterations=3,
                                    llm_base_url="http://127.0.0.1:9/v1",  # nothing listens there
                                    replay=tmp_path / "live" / "transcript.jsonl"))
     live = read_jsonl(tmp_path / "live" / "evaluations.jsonl")
@@ -217,7 +223,7 @@ def test_llm_rank_picks_one_of_the_feasible_candidates(world, server_factory, tm
 
     server = server_factory([pick_first] * 3)
     run = tmp_path / "run"
-    summary = run_search(settings(world, run, proposer="llm-rank", llm_base_url=server.url, iterations=3,
+    summary = search(settings(world, run, proposer="llm-rank", llm_base_url=server.url, iterations=3,
                                   budget_ms=world["budget_ms"]))
     assert summary["status"] == "completed"
     evaluations = read_jsonl(run / "evaluations.jsonl")
@@ -239,7 +245,7 @@ def test_rate_limits_honour_retry_after(world, server_factory, tmp_path, monkeyp
     monkeypatch.setattr(llm.time, "sleep", delays.append)
     server = server_factory([{"status": 429, "headers": {"Retry-After": "7"}}, {"status": 503},
                              {"reply": proposal([5, 5, 5, 5])}])
-    summary = run_search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=1,
+    summary = search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=1,
                                   llm_backoff_s=0.25))
     assert summary["status"] == "completed" and len(server.requests) == 3
     assert delays[0] == 7.0  # the server's Retry-After, not our backoff
@@ -251,7 +257,7 @@ def test_the_key_never_reaches_an_error_message_summary_or_log(world, server_fac
     server = server_factory([{"status": 401, "echo_auth": True}])
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
-    summary = run_search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=2))
+    summary = search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=2))
     assert server.requests[0]["auth"] == f"Bearer {SECRET}"  # the server did get the key ...
     assert summary["status"] == "stopped" and "refused the request" in summary["reason"]
     assert "[redacted]" in summary["reason"]  # ... and echoed it, redacted everywhere after
@@ -262,7 +268,7 @@ def test_the_key_never_reaches_an_error_message_summary_or_log(world, server_fac
 
 def test_roofline_latency_is_labelled_an_estimate_in_the_prompt_and_summary(world, server_factory, tmp_path):
     server = server_factory([{"reply": proposal([3, 3, 3, 3])}, {"reply": proposal([5, 5, 5, 5])}])
-    summary = run_search(settings(world, tmp_path / "run", device="jetson", latency_table=None, iterations=2,
+    summary = search(settings(world, tmp_path / "run", device="jetson", latency_table=None, iterations=2,
                                   latency_source="roofline", proposer="llm", llm_base_url=server.url, budget_ms=5.0))
     first, second = server.prompts()
     assert "jetson-orin-nano" in first and "ROOFLINE ESTIMATES" in first
@@ -274,7 +280,7 @@ def test_roofline_latency_is_labelled_an_estimate_in_the_prompt_and_summary(worl
 
 def test_finetuned_evaluation_and_latency_measured_on_this_machine(world, tmp_path):
     run = tmp_path / "run"
-    run_search(settings(world, run, proposer="random", iterations=1, finetune_epochs=1, measure_local=True))
+    search(settings(world, run, proposer="random", iterations=1, finetune_epochs=1, measure_local=True))
     (record,) = read_jsonl(run / "evaluations.jsonl")
     assert record["finetune_epochs"] == 1 and 0 <= record["metric"] <= 100
     assert record["measured_latency_ms"] > 0  # the cpu profile runs here, so it was timed, not only predicted
@@ -285,7 +291,7 @@ def test_finetuned_evaluation_and_latency_measured_on_this_machine(world, tmp_pa
 @pytest.mark.parametrize("proposer", ["random", "evolution"])
 def test_offline_proposers_honour_the_budgets(world, tmp_path, proposer):
     run = tmp_path / proposer
-    summary = run_search(settings(world, run, proposer=proposer, iterations=4, budget_ms=world["budget_ms"]))
+    summary = search(settings(world, run, proposer=proposer, iterations=4, budget_ms=world["budget_ms"]))
     evaluations = read_jsonl(run / "evaluations.jsonl")
     assert len({e["arch"] for e in evaluations}) == 4
     assert all(e["latency_ms"] <= world["budget_ms"] and e["meets_budgets"] for e in evaluations)
@@ -295,22 +301,22 @@ def test_offline_proposers_honour_the_budgets(world, tmp_path, proposer):
 def test_auto_picks_evolution_offline(world, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert run_search(settings(world, tmp_path / "run", proposer="auto", iterations=1))["proposer"] == "evolution"
+    assert search(settings(world, tmp_path / "run", proposer="auto", iterations=1))["proposer"] == "evolution"
 
 
 def test_resume_does_not_re_evaluate(world, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    run_search(settings(world, run, proposer="random", iterations=2))
+    search(settings(world, run, proposer="random", iterations=2))
     first = read_jsonl(run / "evaluations.jsonl")
     with pytest.raises(FileExistsError, match="--resume"):
-        run_search(settings(world, run, proposer="random", iterations=4))
+        search(settings(world, run, proposer="random", iterations=4))
     import pathnas.search.loop as loop
 
     evaluated = []
     original = loop.Evaluator.__call__
     monkeypatch.setattr(loop.Evaluator, "__call__",
                         lambda self, arch, *a, **k: evaluated.append(arch.code) or original(self, arch, *a, **k))
-    summary = run_search(settings(world, run, proposer="random", iterations=4, resume=True))
+    summary = search(settings(world, run, proposer="random", iterations=4, resume=True))
     records = read_jsonl(run / "evaluations.jsonl")
     assert records[:2] == first and len(records) == 4 and len(evaluated) == 2
     assert not set(evaluated) & {r["arch"] for r in first} and summary["evaluations"] == 4

@@ -168,8 +168,8 @@ def test_vit_weights_are_entangled():
 
 @pytest.mark.parametrize("name", ["shufflenet", "unet", "vit"])
 def test_extracted_model_passes_torch_export_and_onnx(name, tmp_path):
-    from pathnas.export.onnx_export import export_onnx
-    from pathnas.export.runtimes import ort_session
+    from pathnas.onnx import export_onnx
+    from pathnas.deploy.runners import ort_session
 
     net = tiny_supernet(name).eval()
     arch = net.sample(torch.Generator().manual_seed(5))

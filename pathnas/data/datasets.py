@@ -24,6 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..errors import ConfigError, UserError
 from ..io import write_json_atomic
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -37,7 +38,7 @@ SKIP_HINT = "--skip-bad skips such files"
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data set problem; the message names the file or folder at fault."""
 
 
@@ -130,7 +131,7 @@ def load_or_create_splits(
     if path.exists():
         return _load_splits(root, path, task)
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
-        raise ValueError(f"split fractions {fractions} must be three positive numbers that sum to 1")
+        raise ConfigError(f"split fractions {fractions} must be three positive numbers that sum to 1")
     rng = random.Random(seed)
     splits: dict = {s: [] for s in SPLITS}
     for group, files in _all_samples(root, task).items():
@@ -226,7 +227,7 @@ class _FolderDataset(Dataset):
 
     def __init__(self, root, split: str, transform, skip_bad: bool, entries: list[tuple[Path, ...]]):
         if split not in SPLITS:
-            raise ValueError(f"split {split!r}: allowed values are {', '.join(SPLITS)}")
+            raise ConfigError(f"split {split!r}: allowed values are {', '.join(SPLITS)}")
         self.root, self.split, self.transform = Path(root), split, transform
         self.skipped: list[Path] = []
         self._readable: list[tuple[Path, ...]] = []
@@ -296,7 +297,7 @@ def build_transforms(task: str, input_size: int, train: bool) -> v2.Compose:
     masks out of the colour jitter, the dtype conversion and the normalisation, so they stay integer.
     """
     if task not in ("classify", "segment"):
-        raise ValueError(f"task {task!r}: allowed values are classify, segment")
+        raise ConfigError(f"task {task!r}: allowed values are classify, segment")
     steps: list = [v2.Resize((input_size, input_size), antialias=True)]
     if train:
         steps += [

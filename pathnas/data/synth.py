@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..io import write_bytes_atomic, write_json_atomic
+from ..errors import ConfigError
 from .datasets import DataError
 
 # Bump whenever the pixels change, so an existing data set is never mistaken for a new one.
@@ -154,11 +155,11 @@ def generate(
     completion marker, last, so an interrupted run is simply run again.
     """
     if task not in ("classify", "segment"):
-        raise ValueError(f"task {task!r}: allowed values are classify, segment")
+        raise ConfigError(f"task {task!r}: allowed values are classify, segment")
     if n_per_class < 3:
-        raise ValueError(f"n_per_class {n_per_class}: at least 3 per class are needed for train/val/test splits")
+        raise ConfigError(f"n_per_class {n_per_class}: at least 3 per class are needed for train/val/test splits")
     if image_size < 16:
-        raise ValueError(f"image_size {image_size}: at least 16 pixels")
+        raise ConfigError(f"image_size {image_size}: at least 16 pixels")
     out = Path(out_dir)
     params = {"generator": GENERATOR_VERSION, "task": task, "n_per_class": n_per_class,
               "image_size": image_size, "seed": seed}

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pathnas.errors import ConfigError, InvalidFileError
 from pathnas.io import append_jsonl, read_jsonl
 
 log = logging.getLogger("pathnas.search.llm")
@@ -81,7 +82,7 @@ class ChatClient:
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._key = api_key or os.environ.get("OPENAI_API_KEY") or ("not-needed" if self.base_url else None)
         if self._key is None:
-            raise ValueError("the LLM proposer needs OPENAI_API_KEY (or a local server via --llm-base-url / OPENAI_BASE_URL)")
+            raise ConfigError("the LLM proposer needs OPENAI_API_KEY (or a local server via --llm-base-url / OPENAI_BASE_URL)")
         # The client's own retries are off: ours are bounded, logged and honour Retry-After.
         self._client = openai.OpenAI(api_key=self._key, base_url=self.base_url, timeout=timeout_s, max_retries=0)
         self._openai = openai
@@ -156,7 +157,7 @@ class ReplayClient:
     def __init__(self, transcript_path: Path, transcript: Transcript | None = None):
         records = [r for r in read_jsonl(transcript_path) if r.get("type") == "llm_call" and r.get("reply") is not None]
         if not records:
-            raise ValueError(f"{transcript_path}: no LLM replies to replay")
+            raise InvalidFileError(f"{transcript_path}: no LLM replies to replay")
         self._records = records
         self._next = 0
         self.model = records[0].get("model", "replay")

@@ -15,50 +15,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pathnas.io import append_jsonl, read_jsonl, write_json_atomic
 
+from pathnas.errors import AlreadyExistsError, ConfigError, MissingFileError
+
+from pathnas.settings import PROPOSERS, SearchSettings
+
+from .latency import LatencyFactory, LatencyModel
 from .llm import ChatClient, LLMUnavailable, ReplayClient, Transcript
 from .proposers import EvolutionProposer, LLMProposer, LLMRankProposer, NoProposal, RandomProposer, SearchContext
 
 log = logging.getLogger("pathnas.search")
 
-PROPOSERS = ("llm", "llm-rank", "evolution", "random", "auto")
-
-
-class SearchSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    device: str
-    supernet: Path
-    data: Path
-    run_dir: Path
-    space: str | None = Field(None, description="must agree with the supernet checkpoint when given")
-    budget_ms: float | None = Field(None, gt=0)
-    budget_mflops: float | None = Field(None, gt=0)
-    iterations: int = Field(10, ge=1)
-    proposer: Literal["llm", "llm-rank", "evolution", "random", "auto"] = "auto"
-    llm_model: str = "gpt-4o"
-    llm_base_url: str | None = None
-    temperature: float = Field(0.0, ge=0, le=2)
-    prompt: Literal["expert", "generic", "none"] = "expert"
-    llm_timeout_s: float = Field(60.0, gt=0)
-    llm_retries: int = Field(4, ge=0)
-    llm_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry (Retry-After wins)")
-    finetune_epochs: int = Field(0, ge=0)
-    bn_images: int = Field(256, ge=0)
-    batch_size: int = Field(64, ge=1)
-    latency_source: Literal["table", "roofline"] = "table"
-    latency_table: Path | None = None
-    measure_local: bool = Field(True, description="also measure latency when the device is this machine")
-    resume: bool = False
-    replay: Path | None = None
-    seed: int = 0
-    torch_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where evaluation runs")
 
 
 class Budgets:
@@ -132,14 +103,13 @@ def describe_dataset(data, root: Path) -> str:
 class Evaluator:
     """Accuracy with inherited weights (+ optional fine-tuning), cost, and latency of one path."""
 
-    def __init__(self, supernet, data, predictor, profile, settings: SearchSettings, device: torch.device):
+    def __init__(self, supernet, data, predictor: LatencyModel, settings: SearchSettings, device: torch.device):
         from pathnas.train import primary_metric
 
-        self.supernet, self.data, self.predictor, self.profile = supernet, data, predictor, profile
+        self.supernet, self.data, self.predictor = supernet, data, predictor
         self.settings, self.device = settings, device
         self.metric_name = primary_metric(supernet.task)
         self._flops: dict[str, tuple[int, int]] = {}
-        self.measure_local = settings.measure_local and profile.runs_here() and profile.runtime != "torch-cuda"
 
     def cost(self, arch) -> tuple[int, int]:
         from pathnas.cost import measure_cost
@@ -165,7 +135,6 @@ class Evaluator:
         return evaluate(subnet, self.data.val, self.supernet.task, self.data.num_classes, self.device)
 
     def __call__(self, arch, iteration: int, proposer: str, budgets: Budgets) -> dict:
-        from pathnas.profiling import measure_model_latency
         from pathnas.train import evaluate_architecture
 
         start = time.perf_counter()
@@ -183,10 +152,10 @@ class Evaluator:
             "flops": flops, "params": params, "latency_ms": latency,
             "latency_source": self.predictor.source, "latency_is_estimate": self.predictor.is_estimate,
         }
-        if self.measure_local:
-            measured = measure_model_latency(self.supernet.extract(arch), self.profile,
-                                             tuple(self.supernet.example_input().shape), rounds=1)
-            record["measured_latency_ms"] = measured["median_ms"]
+        if self.settings.measure_local:
+            measured = self.predictor.measure_ms(arch)
+            if measured is not None:
+                record["measured_latency_ms"] = measured
         verdicts = budgets.verdicts(latency, flops)
         record.update(budgets_met=verdicts, meets_budgets=all(verdicts.values()),
                       seconds=round(time.perf_counter() - start, 3))
@@ -216,33 +185,35 @@ def _make_proposer(settings: SearchSettings, transcript: Transcript):
     return LLMRankProposer(client, seed=settings.seed)
 
 
-def run_search(settings: SearchSettings, on_evaluation=None) -> dict:
-    """Run (or resume, or replay) a search; returns the summary also written to RUN_DIR/summary.json."""
+def run_search(settings: SearchSettings, latency_model: LatencyFactory, on_evaluation=None) -> dict:
+    """Run (or resume, or replay) a search; returns the summary also written to RUN_DIR/summary.json.
+
+    ``latency_model(supernet)`` gives the latency source for the target device (see latency.py).
+    """
     from pathnas.data import build_loaders
-    from pathnas.profiling import load_profile, predictor_for
     from pathnas.train import load_supernet
     from pathnas.train.distributed import resolve_device
 
     run_dir = Path(settings.run_dir)
     evaluations_path = run_dir / "evaluations.jsonl"
     if evaluations_path.exists() and not settings.resume:
-        raise FileExistsError(f"{run_dir} already holds a search: pass --resume to continue it, or another --run-dir")
+        raise AlreadyExistsError(f"{run_dir} already holds a search: pass --resume to continue it, or another --run-dir")
     if settings.replay and not Path(settings.replay).is_file():
-        raise FileNotFoundError(f"transcript {settings.replay} does not exist")
+        raise MissingFileError(f"transcript {settings.replay} does not exist")
     device = resolve_device(settings.torch_device)
     supernet, ckpt = load_supernet(settings.supernet)
     supernet.to(device).eval()
     if settings.space and settings.space != supernet.config.space:
-        raise ValueError(f"--space {settings.space} but {settings.supernet} is a {supernet.config.space} supernet")
-    profile = load_profile(settings.device)
-    predictor = predictor_for(profile, supernet, settings.latency_source, settings.latency_table)
+        raise ConfigError(f"--space {settings.space} but {settings.supernet} is a {supernet.config.space} supernet")
+    predictor = latency_model(supernet)
+    target = predictor.describe()
     data = build_loaders(settings.data, supernet.config.input_size, settings.batch_size, seed=settings.seed)
     if data.num_classes != supernet.config.num_classes:
-        raise ValueError(f"{settings.data} has {data.num_classes} classes; the supernet was trained for "
+        raise ConfigError(f"{settings.data} has {data.num_classes} classes; the supernet was trained for "
                          f"{supernet.config.num_classes}")
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the settings are known to work
     budgets = Budgets(settings.budget_ms, settings.budget_mflops)
-    evaluator = Evaluator(supernet, data, predictor, profile, settings, device)
+    evaluator = Evaluator(supernet, data, predictor, settings, device)
     transcript = Transcript(run_dir / "transcript.jsonl")
     proposer = _make_proposer(settings, transcript)
 
@@ -258,8 +229,8 @@ def run_search(settings: SearchSettings, on_evaluation=None) -> dict:
     ctx.prompt_facts = {
         "task": "classification" if supernet.task == "classify" else "segmentation",
         "dataset": describe_dataset(data, Path(settings.data)), "space_notes": space_notes(supernet),
-        "device": profile.name, "runtime": profile.runtime, "precision": profile.precision,
-        "batch_size": profile.batch_size, "label_latency": predictor.label,
+        "device": target["device"], "runtime": target["runtime"], "precision": target["precision"],
+        "batch_size": target["batch_size"], "label_latency": predictor.label,
         "latency_source_note": ("ROOFLINE ESTIMATES from published peak compute and bandwidth, not measurements."
                                 if predictor.is_estimate else "predicted from a latency table measured on the device."),
         "budgets": budgets.describe(predictor.label), "has_inactive": supernet.config.space == "vit",

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from pathnas.errors import ConfigError
 from pathnas.spaces import Architecture, SearchSpace
 
 from .parse import ProposalError, ncode, parse_choice, parse_proposal
@@ -156,7 +157,7 @@ class LLMProposer:
 
     def __init__(self, client, prompt: str = "expert", max_attempts: int = 3):
         if prompt not in ("expert", "generic", "none"):
-            raise ValueError(f"prompt {prompt!r}: allowed values are expert, generic, none")
+            raise ConfigError(f"prompt {prompt!r}: allowed values are expert, generic, none")
         self.client, self.prompt, self.max_attempts = client, prompt, max_attempts
 
     def system_messages(self) -> list[dict]:

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from ..errors import ConfigError
 from .base import INACTIVE, Architecture, ArchitectureError, Decision, Option, SearchSpace
 from .shufflenet import ShuffleNetConfig, ShuffleNetSupernet
 from .supernet import SpaceConfig, Supernet
@@ -18,10 +19,6 @@ SUPERNETS: dict[str, type[Supernet]] = {
 }
 AnySpaceConfig = Annotated[Union[ShuffleNetConfig, UNetConfig, ViTConfig], Field(discriminator="space")]
 _config_adapter: TypeAdapter = TypeAdapter(AnySpaceConfig)
-
-
-class ConfigError(ValueError):
-    """A configuration that does not validate; the message names the field and what is allowed."""
 
 
 def space_config(space: str, **knobs: Any) -> SpaceConfig:

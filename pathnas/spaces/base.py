@@ -15,10 +15,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import UserError
+
 INACTIVE = "-"
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError, ValueError):
     """An architecture that is not a member of its search space."""
 
 

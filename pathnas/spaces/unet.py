@@ -16,6 +16,7 @@ from pydantic import Field
 from timm.layers import ConvNormAct, SEModule, make_divisible
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Architecture, SearchSpace
 from .supernet import ChoiceLayer, LatencyPart, SpaceConfig, Supernet, kernel_decision, record_input_shapes, shape_key
 
@@ -110,7 +111,7 @@ class UNetSupernet(Supernet):
     def __init__(self, config: UNetConfig | None = None):
         config = config or UNetConfig()
         if config.input_size % 16:
-            raise ValueError(f"unet: input_size {config.input_size} must be a multiple of 16 (four 2x poolings)")
+            raise ConfigError(f"unet: input_size {config.input_size} must be a multiple of 16 (four 2x poolings)")
         super().__init__(config, unet_space(config))
         f0 = config.channels(config.filters[0])
         self.enc0 = VGGBlock(config.in_chans, f0, 3, config.se_reduction)

@@ -1,7 +1,8 @@
 """Supernet pretraining, evaluation with inherited weights, losses and DDP plumbing."""
-from .loop import OptimConfig, TrainingParts, build_training, train_epoch
+from ..settings import OptimConfig, PretrainConfig
+from .loop import TrainingParts, build_training, train_epoch
 from .evaluate import MetricAccumulator, evaluate, evaluate_architecture, primary_metric, recalibrate_bn
-from .spos import PretrainConfig, PretrainResult, load_supernet, path_generator, pretrain
+from .spos import PretrainResult, load_supernet, path_generator, pretrain
 
 __all__ = [
     "OptimConfig", "TrainingParts", "build_training", "train_epoch",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -26,7 +28,7 @@ class DistContext:
 
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {preference!r}: allowed values are auto, cpu, cuda")
+        raise ConfigError(f"device {preference!r}: allowed values are auto, cpu, cuda")
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but CUDA is not available on this machine")
     if preference == "cpu" or not torch.cuda.is_available():

@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..spaces import Architecture, Supernet
 
 
@@ -74,7 +75,7 @@ class MetricAccumulator:
 
     def result(self) -> dict[str, float]:
         if self.count == 0:
-            raise ValueError("no images were evaluated (is the split empty?)")
+            raise ConfigError("no images were evaluated (is the split empty?)")
         out = {"loss": self.loss_sum / self.count}
         if self.task == "classify":
             out["top1_pct"] = 100.0 * self.correct / self.count

@@ -11,33 +11,16 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from ..errors import ConfigError
+from ..settings import OptimConfig
 from .distributed import DistContext, all_reduce_sum
 from .losses import DiceCELoss
-
-
-class OptimConfig(BaseModel):
-    """Optimisation settings shared by pretraining, fine-tuning and retraining."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=2, description="per process")
-    lr: float = Field(0.1, gt=0)
-    weight_decay: float = Field(4e-5, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(1.0, ge=0)
-    mixup_alpha: float = Field(0.8, ge=0, description="timm Mixup; 0 with cutmix_alpha 0 turns mixing off")
-    cutmix_alpha: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke runs)")
 
 
 @dataclass
@@ -71,7 +54,7 @@ def build_training(
     for classification, Dice + CE for segmentation."""
     steps = min(batches_per_epoch, cfg.max_steps_per_epoch or batches_per_epoch)
     if steps == 0:
-        raise ValueError(f"the training split has fewer images than one batch ({cfg.batch_size} per process)")
+        raise ConfigError(f"the training split has fewer images than one batch ({cfg.batch_size} per process)")
     optimizer = create_optimizer_v2(model, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.lr * 1e-3,
@@ -83,7 +66,7 @@ def build_training(
     if task == "classify":
         if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
             if cfg.batch_size % 2:
-                raise ValueError(f"batch_size {cfg.batch_size} must be even for mixup/cutmix")
+                raise ConfigError(f"batch_size {cfg.batch_size} must be even for mixup/cutmix")
             mixup = Mixup(
                 mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
                 label_smoothing=cfg.label_smoothing, num_classes=num_classes,

@@ -12,35 +12,23 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_loaders, load_or_create_splits
-from ..io import append_jsonl, load_torch_checkpoint, read_jsonl, rewrite_jsonl, save_torch_atomic, write_json_atomic
+from ..checkpoint import load_checkpoint, resume_training, save_checkpoint
+from ..errors import AlreadyExistsError, ConfigError
+from ..io import append_jsonl, read_jsonl, write_json_atomic
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
 from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
 from .evaluate import evaluate_architecture, primary_metric
-from .loop import OptimConfig, build_training, train_epoch
+from ..settings import PretrainConfig
+from .loop import build_training, train_epoch
 
 log = logging.getLogger("pathnas.pretrain")
 
 CHECKPOINT_FORMAT = "pathnas-supernet/1"
-
-
-class PretrainConfig(OptimConfig):
-    """Supernet pretraining settings; ``batch_size`` is per process (global batch = batch_size x world size)."""
-
-    data: Path
-    run_dir: Path
-    eval_paths: int = Field(2, ge=0, description="random paths evaluated on val after every epoch")
-    bn_images: int = Field(256, ge=0, description="training images for BN recalibration before evaluation")
-    workers: int = Field(2, ge=0)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    skip_bad: bool = False
 
 
 @dataclass
@@ -58,7 +46,7 @@ def path_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
     """Rebuild a supernet from a checkpoint written by ``pretrain``; returns it and the checkpoint."""
-    ckpt = load_torch_checkpoint(path, CHECKPOINT_FORMAT, "supernet", map_location)
+    ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "supernet", map_location)
     supernet = build_supernet(config_from_dict(ckpt["space_config"]))
     supernet.load_state_dict(ckpt["model"])
     return supernet, ckpt
@@ -77,12 +65,12 @@ class _Trainer:
         )
         self.supernet = build_supernet(space_config)
         if self.supernet.task != self.data.task:
-            raise ValueError(
+            raise ConfigError(
                 f"space {space_config.space!r} is for {self.supernet.task} data, but {cfg.data} holds "
                 f"{self.data.task} data"
             )
         if space_config.num_classes != self.data.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"space config has num_classes={space_config.num_classes} but {cfg.data} has "
                 f"{self.data.num_classes} classes ({', '.join(self.data.classes)})"
             )
@@ -126,19 +114,11 @@ class _Trainer:
         if not path.exists():
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
             return
-        ckpt = torch.load(path, map_location=self.ctx.device, weights_only=False)
-        saved = ckpt["space_config"]
-        current = self.supernet.config.model_dump(mode="json")
-        if saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ValueError(f"{path} was trained with another space configuration (differs in: {', '.join(diff)})")
-        self.supernet.load_state_dict(ckpt["model"])
-        self.parts.load_state_dict(ckpt["training"])
-        self.start_epoch = ckpt["epoch"]
-        self.best_metric = ckpt["best_metric"]
-        if self.ctx.is_main:  # drop log lines of an epoch that ran after the checkpoint but never finished
-            kept = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", 0) <= self.start_epoch]
-            rewrite_jsonl(self.run_dir / "metrics.jsonl", kept)
+        self.start_epoch, self.best_metric = resume_training(
+            path, CHECKPOINT_FORMAT, "supernet", self.supernet, self.parts,
+            self.run_dir / "metrics.jsonl" if self.ctx.is_main else None,
+            {"space_config": self.supernet.config.model_dump(mode="json")}, map_location=self.ctx.device,
+        )
         log.info("resumed from %s after epoch %d", path, self.start_epoch)
 
     # -- the loop ------------------------------------------------------------------------
@@ -179,9 +159,9 @@ class _Trainer:
                 if improved:
                     self.best_metric = metric
                 ckpt = self.checkpoint(epoch + 1, record)
-                save_torch_atomic(ckpt, self.run_dir / "last.pt")
+                save_checkpoint(ckpt, self.run_dir / "last.pt")
                 if improved or metric is None:
-                    save_torch_atomic(ckpt, self.run_dir / "best.pt")
+                    save_checkpoint(ckpt, self.run_dir / "best.pt")
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
                 log.info("epoch %d: %s", epoch + 1, _summary(record))
             barrier(ctx)
@@ -203,7 +183,7 @@ def pretrain(
     run_dir = Path(cfg.run_dir)
     if ctx.is_main:
         if (run_dir / "last.pt").exists() and not resume:
-            raise FileExistsError(
+            raise AlreadyExistsError(
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir"
             )
         run_dir.mkdir(parents=True, exist_ok=True)

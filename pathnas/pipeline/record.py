@@ -14,42 +14,38 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .io import write_json_atomic
+from pathnas.errors import MissingFileError
+from pathnas.io import read_json, sha256_file, write_json_atomic
+
+from .layout import RunLayout
 
 log = logging.getLogger("pathnas.stages")
-STAGES_FILE = "stages.json"
 
 
 def content_hash(value: Any) -> str:
     """SHA-256 of a file's bytes, a folder's files (names and bytes), or a JSON-able setting."""
-    digest = hashlib.sha256()
     if isinstance(value, Path):
         if value.is_file():
-            with open(value, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-        elif value.is_dir():
-            for p in sorted(q for q in value.rglob("*") if q.is_file()):
-                digest.update(str(p.relative_to(value)).encode())
-                digest.update(content_hash(p).encode())
-        else:
-            raise FileNotFoundError(f"stage input {value} does not exist")
-    else:
-        digest.update(json.dumps(value, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+            return sha256_file(value)
+        if not value.is_dir():
+            raise MissingFileError(f"stage input {value} does not exist")
+        digest = hashlib.sha256()
+        for p in sorted(q for q in value.rglob("*") if q.is_file()):
+            digest.update(p.relative_to(value).as_posix().encode())
+            digest.update(sha256_file(p).encode())
+        return digest.hexdigest()
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load(run_dir: Path) -> dict:
-    path = run_dir / STAGES_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+def _load(layout: RunLayout) -> dict:
+    return read_json(layout.stages, "stage record") if layout.stages.exists() else {}
 
 
-def run_stage(run_dir: Path, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
+def run_stage(layout: RunLayout, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
               force: bool = False) -> bool:
     """Run ``fn`` unless the stage already finished for these inputs. Returns True if it ran."""
-    run_dir = Path(run_dir)
     hashes = {key: content_hash(value) for key, value in inputs.items()}
-    record = _load(run_dir).get(name)
+    record = _load(layout).get(name)
     if not force and record and record["inputs"] == hashes and all(Path(o).exists() for o in outputs):
         log.info("stage %s: up to date, skipped", name)
         return False
@@ -58,9 +54,8 @@ def run_stage(run_dir: Path, name: str, inputs: dict[str, Any], outputs: list[Pa
     missing = [str(o) for o in outputs if not Path(o).exists()]
     if missing:
         raise RuntimeError(f"stage {name} finished without writing {', '.join(missing)}")
-    stages = _load(run_dir)  # re-read: the stage itself may have recorded sub-stages
-    stages[name] = {"inputs": hashes, "outputs": [str(Path(o).relative_to(run_dir)) if Path(o).is_relative_to(run_dir)
-                                                  else str(o) for o in outputs],
+    stages = _load(layout)  # re-read: the stage itself may have recorded sub-stages
+    stages[name] = {"inputs": hashes, "outputs": [layout.relative(o) for o in outputs],
                     "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(run_dir / STAGES_FILE, stages)
+    write_json_atomic(layout.stages, stages)
     return True

@@ -1,0 +1,256 @@
+"""Running exported artifacts in their runtimes, with a check of what really runs.
+
+ONNX Runtime silently falls back to the CPU provider when the one asked for cannot
+load, and a latency or accuracy figure from the wrong provider is worse than none, so
+the runners here fail instead. Torch-free: the workstation runtime is built on this.
+
+Every runner has the same small interface: ``.run(ndarray) -> ndarray`` (first output),
+``.provider`` (what actually ran, in words), ``.input_shape`` (``None`` for a dynamic
+axis), ``.fixed_input_shape(batch_size)`` and ``.close()``. ``open_runner`` is the one
+place that maps a backend (as artifacts, reports and bundles name it) to its runner;
+``open_profile_runner`` maps a hardware profile's runtime onto it.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from pathnas.errors import ConfigError, MissingFileError, UserError
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+# Hardware-profile runtimes -> the artifact files each one runs.
+RUNTIME_SUFFIXES = {
+    "onnxruntime-cpu": (".onnx",),
+    "openvino-cpu": (".onnx", ".xml"),
+    "tensorrt": (".onnx", ".engine", ".plan"),
+}
+RUNTIMES = (*RUNTIME_SUFFIXES, "torch-cuda")
+# Backends (as artifacts, validation reports and bundles name them) -> the files each one runs.
+BACKEND_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "tensorrt": (".engine", ".plan")}
+PRECISIONS = ("fp32", "fp16", "int8")  # as hardware profiles name them
+
+
+# What each backend needs installed, and the extra of pathnas-edge that brings it.
+BACKEND_MODULES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "tensorrt": ("tensorrt", "polygraphy")}
+BACKEND_EXTRAS = {"onnxruntime": "pip install pathnas-edge", "openvino": "pip install 'pathnas-edge[runtime]'",
+                  "tensorrt": "pip install 'pathnas-edge[tensorrt]' on the NVIDIA machine"}
+
+
+class ProviderError(UserError):
+    """The runtime, execution provider or device asked for is missing here or did not run the model."""
+
+
+class Runner:
+    input_shape: tuple[int | None, ...]
+    provider: str
+
+    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fixed_input_shape(self, batch_size: int = 1) -> tuple[int, ...]:
+        """The input shape with its dynamic axes (the batch) set to ``batch_size``."""
+        return tuple(batch_size if d is None else d for d in self.input_shape)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _dim(d) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
+    """An onnxruntime InferenceSession on ``device`` (cpu, cuda, tensorrt), provider verified.
+
+    ``precision`` only matters for TensorRT, which builds FP32 engines unless told otherwise
+    (INT8 comes from the Q/DQ nodes of a quantized model, with FP16 for the layers left in float).
+    """
+    import onnxruntime as ort
+
+    if device not in PROVIDERS:
+        raise ConfigError(f"device {device!r}: allowed values are {', '.join(PROVIDERS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: allowed values are {', '.join(PRECISIONS)}")
+    wanted = PROVIDERS[device][0]
+    if wanted not in ort.get_available_providers():
+        raise ProviderError(
+            f"{wanted} is not available in this onnxruntime build (available: {', '.join(ort.get_available_providers())})"
+        )
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers: list = list(PROVIDERS[device])
+    if device == "tensorrt":
+        providers[0] = (wanted, {"trt_fp16_enable": precision != "fp32", "trt_int8_enable": precision == "int8"})
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if session.get_providers()[0] != wanted:
+        raise ProviderError(f"{path}: asked for {wanted} but onnxruntime runs {session.get_providers()[0]}")
+    return session
+
+
+class OrtRunner(Runner):
+    """An ONNX model in onnxruntime."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
+        self.session = ort_session(path, device, threads, precision)
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_shape = tuple(_dim(d) for d in first.shape)
+        self.provider = self.session.get_providers()[0]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OpenVinoRunner(Runner):
+    """An ONNX model or OpenVINO IR (.xml) compiled for an OpenVINO device, FP32 by default."""
+
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None, precision: str = "f32"):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        core = ov.Core()
+        if device not in core.available_devices:
+            raise ProviderError(f"OpenVINO device {device} is not available (available: {', '.join(core.available_devices)})")
+        config = {
+            hints.performance_mode: hints.PerformanceMode.LATENCY,
+            hints.inference_precision: {"f32": ov.Type.f32, "f16": ov.Type.f16, "bf16": ov.Type.bf16}[precision],
+        }
+        if threads:
+            config[props.inference_num_threads] = threads
+        self.compiled = core.compile_model(str(path), device, config)
+        self.request = self.compiled.create_infer_request()
+        shape = self.compiled.input(0).get_partial_shape()
+        self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
+        self.provider = f"OpenVINO {device} ({self.compiled.get_property(hints.inference_precision).to_string()})"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: x})[0])
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine (built on this GPU), run through NVIDIA's Polygraphy TrtRunner.
+
+    ``run`` copies the input to the GPU, runs the engine, synchronises and copies the first
+    output back, so a timed call covers the whole inference.
+    """
+
+    def __init__(self, path: str | Path):
+        try:
+            from polygraphy.backend.trt import EngineFromPath, TrtRunner
+        except ImportError:
+            raise ProviderError(f"TensorRT engines need TensorRT and Polygraphy ({BACKEND_EXTRAS['tensorrt']}); "
+                                "they are not installed here") from None
+        if cuda_device_count() == 0:
+            raise ProviderError("TensorRT engines need an NVIDIA GPU; the CUDA runtime finds none here")
+        try:
+            self._runner = TrtRunner(EngineFromPath(str(path)))
+            self._runner.activate()
+        except Exception as err:  # Polygraphy reports a foreign or damaged engine in its own exception types
+            raise ProviderError(f"{path}: TensorRT could not load the engine (built for another GPU or "
+                                f"TensorRT version?): {err}") from None
+        self.input_name, (_dtype, shape) = next(iter(self._runner.get_input_metadata().items()))
+        self.input_shape = tuple(_dim(d) for d in shape)
+        import tensorrt
+
+        self.provider = f"TensorRT {tensorrt.__version__} (CUDA, Polygraphy)"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outputs = self._runner.infer({self.input_name: np.ascontiguousarray(x, np.float32)}, copy_outputs_to_host=True)
+        return np.asarray(next(iter(outputs.values())))
+
+    def close(self) -> None:
+        if self._runner is not None and self._runner.is_active:
+            self._runner.deactivate()
+        self._runner = None
+
+
+def cuda_device_count() -> int:
+    """NVIDIA GPUs the CUDA runtime sees (0 without one, or without Polygraphy's CUDA wrapper)."""
+    try:
+        from polygraphy import cuda
+
+        lib = cuda.wrapper().handle
+    except Exception:  # no polygraphy, no libcudart: no GPU this runtime can use
+        return 0
+    count = ctypes.c_int(0)
+    return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+
+
+def require_backend(backend: str) -> None:
+    """ProviderError naming the missing extra when ``backend``'s runtime is not installed."""
+    if backend not in BACKEND_MODULES:
+        raise ConfigError(f"backend {backend!r}: allowed values are {', '.join(BACKEND_MODULES)}")
+    if any(importlib.util.find_spec(module) is None for module in BACKEND_MODULES[backend]):
+        raise ProviderError(f"this model runs on {backend}, which is not installed here: {BACKEND_EXTRAS[backend]}")
+
+
+def open_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp32",
+                device: str = "cpu") -> Runner:
+    """A runner for an artifact of ``backend`` (onnxruntime, openvino, tensorrt).
+
+    ``device`` is onnxruntime's execution provider (cpu, cuda, tensorrt). An INT8 model is a Q/DQ
+    ONNX file, so on the CPU backends ``precision`` only sets OpenVINO's inference precision
+    hint (f16 for fp16) and TensorRT's build flags through onnxruntime.
+    """
+    path = Path(path)
+    if backend not in BACKEND_SUFFIXES:
+        raise ConfigError(f"backend {backend!r}: allowed values are {', '.join(BACKEND_SUFFIXES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: allowed values are {', '.join(PRECISIONS)}")
+    if path.suffix not in BACKEND_SUFFIXES[backend]:
+        raise ConfigError(f"{path}: {backend} runs {', '.join(BACKEND_SUFFIXES[backend])} files, "
+                          f"not {path.suffix or 'a file without suffix'}")
+    if not path.is_file():
+        raise MissingFileError(f"model {path} does not exist")
+    require_backend(backend)
+    if backend == "onnxruntime":
+        return OrtRunner(path, device, threads, precision)
+    if backend == "openvino":
+        return OpenVinoRunner(path, "CPU", threads, "f16" if precision == "fp16" else "f32")
+    return TensorRTRunner(path)
+
+
+def open_profile_runner(path: str | Path, runtime: str, threads: int | None = None, precision: str = "fp32") -> Runner:
+    """A runner for ``path`` in a hardware profile's runtime (see RUNTIME_SUFFIXES).
+
+    Under the ``tensorrt`` runtime an ONNX file runs in onnxruntime's TensorRT provider (which
+    builds the engine on this GPU) and a serialized engine in TensorRT itself.
+    """
+    path = Path(path)
+    if runtime == "torch-cuda":
+        raise ProviderError("runtime torch-cuda times PyTorch modules, not exported files")
+    if runtime not in RUNTIME_SUFFIXES:
+        raise ConfigError(f"runtime {runtime!r}: allowed values are {', '.join(RUNTIMES)}")
+    if path.suffix not in RUNTIME_SUFFIXES[runtime]:
+        raise ConfigError(f"{path}: runtime {runtime} runs {', '.join(RUNTIME_SUFFIXES[runtime])} files, "
+                          f"not {path.suffix or 'a file without suffix'}")
+    if runtime == "onnxruntime-cpu":
+        return open_runner(path, "onnxruntime", threads, precision)
+    if runtime == "openvino-cpu":
+        return open_runner(path, "openvino", threads, precision)
+    if path.suffix == ".onnx":
+        return open_runner(path, "onnxruntime", threads, precision, device="tensorrt")
+    return open_runner(path, "tensorrt", threads, precision)

@@ -1,0 +1,143 @@
+"""Commands on the core: synthetic data, supernet pretraining, inspecting and evaluating one path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pathnas.errors import ConfigError
+from pathnas.settings import PretrainConfig
+
+from .common import (JSON_HELP, OPTION_HELP, SPACE_HELP, build, console, on_interrupt, print_json, resolve_supernet,
+                     setting, space_knobs)
+
+data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data sets.")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="folder to write the data set into"),
+    task: str = typer.Option("classify", help="classify or segment"),
+    n_per_class: int = typer.Option(60, min=3, help="images per class (segment: per grade)"),
+    image_size: int = typer.Option(64, min=16, help="side of the square images in pixels"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate the deterministic synthetic H&E-like histology data set."""
+    from pathnas.data import generate
+
+    if task not in ("classify", "segment"):
+        raise ConfigError(f"--task {task!r}: allowed values are classify, segment")
+    summary = generate(out, task, n_per_class=n_per_class, image_size=image_size, seed=seed)
+    console.print(f"[green]data set ready[/green] in {out}: {json.dumps(summary.get('counts', summary))}")
+
+
+def pretrain(
+    data: Path = typer.Option(..., help="image folder (class subfolders) or images/ + masks/"),
+    run_dir: Path = typer.Option(..., help="where checkpoints and logs go"),
+    space: str = typer.Option("shufflenet", help=SPACE_HELP),
+    epochs: int = setting(PretrainConfig, "epochs"),
+    batch_size: int = setting(PretrainConfig, "batch_size"),
+    lr: float = setting(PretrainConfig, "lr"),
+    weight_decay: float = setting(PretrainConfig, "weight_decay"),
+    warmup_epochs: float = setting(PretrainConfig, "warmup_epochs"),
+    mixup_alpha: float = setting(PretrainConfig, "mixup_alpha"),
+    cutmix_alpha: float = setting(PretrainConfig, "cutmix_alpha"),
+    input_size: Optional[int] = typer.Option(None, help="input side (default: the space's, 224)"),
+    width_mult: Optional[float] = typer.Option(None, help="channel width multiplier"),
+    option: list[str] = typer.Option([], help=OPTION_HELP),
+    eval_paths: int = setting(PretrainConfig, "eval_paths"),
+    bn_images: int = setting(PretrainConfig, "bn_images"),
+    workers: int = setting(PretrainConfig, "workers"),
+    device: str = setting(PretrainConfig, "device", help="auto, cpu or cuda"),
+    seed: int = setting(PretrainConfig, "seed"),
+    max_steps_per_epoch: Optional[int] = setting(PretrainConfig, "max_steps_per_epoch"),
+    skip_bad: bool = setting(PretrainConfig, "skip_bad", "--skip-bad", help="skip unreadable images and report how many"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --run-dir"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Pretrain a single-path one-shot supernet (SPOS). Use torchrun for several GPUs or nodes."""
+    from pathnas.data import detect_task, list_classes
+    from pathnas.spaces import space_config
+    from pathnas.train import pretrain as run_pretrain
+
+    knobs = space_knobs(input_size, width_mult, None, option)
+    task = detect_task(data)
+    knobs.setdefault("num_classes", len(list_classes(data)) if task == "classify" else 2)
+    cfg = space_config(space, **knobs)
+    train_cfg = build(PretrainConfig, data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, mixup_alpha=mixup_alpha,
+                      cutmix_alpha=cutmix_alpha, eval_paths=eval_paths, bn_images=bn_images, workers=workers,
+                      device=device, seed=seed, skip_bad=skip_bad, max_steps_per_epoch=max_steps_per_epoch)
+    on_interrupt(f"every finished epoch is saved in {run_dir / 'last.pt'}; continue with the same command and --resume")
+    result = run_pretrain(cfg, train_cfg, resume=resume, progress=not no_progress)
+    if result.history:
+        console.print(f"[green]supernet trained[/green]: {run_dir}/last.pt, best: {run_dir}/best.pt")
+
+
+def inspect(
+    arch: str = typer.Option(..., help="compact code or comma-separated choices (e.g. 3,5,7,id,...)"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
+    supernet: Optional[Path] = typer.Option(None, help="take the space configuration from this checkpoint"),
+    input_size: Optional[int] = typer.Option(None),
+    width_mult: Optional[float] = typer.Option(None),
+    num_classes: Optional[int] = typer.Option(None),
+    option: list[str] = typer.Option([], help=OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Parameters, FLOPs (fvcore) and a per-layer table of one architecture."""
+    from rich.table import Table
+
+    from pathnas.cost import measure_cost
+
+    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    parsed = net.check(arch)
+    cfg = net.config
+    cost = measure_cost(net.extract(parsed), (1, cfg.in_chans, cfg.input_size, cfg.input_size))
+    if as_json:
+        print_json({"space": cfg.space, "arch": parsed.code, "arch_explicit": parsed.explicit(),
+                    "space_config": cfg.model_dump(mode="json"), **cost.as_dict()})
+        return
+    table = Table(title=f"{cfg.space} {parsed.code}")
+    for col in ("layer", "kind", "output", "params", "MFLOPs"):
+        table.add_column(col, justify="right" if col in ("params", "MFLOPs") else "left", overflow="fold")
+    for row in cost.layers:
+        table.add_row(row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}",
+                      f"{row.flops / 1e6:.2f}")
+    table.add_section()
+    table.add_row("total", "", "", f"{cost.params:,}", f"{cost.flops / 1e6:.2f}")
+    console.print(table)
+    console.print(f"choices: {parsed.explicit()}", soft_wrap=True, markup=False)
+    console.print(f"input {cost.input_shape}; FLOPs convention: {cost.flops_convention}", markup=False)
+
+
+def evaluate(
+    supernet: Path = typer.Option(..., help="supernet checkpoint (last.pt / best.pt)"),
+    data: Path = typer.Option(..., help="the data set the supernet was trained on"),
+    arch: str = typer.Option(..., help="compact code or comma-separated choices"),
+    bn_images: int = setting(PretrainConfig, "bn_images"),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = setting(PretrainConfig, "device", help="auto, cpu or cuda"),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Validation metrics of one path with inherited weights and BN recalibration."""
+    from pathnas.data import build_loaders
+    from pathnas.train import evaluate_architecture, load_supernet
+    from pathnas.train.distributed import resolve_device
+
+    net, _ = load_supernet(supernet)
+    parsed = net.check(arch)
+    dev = resolve_device(device)
+    loaders = build_loaders(data, net.config.input_size, batch_size, skip_bad=skip_bad)
+    metrics = evaluate_architecture(net.to(dev), parsed, loaders.calib, loaders.val, loaders.num_classes, dev,
+                                    bn_images)
+    result = {"arch": parsed.code, "split": "val", **metrics}
+    if as_json:
+        print_json(result)
+    else:
+        console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+
+
+COMMANDS = (pretrain, inspect, evaluate)

@@ -1,0 +1,204 @@
+"""Commands after the search: extract, retrain, quantize, export, validate, and the whole pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pathnas.settings import RetrainConfig
+
+from .common import JSON_HELP, RUN_HELP, build, console, on_interrupt, print_json, setting
+
+FORCE_HELP = "run the stage even if RUN/stages.json says it is up to date"
+STATUS_STYLE = {"passed": "green", "failed-validation": "red", "failed": "red", "skipped": "yellow"}
+
+
+def _layout(run_dir: Path):
+    from pathnas.pipeline import RunLayout
+
+    on_interrupt(f"finished stages are recorded in {run_dir / 'stages.json'}; run the same command again to resume")
+    return RunLayout(run_dir)
+
+
+def extract(
+    run_dir: Path = typer.Option(..., help=RUN_HELP),
+    supernet: Path = typer.Option(..., help="pretrained supernet checkpoint"),
+    arch: Optional[str] = typer.Option(None, help="architecture (default: the best of RUN/search/summary.json)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Extract the chosen path into a standalone model (RUN/extract/subnet.pt)."""
+    from pathnas.pipeline.stages import stage_extract
+
+    info = stage_extract(_layout(run_dir), supernet, arch, force)
+    print_json(info) if as_json else console.print(f"extracted {info['arch']} -> {info['path']}", markup=False)
+
+
+def retrain(
+    run_dir: Path = typer.Option(..., help=RUN_HELP),
+    data: Path = typer.Option(..., help="the data set (its saved splits are reused)"),
+    epochs: int = setting(RetrainConfig, "epochs"),
+    batch_size: int = setting(RetrainConfig, "batch_size"),
+    lr: float = setting(RetrainConfig, "lr"),
+    mixup_alpha: float = setting(RetrainConfig, "mixup_alpha"),
+    cutmix_alpha: float = setting(RetrainConfig, "cutmix_alpha"),
+    from_scratch: bool = setting(RetrainConfig, "from_scratch", "--from-scratch",
+                                 help="start from fresh weights, not the inherited ones"),
+    seed: int = setting(RetrainConfig, "seed"),
+    device: str = setting(RetrainConfig, "device", help="auto, cpu or cuda"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Retrain the extracted subnet; best epoch by val, test read once at the end. Resumable."""
+    from pathnas.pipeline.stages import stage_retrain
+
+    cfg = build(RetrainConfig, data=data, epochs=epochs, batch_size=batch_size, lr=lr, mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha, from_scratch=from_scratch, seed=seed, device=device)
+    summary = stage_retrain(_layout(run_dir), cfg, force)
+    if as_json:
+        print_json(summary)
+    else:
+        key = summary["metric_name"]
+        console.print(f"best epoch {summary['best_epoch']}: val {key} {summary['val'][key]:.2f}, "
+                      f"test {key} {summary['test'][key]:.2f}")
+
+
+def quantize(
+    run_dir: Path = typer.Option(..., help=RUN_HELP),
+    data: Path = typer.Option(..., help="calibration images come from its TRAIN split"),
+    calibration_images: int = typer.Option(512, min=1),
+    quantize_first_conv: bool = typer.Option(False, "--quantize-first-conv", help="also quantize the first conv"),
+    quantize_classifier: bool = typer.Option(False, "--quantize-classifier", help="also quantize the classifier"),
+    full_range_weights: bool = typer.Option(False, "--full-range-weights",
+                                            help="8-bit weights (safe on VNNI CPUs and GPUs; AVX2-only CPUs saturate)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (QDQ, per-channel)."""
+    from pathnas.pipeline.stages import stage_quantize
+
+    layout = _layout(run_dir)
+    info = stage_quantize(layout, data, calibration_images, not quantize_first_conv, not quantize_classifier,
+                          not full_range_weights, force)
+    if as_json:
+        print_json(info)
+    else:
+        console.print(f"INT8 QDQ model: {layout.int8_onnx} ({info['size_mb']:.3f} MB, "
+                      f"{100 * info['size_mb'] / info['fp32_size_mb']:.0f}% of FP32; float nodes: "
+                      f"{info['float_nodes']})", markup=False)
+
+
+def export(
+    run_dir: Path = typer.Option(..., help=RUN_HELP),
+    data: Path = typer.Option(..., help="the data set (INT8 calibration uses its TRAIN split)"),
+    format: str = typer.Option("onnx,openvino,tensorrt", help="comma-separated: onnx, openvino, tensorrt"),
+    precision: str = typer.Option("fp32,int8", help="comma-separated: fp32, fp16, int8"),
+    calibration_images: int = typer.Option(512, min=1),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Export the retrained (or extracted) model; unavailable combinations are skipped with the reason."""
+    from rich.markup import escape
+
+    from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
+    from pathnas.pipeline.stages import stage_export
+
+    rows = stage_export(_layout(run_dir), data, parse_list(format, FORMATS, "--format"),
+                        parse_list(precision, PRECISIONS, "--precision"), calibration_images, force)
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        colour = {"exported": "green", "skipped": "yellow"}.get(r["status"], "red")
+        console.print(f"[{colour}]{r['format']:9s} {r['precision']:5s} {r['status']}[/{colour}] "
+                      f"{escape(r['path'] or '')}{escape(': ' + r['reason']) if r['reason'] else ''}")
+
+
+def validate(
+    run_dir: Path = typer.Option(..., help=RUN_HELP),
+    data: Path = typer.Option(..., help="validation images come from its VAL split"),
+    threads: Optional[int] = typer.Option(None, help="runtime threads (default: the runtime's own)"),
+    max_images: Optional[int] = typer.Option(None, help="cap on validation images"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Compare every exported artifact with PyTorch on real validation images; exit 1 on a miss."""
+    from pathnas.pipeline.stages import stage_validate
+
+    layout = _layout(run_dir)
+    report = stage_validate(layout, data, threads, max_images, force)
+    if as_json:
+        print_json(report)
+    else:
+        print_report(report)
+        console.print(f"full table: {layout.report_markdown}", markup=False)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def print_report(report: dict) -> None:
+    """The validation table, sized for the terminal: the full table from 150 columns, else the
+    figures that decide the verdict (report.md always has every column)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pathnas.export.report import COLUMNS, row_cells
+
+    wide = console.width >= 150
+    table = Table(title=f"validation on {report['images']} {report['split']} images", title_justify="left")
+    columns = COLUMNS if wide else ("backend", "prec", "status", "agree %", "cosine", "p50 ms", "MB")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    notes = []
+    for r in report["rows"]:
+        cells = row_cells(r, with_reason=False)
+        if not wide:  # backend, precision, status, agreement, cosine, latency p50, size
+            p50 = "" if r.get("latency_p50_ms") is None else f"{r['latency_p50_ms']:.3f}"
+            cosine = "" if r.get("cosine") is None else f"{r['cosine']:.6f}"
+            cells = [cells[0], cells[2], cells[3], cells[7], cosine, p50, cells[4]]
+        if r.get("reason"):
+            notes.append(f"[{len(notes) + 1}] {r['backend']} {r['precision']}: {r['reason'].splitlines()[0]}")
+            cells[2 if not wide else 3] += f" [{len(notes)}]"
+        table.add_row(*(escape(c) for c in cells), style=STATUS_STYLE.get(r["status"]))
+    console.print(table)
+    for note in notes + report.get("notes", []):
+        console.print(note, soft_wrap=True, markup=False)
+    console.print("[green]all artifacts passed[/green]" if report["passed"] else "[red]validation FAILED[/red]")
+
+
+def pipeline(
+    run_dir: Path = typer.Option(Path("runs/demo"), help="the run directory (re-running resumes it)"),
+    data: Optional[Path] = typer.Option(None, help="your data set (default: the synthetic histology set)"),
+    device: str = typer.Option("cpu", help="target hardware profile"),
+    proposer: str = typer.Option("auto", help="llm, llm-rank, evolution, random or auto"),
+    iterations: int = typer.Option(10, min=1),
+    budget_ms: Optional[float] = typer.Option(None, help="latency budget on the device (ms per image)"),
+    budget_mflops: Optional[float] = typer.Option(None),
+    pretrain_epochs: int = typer.Option(20, min=1),
+    retrain_epochs: int = typer.Option(10, min=1),
+    format: str = typer.Option("onnx,openvino,tensorrt"),
+    precision: str = typer.Option("auto", help="comma-separated fp32, fp16, int8; auto: FP32 plus the "
+                                  "device profile's precision"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Everything, on the embedded default unless told otherwise: data, supernet, latency table,
+    search, extract, retrain, quantize, export, validate. Stages already done are skipped."""
+    from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
+    from pathnas.io import read_json
+    from pathnas.pipeline import run_pipeline
+
+    precisions = None if precision == "auto" else tuple(parse_list(precision, PRECISIONS, "--precision"))
+    layout = _layout(run_dir)
+    summary = run_pipeline(run_dir, data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
+                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")), precisions, seed)
+    print_report(read_json(layout.report, "validation report"))
+    best = summary["search"]
+    key = summary["retrain"]["metric_name"]
+    console.print(f"searched {best['arch']} for {summary['device']}: retrained test {key} "
+                  f"{summary['retrain']['test'][key]:.2f}; everything is in {run_dir}", markup=False)
+    if not summary["validation_passed"]:
+        raise typer.Exit(1)
+
+
+COMMANDS = (extract, retrain, quantize, export, validate, pipeline)
