@@ -10,7 +10,10 @@ Needs a validated run directory (`make demo` writes demo/). Measures:
   included) against a process that loads the PyTorch model from its checkpoint and predicts;
 - tiles per second of pathnas-infer on a 4096 x 4096 tiled TIFF (a quarter of it tissue), in
   process (model loading included), and the peak resident memory of a `pathnas-infer` process on
-  it against one on a single small image (the libraries' share).
+  it against one on a single small image (the libraries' share);
+- the same slide as scanners write it: JPEG-compressed tiles in a 3-level pyramid stating 4x the
+  training resolution, which the runtime reads at the level that matches (tiles/s, level read).
+The slides come from pathnas.deploy.synthetic, the one writer tests use too.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 # Process start to first prediction with PyTorch: what a workstation would run without a bundle.
 TORCH_PREDICT = """
@@ -74,15 +76,20 @@ def peak_rss_mb(infer_args: list[str]) -> float:
     return int(lines[-1].split()[1]) * 1024 / 1e6
 
 
-def write_slide(path: Path, side: int = 4096, tile: int = 256) -> None:
-    import tifffile
+def tile_in_process(infer_args: list[str]) -> tuple[dict, float]:
+    """pathnas-infer in this process on one slide: its result row and the seconds it took (model loading included)."""
+    from pathnas.deploy import toolkit
 
-    rng = np.random.default_rng(0)
-    pink = np.clip(rng.normal([230, 150, 200], 12, (tile, tile, 3)), 0, 255).astype(np.uint8)
-    white = np.full((tile, tile, 3), 250, np.uint8)
-    n = side // tile
-    tifffile.imwrite(path, (pink if tx < n // 4 else white for _ in range(n) for tx in range(n)),
-                     shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):
+        toolkit.main(infer_args)
+    seconds = time.perf_counter() - start
+    out = infer_args[infer_args.index("--out") + 1]
+    with open(out, newline="") as f:
+        row = next(csv.DictReader(f))
+    if row["status"] != "ok":
+        raise SystemExit(f"pathnas-infer failed on {infer_args[1]}: {row['error']}")
+    return row, seconds
 
 
 def first_image(run: Path) -> Path:
@@ -124,17 +131,16 @@ def main() -> None:
         cold["pytorch (load checkpoint + predict)"] = median_wall_s(
             [sys.executable, "-c", TORCH_PREDICT, str(checkpoint), str(image)], args.repeats)
 
-        slide = tmp / "slide.tif"
-        write_slide(slide)
-        slide_args = [str(bundle), str(slide), "--out", str(tmp / "slide.csv"), "--batch-size", "32"]
-        from pathnas.deploy import infer
+        from pathnas.deploy.synthetic import write_slide
 
-        start = time.perf_counter()
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):
-            infer.main(slide_args)
-        slide_s = time.perf_counter() - start
-        with open(tmp / "slide.csv", newline="") as f:
-            row = next(csv.DictReader(f))
+        slide = write_slide(tmp / "slide.tif", 4096)
+        slide_args = [str(bundle), str(slide), "--out", str(tmp / "slide.csv"), "--batch-size", "32"]
+        row, slide_s = tile_in_process(slide_args)
+        pre = json.loads((bundle / "preprocess.json").read_text())
+        mpp = pre.get("mpp") or 1.0
+        scanned = write_slide(tmp / "scanned.tif", 4096, levels=3, mpp=mpp / 4, compression="jpeg")
+        scanned_row, scanned_s = tile_in_process([str(bundle), str(scanned), "--out", str(tmp / "scanned.csv"),
+                                                  "--batch-size", "32"])
         rss_mb = peak_rss_mb(slide_args)
         rss_one_image_mb = peak_rss_mb([str(bundle), str(image), "--out", str(tmp / "r.csv")])
     tile_px = json.loads((args.run / "export" / "preprocess.json").read_text())["input_size"]
@@ -146,6 +152,10 @@ def main() -> None:
                   "tiles_per_s": int(row["tiles"]) / slide_s, "tissue_tiles_per_s": int(row["tissue_tiles"]) / slide_s,
                   "decoded_mb": 4096 * 4096 * 3 / 1e6, "process_peak_rss_mb": rss_mb,
                   "one_image_process_peak_rss_mb": rss_one_image_mb},
+        "scanned_slide": {"side_px": 4096, "compression": "jpeg", "levels": 3, "mpp": mpp / 4,
+                          "model_mpp": pre.get("mpp"), "level_read": int(scanned_row["level"]),
+                          "tile_px_read": int(scanned_row["tile_px"]), "tiles": int(scanned_row["tiles"]),
+                          "seconds": scanned_s, "tiles_per_s": int(scanned_row["tiles"]) / scanned_s},
         "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
     }
     if args.json:
@@ -165,6 +175,12 @@ def main() -> None:
                          ("peak RSS of the pathnas-infer process, MB", f"{rss_mb:.0f}"),
                          ("(the same process on one small image, MB)", f"{rss_one_image_mb:.0f}"),
                          ("the image decoded whole would be, MB", f"{s['decoded_mb']:.0f}")):
+        print(f"| {label} | {value} |")
+    j = result["scanned_slide"]
+    print(f"\n| the same, JPEG tiles, 3 levels at {j['mpp']:.3g} um/px (model {j['model_mpp']} um/px) | |\n|---|---|")
+    for label, value in (("level read (downsample 2^level)", j["level_read"]),
+                         ("tile side read, px", j["tile_px_read"]), ("tiles scanned", j["tiles"]),
+                         ("seconds (in process)", f"{j['seconds']:.2f}"), ("tiles/s scanned", f"{j['tiles_per_s']:.0f}")):
         print(f"| {label} | {value} |")
 
 

@@ -1,48 +1,62 @@
-"""Supernet training throughput and subnet evaluation throughput (with BN recalibration) on this machine.
+"""Supernet training throughput against training one fixed path, and subnet evaluation throughput.
 
-    python benchmarks/train_throughput.py [--space shufflenet] [--input-size 64] [--width-mult 0.5]
-                                          [--batch-size 32] [--steps 30] [--paths 5] [--json]
+    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--space shufflenet] [--input-size N]
+        [--width-mult W] [--batch-size B] [--steps 30] [--paths 5] [--json]
 
-Training: SPOS steps (a fresh uniformly sampled path per step, mixup, SGD) on the
-synthetic data set, after warm-up steps. Evaluation: extract a path, recalibrate its
-BN statistics on `--bn-images` training images, evaluate it on the validation split;
-throughput counts every image pushed through the network (recalibration + validation).
-Prints a table; `--json` prints the same figures as JSON.
+Training runs the project's one training loop (pathnas.train.train_epoch: SGD, AMP on CUDA) twice
+on the same in-memory batches, so data loading does not hide the model's speed:
+- the SPOS supernet, a fresh uniformly sampled path every step;
+- the largest single path of the space (the last option of every decision) extracted as a plain
+  model, the "timm-style" baseline.
+The ratio supernet / fixed path is the cost of weight sharing (goal on a GPU: >= 0.8; the supernet
+samples smaller paths on average, so a ratio above 1 is possible). Timing follows the warm-up steps
+and, on CUDA, ends with a synchronisation. Evaluation: extract a path, recalibrate its BN statistics
+on `--bn-images` images, evaluate it; images/s counts every image through the network.
+Defaults: the paper's space at 224 px on CUDA, the CPU-sized demo knobs on a CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from pathnas.data import build_loaders, generate
+from pathnas.deploy.machine import cpu_model
 from pathnas.spaces import build_supernet, space_config
 from pathnas.train import OptimConfig, build_training, evaluate, path_generator, recalibrate_bn, train_epoch
-from pathnas.train.distributed import DistContext
+from pathnas.train.distributed import DistContext, resolve_device
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def largest_path(net):
+    return net.space.from_values([d.values[-1] for d in net.space.decisions])
+
+
+def batches(n: int, batch_size: int, shape: tuple[int, ...], num_classes: int, device, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch_size, *shape, generator=gen).to(device),
+             torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)) for _ in range(n)]
+
+
+def images_per_s(model_forward, parameters_of, data, cfg: OptimConfig, ctx: DistContext, warmup: int) -> float:
+    parts = build_training(parameters_of, "classify", NUM_CLASSES, cfg, len(data), ctx.device)
+    parts.steps_per_epoch = warmup
+    train_epoch(model_forward, data[:warmup], parts, 0, ctx)  # warm-up: kernels chosen, caches filled
+    parts.steps_per_epoch = len(data) - warmup
+    return train_epoch(model_forward, data[warmup:], parts, 1, ctx)["train_images_per_s"]
+
+
+NUM_CLASSES = 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="shufflenet", choices=["shufflenet", "unet", "vit"])
-    parser.add_argument("--input-size", type=int, default=64)
-    parser.add_argument("--width-mult", type=float, default=0.5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--space", default="shufflenet", choices=["shufflenet", "vit"])
+    parser.add_argument("--input-size", type=int, default=None, help="default: 224 on CUDA, 64 on a CPU")
+    parser.add_argument("--width-mult", type=float, default=None, help="default: 1.0 on CUDA, 0.5 on a CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 128 on CUDA, 32 on a CPU")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--paths", type=int, default=5, help="paths evaluated")
@@ -52,53 +66,61 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    size = args.input_size or (224 if cuda else 64)
+    width = args.width_mult or (1.0 if cuda else 0.5)
+    batch_size = args.batch_size or (128 if cuda else 32)
+    knobs = dict(input_size=size, width_mult=width, num_classes=NUM_CLASSES)
+    if args.space == "shufflenet" and not cuda:
+        knobs["stage_repeats"] = [1, 1, 2, 1]  # the CPU demo's depth
+    net = build_supernet(space_config(args.space, **knobs)).to(device)
+    ctx = DistContext(0, 1, 0, device)
+    cfg = OptimConfig(epochs=1, batch_size=batch_size, lr=0.1, mixup_alpha=0, cutmix_alpha=0)
+    data = batches(args.warmup_steps + args.steps, batch_size, (3, size, size), NUM_CLASSES, device)
 
-    task = "segment" if args.space == "unet" else "classify"
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp) / "data", task, n_per_class=100, image_size=args.input_size, seed=0)
-        data = build_loaders(Path(tmp) / "data", args.input_size, args.batch_size, workers=0)
-        knobs = dict(input_size=args.input_size, width_mult=args.width_mult, num_classes=data.num_classes)
-        if args.space == "vit":
-            knobs.update(embed_dim=96, head_dim=16, patch_size=8)
-        net = build_supernet(space_config(args.space, **knobs))
-        ctx = DistContext(0, 1, 0, torch.device("cpu"))
-        cfg = OptimConfig(epochs=1, batch_size=args.batch_size, lr=0.1, max_steps_per_epoch=args.warmup_steps)
-        parts = build_training(net, task, data.num_classes, cfg, len(data.train), ctx.device)
+    net.train()
+    supernet_ips = images_per_s(lambda x, step: net(x, net.sample(path_generator(0, 0, step))), net, data, cfg, ctx,
+                                args.warmup_steps)
+    biggest = largest_path(net)
+    fixed = net.extract(biggest).to(device).train()
+    fixed_ips = images_per_s(lambda x, _step: fixed(x), fixed, data, cfg, ctx, args.warmup_steps)
 
-        def forward(x, step):
-            return net(x, net.sample(path_generator(0, 0, step)))
-
-        net.train()
-        train_epoch(forward, data.train, parts, 0, ctx)  # warm-up
-        parts.steps_per_epoch = min(args.steps, len(data.train))  # the timed epoch
-        train_ips = train_epoch(forward, data.train, parts, 1, ctx)["train_images_per_s"]
-        timed_steps = parts.steps_per_epoch
-
-        gen = torch.Generator().manual_seed(1)
-        images, start = 0, time.perf_counter()
-        for _ in range(args.paths):
-            subnet = net.extract(net.sample(gen))
-            images += recalibrate_bn(subnet, data.calib, args.bn_images, ctx.device)
-            evaluate(subnet, data.val, task, data.num_classes, ctx.device)
-            images += len(data.val.dataset)
-        eval_seconds = time.perf_counter() - start
+    eval_data = batches(max(1, args.bn_images // batch_size) + 2, batch_size, (3, size, size), NUM_CLASSES, device, 1)
+    gen = torch.Generator().manual_seed(1)
+    images = 0
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.paths):
+        subnet = net.extract(net.sample(gen)).to(device)
+        images += recalibrate_bn(subnet, eval_data[:-2], args.bn_images, device)
+        evaluate(subnet, eval_data[-2:], "classify", NUM_CLASSES, device)
+        images += 2 * batch_size
+    if cuda:
+        torch.cuda.synchronize(device)
+    eval_seconds = time.perf_counter() - start
 
     result = {
-        "space": args.space, "input_size": args.input_size, "width_mult": args.width_mult,
-        "batch_size": args.batch_size, "threads": args.threads, "cpu": cpu_model(), "torch": torch.__version__,
-        "train_steps_timed": timed_steps, "train_images_per_s": round(train_ips, 1),
+        "space": args.space, "input_size": size, "width_mult": width, "batch_size": batch_size,
+        "device": torch.cuda.get_device_name(device) if cuda else f"{cpu_model()} ({args.threads} threads)",
+        "amp": str(build_training(fixed, "classify", NUM_CLASSES, cfg, 1, device).amp_dtype),
+        "torch": torch.__version__, "train_steps_timed": args.steps,
+        "supernet_images_per_s": round(supernet_ips, 1), "largest_path": biggest.code,
+        "fixed_path_images_per_s": round(fixed_ips, 1), "supernet_over_fixed": round(supernet_ips / fixed_ips, 3),
         "eval_paths": args.paths, "bn_images_per_path": args.bn_images,
-        "eval_images_per_s": round(images / eval_seconds, 1),
-        "eval_seconds_per_path": round(eval_seconds / args.paths, 3),
+        "eval_images_per_s": round(images / eval_seconds, 1), "eval_seconds_per_path": round(eval_seconds / args.paths, 3),
     }
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return
-    print(f"# {result['cpu']}, {args.threads} threads, torch {torch.__version__}")
-    print(f"# {args.space}: input {args.input_size}, width x{args.width_mult}, batch {args.batch_size}")
-    print(f"| measurement | value |\n|---|---|")
-    print(f"| supernet training (SPOS, mixup, SGD) | {result['train_images_per_s']} images/s |")
+    print(f"# {result['device']}, torch {torch.__version__}, AMP {result['amp']}")
+    print(f"# {args.space}: input {size}, width x{width}, batch {batch_size}, {args.steps} timed steps")
+    print("| measurement | value |\n|---|---|")
+    print(f"| supernet training (SPOS, a path per step) | {result['supernet_images_per_s']} images/s |")
+    print(f"| largest single path, fixed ({biggest.code}) | {result['fixed_path_images_per_s']} images/s |")
+    print(f"| supernet / fixed path | {result['supernet_over_fixed']} |")
     print(f"| subnet evaluation incl. BN recalibration ({args.bn_images} images) | {result['eval_images_per_s']} images/s |")
     print(f"| seconds per evaluated path | {result['eval_seconds_per_path']} s |")
 

@@ -1,21 +1,40 @@
 """Bundle manifests and their verification. Torch-free: the workstation runtime imports this.
 
-A bundle is a folder whose manifest.json lists the SHA-256 of every other file in it. A
-missing, extra or changed file fails verification, names the file, and the runtime refuses
-to load the bundle: a tampered or half-copied model never runs.
+A bundle is a folder whose manifest.json lists the SHA-256 of every other file in it, and
+which may carry manifest.sig, an Ed25519 signature of the manifest (signing.py). Verification
+refuses, naming the file at fault:
+- a missing, extra or changed file; a symlink or anything else that is not a plain file or
+  folder (a link could point outside the bundle and change after it was hashed);
+- a manifest that is not well formed: paths that are absolute or climb out with "..", an empty
+  artifacts list, a default model that is not one of the hashed artifacts, a nested
+  manifest.json, labels that disagree with the manifest's classes;
+- an unsigned bundle, or one signed by an untrusted key, where trusted keys are configured.
+The runtime verifies before it loads anything: a tampered or half-copied model never runs.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from pathnas.errors import InvalidFileError, UserError
 from pathnas.io import read_json, sha256_file
 
+from .signing import SIGNATURE, SignatureCheck, TrustedKeys, check_signature
+
 MANIFEST = "manifest.json"
 SCHEMA = "pathnas-bundle/1"
+# Files at the root that the manifest does not list: itself and its signature.
+UNLISTED = (MANIFEST, SIGNATURE)
 REQUIRED = {"schema": str, "files": dict, "model": dict, "architecture": str, "task": str, "classes": list,
             "preprocess": str, "labels": str, "profile": dict, "versions": dict, "validation": dict,
             "latency_baseline": (dict, type(None)), "created_at": str}
+TASKS = ("classify", "segment")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "tensorrt")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(UserError):
@@ -23,13 +42,45 @@ class BundleError(UserError):
 
 
 def bundle_files(root: Path) -> list[str]:
-    """Every file of the bundle except the manifest, as POSIX paths relative to the root."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Every plain file of the bundle except the root's manifest and signature, as POSIX paths relative
+    to the root (symlinks are not followed; ``unsafe_entries`` reports them)."""
+    root = Path(root)
+    out = []
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel not in UNLISTED and path.is_file() and not path.is_symlink():
+                out.append(rel)
+    return sorted(out)
+
+
+def unsafe_entries(root: Path) -> list[str]:
+    """Problems with entries that are not plain files or folders (symlinks, FIFOs, devices), anywhere."""
+    problems = []
+    for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(f"{path}: a symbolic link (to {os.readlink(path)}); a bundle holds plain files only")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problems.append(f"{path}: not a plain file or folder; a bundle holds plain files only")
+    return problems
+
+
+def _safe_relative(value) -> bool:
+    """A relative POSIX path that stays inside the bundle (no absolute path, no '..', no backslash)."""
+    if not isinstance(value, str) or not value or "\\" in value or "\x00" in value:
+        return False
+    path = PurePosixPath(value)
+    return not path.is_absolute() and ".." not in path.parts and "." not in path.parts and value == path.as_posix()
 
 
 def read_manifest(root: Path) -> dict:
+    """The manifest's contents with the types of its top-level fields checked (not yet verified)."""
     path = Path(root) / MANIFEST
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise BundleError(f"{path}: missing; {root} is not a pathnas bundle")
     try:
         manifest = read_json(path, "bundle manifest")
@@ -45,37 +96,114 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
-def verification_problems(root: Path) -> list[str]:
-    """Everything wrong with the bundle (empty when it verifies)."""
+def structure_problems(root: Path, manifest: dict) -> list[str]:
+    """What is malformed in a manifest (paths, artifacts, default model, classes, profile)."""
     root = Path(root)
-    if not root.is_dir():
-        return [f"{root}: not a folder"]
-    try:
-        manifest = read_manifest(root)
-    except BundleError as err:
-        return [str(err)]
+    at = root / MANIFEST
     problems = []
-    listed = manifest["files"]
-    present = set(bundle_files(root))
-    for name in sorted(set(listed) - present):
-        problems.append(f"{root / name}: listed in the manifest but missing")
-    for name in sorted(present - set(listed)):
-        problems.append(f"{root / name}: not listed in the manifest (an extra file)")
-    for name in sorted(present & set(listed)):
-        if sha256_file(root / name) != listed[name]:
-            problems.append(f"{root / name}: SHA-256 differs from the manifest (changed)")
+    files = manifest["files"]
+    for name, digest in files.items():
+        if not _safe_relative(name):
+            problems.append(f"{at}: file path {name!r} must be relative and stay inside the bundle")
+        elif PurePosixPath(name).name in UNLISTED:
+            problems.append(f"{root / name}: a nested {PurePosixPath(name).name}; only the bundle's root has one")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            problems.append(f"{at}: the SHA-256 of {name!r} is not 64 hex digits")
     for key in ("preprocess", "labels"):
-        if manifest[key] not in listed:
-            problems.append(f"{root / manifest[key]}: the manifest's {key} file is not among its files")
-    for artifact in manifest["model"].get("artifacts", []):
-        if artifact["path"] not in listed:
-            problems.append(f"{root / artifact['path']}: the model file is not among the manifest's files")
+        if manifest[key] not in files:
+            problems.append(f"{at}: the {key} file {manifest[key]!r} is not among the hashed files")
+    if manifest["task"] not in TASKS:
+        problems.append(f"{at}: task {manifest['task']!r}; allowed: {', '.join(TASKS)}")
+    classes = manifest["classes"]
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        problems.append(f"{at}: classes must be distinct non-empty names (found {classes!r})")
+    model = manifest["model"]
+    artifacts = model.get("artifacts")
+    if not isinstance(artifacts, list) or not artifacts:
+        problems.append(f"{at}: model.artifacts is empty: the bundle holds no model")
+        artifacts = []
+    paths = []
+    for i, artifact in enumerate(artifacts):
+        if not isinstance(artifact, dict) or artifact.get("backend") not in BACKENDS \
+                or not isinstance(artifact.get("precision"), str):
+            problems.append(f"{at}: model.artifacts[{i}] needs a backend ({', '.join(BACKENDS)}), a precision "
+                            "and a path")
+            continue
+        paths.append(artifact.get("path"))
+        if not isinstance(artifact.get("path"), str) or artifact["path"] not in files:
+            problems.append(f"{at}: model.artifacts[{i}] path {artifact.get('path')!r} is not among the hashed files")
+    default = model.get("default")
+    if artifacts and default not in paths:
+        problems.append(f"{at}: model.default {default!r} is not one of the bundle's hashed model artifacts "
+                        f"({', '.join(map(str, paths))})")
+    reference = manifest.get("latency_reference")
+    if reference is not None and (not isinstance(reference, str) or reference not in files):
+        problems.append(f"{at}: latency_reference {reference!r} is not among the hashed files")
+    profile = manifest["profile"]
+    if profile.get("runtime") not in RUNTIMES or not isinstance(profile.get("name"), str) \
+            or isinstance(profile.get("threads"), bool) or not isinstance(profile.get("threads"), int) \
+            or not isinstance(profile.get("batch_size", 1), int) or not isinstance(profile.get("precision"), str):
+        problems.append(f"{at}: profile needs a name, a runtime ({', '.join(RUNTIMES)}), a precision and integer "
+                        "threads and batch_size")
     return problems
 
 
-def verify(root: Path) -> dict:
-    """The manifest of a bundle that verifies; BundleError naming every problem otherwise."""
-    problems = verification_problems(root)
+def labels_problems(root: Path, manifest: dict) -> list[str]:
+    """The labels file must name exactly the manifest's classes, in order (run after the hashes match)."""
+    path = Path(root) / manifest["labels"]
+    try:
+        labels = read_json(path, "bundle labels", kind=list)
+    except UserError as err:
+        return [str(err)]
+    if labels != manifest["classes"]:
+        return [f"{path}: labels {labels} disagree with the manifest's classes {manifest['classes']}"]
+    return []
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A bundle that verified: its manifest and what its signature says."""
+
+    root: Path
+    manifest: dict
+    signature: SignatureCheck
+
+    def model_path(self, relative: str | None = None) -> Path:
+        return self.root / (relative or self.manifest["model"]["default"])
+
+
+def verification_problems(root: Path, trusted: TrustedKeys | None = None) -> tuple[list[str], SignatureCheck | None]:
+    """Everything wrong with the bundle (empty when it verifies), and its signature check."""
+    root = Path(root)
+    if not root.is_dir():
+        return [f"{root}: not a folder"], None
+    problems = unsafe_entries(root)
+    try:
+        manifest = read_manifest(root)
+    except BundleError as err:
+        return problems + [str(err)], None
+    signature = check_signature(root, trusted or TrustedKeys())
+    if signature.problem:
+        problems.append(signature.problem)
+    structure = structure_problems(root, manifest)
+    problems += structure
+    listed = {name for name in manifest["files"] if _safe_relative(name)}
+    present = set(bundle_files(root))
+    for name in sorted(listed - present):
+        if not (root / name).is_symlink():  # reported above
+            problems.append(f"{root / name}: listed in the manifest but missing")
+    for name in sorted(present - listed):
+        problems.append(f"{root / name}: not listed in the manifest (an extra file)")
+    changed = [name for name in sorted(present & listed) if sha256_file(root / name) != manifest["files"][name]]
+    problems += [f"{root / name}: SHA-256 differs from the manifest (changed)" for name in changed]
+    if not structure and manifest["labels"] in present and manifest["labels"] not in changed:
+        problems += labels_problems(root, manifest)
+    return problems, signature
+
+
+def verify(root: Path, trusted: TrustedKeys | None = None) -> Verified:
+    """The bundle, verified; BundleError naming every problem otherwise."""
+    problems, signature = verification_problems(root, trusted)
     if problems:
         raise BundleError("bundle does not verify:\n  " + "\n  ".join(problems))
-    return read_manifest(root)
+    return Verified(Path(root), read_manifest(root), signature)

@@ -1,53 +1,79 @@
 """Latency regression checks on the target: is this model now slower than its baseline? Torch-free.
 
-Judged with repeated measurements and a noise-aware comparison: the bootstrap confidence
-interval of the ratio of medians (current / baseline). The check fails only when the whole
-interval lies above 1 + tolerance, i.e. when the slowdown is beyond the tolerance with the
-stated confidence, so one noisy run does not fail a hospital's CI.
+A machine is rarely as fast in a later session as when the baseline was taken (clock and
+power states, other load, a busy neighbour on the same host), and an absolute comparison
+then cries wolf: the same model re-checked against its own baseline failed 4 of 13 times.
+So a baseline also times a small fixed **reference model** (shipped in the bundle; built from
+the same kind of units as the searched models), in the same run, sample for sample in
+alternation with the model (``timing.time_interleaved``). A check does the same here and
+compares the model's latency *relative to the reference*: a machine uniformly slower or faster
+changes both and cancels, while the model itself becoming slower (a runtime, a setting or a
+file that changed) does not.
+
+The relative latency is taken at the fast end of the samples (10th percentiles): on a busy
+machine the slow samples are other programs' doing and come and go, whereas the fast end is the
+model's own speed (what the latency tables keep too: the fastest round). The verdict is
+noise-aware: a bootstrap confidence interval of the ratio now / baseline (timing pairs resampled
+together), failing only when the whole interval lies above 1 + tolerance, so one noisy run does
+not fail a hospital's CI. ``compare_normalized`` and ``compare`` (absolute, medians) are the
+decisions alone, tested on given samples; benchmarks/regress_stability.py measures them here.
 """
 from __future__ import annotations
 
 import datetime as dt
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from pathnas.errors import ConfigError, InvalidFileError, MissingFileError
+from pathnas.errors import ConfigError, InvalidFileError, MissingFileError, UserError
 from pathnas.io import read_json, sha256_file, write_json_atomic, write_text_atomic
 
 from .machine import cpu_model
 from .manifest import MANIFEST, verify
 from .runners import open_profile_runner
-from .timing import time_callable
+from .signing import TrustedKeys
+from .timing import time_callable, time_interleaved
 
-BASELINE_SCHEMA = "pathnas-latency-baseline/1"
+BASELINE_SCHEMA = "pathnas-latency-baseline/2"  # /2 adds the reference model's samples
+BASELINE_SCHEMAS = ("pathnas-latency-baseline/1", BASELINE_SCHEMA)
 
 
 class BaselineMismatchError(ConfigError):
-    """The baseline was measured on another device or runtime."""
+    """The baseline was measured on another device or runtime, or for another model."""
 
 
 @dataclass
 class Verdict:
     passed: bool
-    ratio: float  # current median / baseline median
+    ratio: float  # current / baseline: of the model's latency relative to the reference, or absolute
     ci_low: float
     ci_high: float
     tolerance: float
     confidence: float
-    current_median_ms: float
+    current_median_ms: float  # the model's own medians
     baseline_median_ms: float
+    method: str = "absolute"  # or "reference" (normalised by the reference model)
+    machine_ratio: float | None = None  # the reference model's median here / in the baseline
+    note: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
         word = "passed" if self.passed else "REGRESSED"
-        return (f"{word}: median {self.current_median_ms:.3f} ms vs baseline {self.baseline_median_ms:.3f} ms, "
-                f"ratio {self.ratio:.3f} ({100 * self.confidence:.0f}% CI {self.ci_low:.3f}-{self.ci_high:.3f}), "
-                f"tolerance +{100 * self.tolerance:.0f}%")
+        ci = f"({100 * self.confidence:.0f}% CI {self.ci_low:.3f}-{self.ci_high:.3f}), tolerance +{100 * self.tolerance:.0f}%"
+        head = f"{word}: median {self.current_median_ms:.3f} ms vs baseline {self.baseline_median_ms:.3f} ms"
+        if self.method == "reference":
+            text = (f"{head}; this machine runs the reference model at {self.machine_ratio:.2f}x its baseline "
+                    f"time, so relative to it the model's ratio is {self.ratio:.3f} {ci}")
+        else:
+            text = f"{head}, ratio {self.ratio:.3f} {ci}"
+        return f"{text}; {self.note}" if self.note else text
 
 
 @dataclass(frozen=True)
@@ -81,8 +107,46 @@ def measure_samples(path: str | Path, profile: RunSettings, rounds: int = 5, rep
     return [s / profile.batch_size for s in samples]
 
 
-def make_baseline(path: str | Path, profile: RunSettings, samples_ms: list[float]) -> dict:
-    return {
+ROUND_SIZE = 20  # timing pairs per round; every round opens fresh runtime sessions
+ROUNDS = 10  # rounds of a baseline or a check: enough for a 20% slowdown to stand out of a busy machine's noise
+
+
+def time_rounds(open_model: Callable[[], object], open_reference: Callable[[], object], batch_size: int = 1,
+                rounds: int = ROUNDS, repeats: int = ROUND_SIZE) -> tuple[list[float], list[float]]:
+    """Per-call samples (ms per image) of a model and the reference, ``repeats`` pairs a round, taken in
+    alternation; each round opens both afresh (``open_model()``, ``open_reference()``: runners), since
+    a runtime session has a speed of its own (a few % apart from the next) that a later check's
+    sessions do not share, and rounds are what the decision compares."""
+    model_ms: list[float] = []
+    ref_ms: list[float] = []
+    for _ in range(rounds):
+        model = open_model()
+        try:
+            ref = open_reference()
+            try:
+                x = np.random.default_rng(0).standard_normal(model.fixed_input_shape(batch_size), dtype=np.float32)
+                y = np.random.default_rng(0).standard_normal(ref.fixed_input_shape(batch_size), dtype=np.float32)
+                m, r = time_interleaved([lambda: model.run(x), lambda: ref.run(y)], repeats=repeats, warmup_s=0.1)
+            finally:
+                ref.close()
+        finally:
+            model.close()
+        model_ms += [v / batch_size for v in m]
+        ref_ms += [v / batch_size for v in r]
+    return model_ms, ref_ms
+
+
+def measure_with_reference(path: str | Path, reference: str | Path, profile: RunSettings, rounds: int = ROUNDS,
+                           repeats: int = ROUND_SIZE) -> tuple[list[float], list[float]]:
+    """``time_rounds`` of a model file and the reference model in the profile's runtime and threads."""
+    return time_rounds(lambda: open_profile_runner(path, profile.runtime, profile.threads, profile.precision),
+                       lambda: open_profile_runner(reference, profile.runtime, profile.threads, "fp32"),
+                       profile.batch_size, rounds, repeats)
+
+
+def make_baseline(path: str | Path, profile: RunSettings, samples_ms: list[float], reference: str | Path | None = None,
+                  reference_samples_ms: list[float] | None = None) -> dict:
+    baseline = {
         "schema": BASELINE_SCHEMA,
         "device": profile.name,
         "runtime": profile.runtime,
@@ -96,11 +160,33 @@ def make_baseline(path: str | Path, profile: RunSettings, samples_ms: list[float
         "median_ms": float(np.median(samples_ms)),
         "p90_ms": float(np.percentile(samples_ms, 90)),
         "samples_ms": [round(s, 6) for s in samples_ms],
+        "reference_sha256": None,
+        "reference_median_ms": None,
+        "reference_samples_ms": None,
+        "round_size": ROUND_SIZE,  # samples_ms (and reference_samples_ms) are rounds of this many, in order
     }
+    if reference is not None and reference_samples_ms is not None:
+        baseline.update(reference_sha256=sha256_file(reference), reference_median_ms=float(np.median(reference_samples_ms)),
+                        reference_samples_ms=[round(s, 6) for s in reference_samples_ms])
+    return baseline
+
+
+def measure_baseline(path: str | Path, profile: RunSettings, reference: str | Path | None = None,
+                     rounds: int = ROUNDS) -> dict:
+    """A baseline of ``path`` measured here: with the reference model timed alongside when there is one."""
+    if reference is None:
+        return make_baseline(path, profile, measure_samples(path, profile, rounds))
+    model_ms, ref_ms = measure_with_reference(path, reference, profile, rounds)
+    return make_baseline(path, profile, model_ms, reference, ref_ms)
+
+
+def _positive_samples(value, at_least: int) -> bool:
+    return isinstance(value, list) and len(value) >= at_least and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
 
 
 def check_baseline(baseline: dict, profile: RunSettings, source: str = "baseline") -> None:
-    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA:
+    if not isinstance(baseline, dict) or baseline.get("schema") not in BASELINE_SCHEMAS:
         raise InvalidFileError(f"{source}: not a latency baseline (schema {BASELINE_SCHEMA})")
     for key, expected in (("device", profile.name), ("runtime", profile.runtime), ("threads", profile.threads),
                           ("batch_size", profile.batch_size)):
@@ -109,36 +195,113 @@ def check_baseline(baseline: dict, profile: RunSettings, source: str = "baseline
                 f"{source} was measured with {key}={baseline.get(key)!r}, but this check runs with {key}={expected!r}; "
                 f"measure a baseline here with --update-baseline"
             )
-    samples = baseline.get("samples_ms")
-    if not isinstance(samples, list) or len(samples) < 5 or not all(isinstance(v, (int, float)) and v > 0 for v in samples):
+    if not _positive_samples(baseline.get("samples_ms"), 5):
         raise InvalidFileError(f"{source}: samples_ms must list at least 5 positive latencies (ms); re-measure it "
                                f"with --update-baseline")
+    size = baseline.get("round_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise InvalidFileError(f"{source}: round_size must be a positive integer (samples per timing round)")
+    reference = baseline.get("reference_samples_ms")
+    if reference is not None and (not _positive_samples(reference, 5) or len(reference) != len(baseline["samples_ms"])):
+        raise InvalidFileError(f"{source}: reference_samples_ms must list one positive latency (ms) per sample of "
+                               f"samples_ms; re-measure it with --update-baseline")
+
+
+def _bootstrap(current: np.ndarray, baseline: np.ndarray, confidence: float, resamples: int,
+               seed: int) -> tuple[float, float, float]:
+    """Ratio of medians (current / baseline) and its bootstrap confidence interval."""
+    if current.size < 5 or baseline.size < 5:
+        raise ValueError("at least 5 samples on each side are needed for a noise-aware comparison")
+    rng = np.random.default_rng(seed)
+    ratios = (np.median(rng.choice(current, (resamples, current.size)), axis=1)
+              / np.median(rng.choice(baseline, (resamples, baseline.size)), axis=1))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [alpha, 1 - alpha])
+    return float(np.median(current) / np.median(baseline)), float(low), float(high)
 
 
 def compare(current_ms: list[float], baseline_ms: list[float], tolerance: float = 0.10,
             confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Verdict:
-    """Bootstrap CI of median(current) / median(baseline); fails when the CI is entirely above 1 + tolerance."""
-    if len(current_ms) < 5 or len(baseline_ms) < 5:
-        raise ValueError("at least 5 samples on each side are needed for a noise-aware comparison")
-    rng = np.random.default_rng(seed)
-    cur, base = np.asarray(current_ms), np.asarray(baseline_ms)
-    ratios = (np.median(rng.choice(cur, (resamples, cur.size)), axis=1)
-              / np.median(rng.choice(base, (resamples, base.size)), axis=1))
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [alpha, 1 - alpha])
-    ratio = float(np.median(cur) / np.median(base))
-    return Verdict(bool(low <= 1 + tolerance), ratio, float(low), float(high), tolerance, confidence,
+    """Absolute: bootstrap CI of median(current) / median(baseline); fails when the CI is entirely above
+    1 + tolerance. Sensitive to the machine's speed; ``compare_normalized`` is not."""
+    cur, base = np.asarray(current_ms, float), np.asarray(baseline_ms, float)
+    ratio, low, high = _bootstrap(cur, base, confidence, resamples, seed)
+    return Verdict(bool(low <= 1 + tolerance), ratio, low, high, tolerance, confidence,
                    float(np.median(cur)), float(np.median(base)))
 
 
-def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tolerance: float = 0.10,
-                     confidence: float = 0.95, rounds: int = 5, source: str = "baseline") -> Verdict:
-    """Measure ``path`` here and judge it against ``baseline`` (a baseline file's contents, or the
-    ``latency_baseline`` of a bundle manifest; ``source`` names it in errors). Raises
-    BaselineMismatchError when the baseline was measured on another device or runtime."""
-    check_baseline(baseline, profile, source)
-    return compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
+FAST_END = 0.10  # the quantile compared by compare_normalized
+MIN_ROUNDS = 3  # rounds on each side to judge by rounds; fewer: by the pooled timing pairs
 
+
+def compare_normalized(current_ms: list[float], current_reference_ms: list[float], baseline_ms: list[float],
+                       baseline_reference_ms: list[float], tolerance: float = 0.10, confidence: float = 0.95,
+                       resamples: int = 2000, seed: int = 0, round_size: int | None = None) -> Verdict:
+    """Relative to the reference model: the model's latency over the reference's, each at its fast end
+    (10th percentile), now over the same in the baseline; fails when the whole confidence interval lies
+    above 1 + tolerance.
+
+    With ``round_size`` (samples per round, in order) and at least 3 rounds on each side, the ratio
+    is taken per round and the rounds' log ratios are averaged, the interval bootstrapped over rounds:
+    so it also holds the speed differences between runtime sessions, which pairs within one session do
+    not show. Otherwise the timing pairs are pooled and resampled together."""
+    cur, cur_ref = np.asarray(current_ms, float), np.asarray(current_reference_ms, float)
+    base, base_ref = np.asarray(baseline_ms, float), np.asarray(baseline_reference_ms, float)
+    if cur.shape != cur_ref.shape or base.shape != base_ref.shape:
+        raise ValueError("the model and the reference need one sample each per timing pair")
+    if cur.size < 5 or base.size < 5:
+        raise ValueError("at least 5 samples on each side are needed for a noise-aware comparison")
+
+    def relative(model: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return np.quantile(model, FAST_END, axis=-1) / np.quantile(reference, FAST_END, axis=-1)
+
+    rng = np.random.default_rng(seed)
+    alpha = (1 - confidence) / 2
+    by_rounds = round_size and round_size >= 5 and min(cur.size, base.size) // round_size >= MIN_ROUNDS \
+        and cur.size % round_size == 0 and base.size % round_size == 0
+    if by_rounds:
+        now = np.log(relative(cur.reshape(-1, round_size), cur_ref.reshape(-1, round_size)))
+        then = np.log(relative(base.reshape(-1, round_size), base_ref.reshape(-1, round_size)))
+        ratio = float(np.exp(now.mean() - then.mean()))
+        boot = (now[rng.integers(0, now.size, (resamples, now.size))].mean(1)
+                - then[rng.integers(0, then.size, (resamples, then.size))].mean(1))
+        low, high = np.exp(np.quantile(boot, [alpha, 1 - alpha]))
+    else:
+        now, then = rng.integers(0, cur.size, (resamples, cur.size)), rng.integers(0, base.size, (resamples, base.size))
+        ratios = relative(cur[now], cur_ref[now]) / relative(base[then], base_ref[then])
+        low, high = np.quantile(ratios, [alpha, 1 - alpha])
+        ratio = float(relative(cur, cur_ref) / relative(base, base_ref))
+    return Verdict(bool(low <= 1 + tolerance), ratio, float(low), float(high), tolerance, confidence,
+                   float(np.median(cur)), float(np.median(base)), method="reference",
+                   machine_ratio=float(np.quantile(cur_ref, FAST_END) / np.quantile(base_ref, FAST_END)))
+
+
+def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tolerance: float = 0.10,
+                     confidence: float = 0.95, rounds: int = ROUNDS, source: str = "baseline",
+                     reference: str | Path | None = None) -> Verdict:
+    """Measure ``path`` here and judge it against ``baseline`` (a baseline file's contents, or the
+    ``latency_baseline`` of a bundle manifest; ``source`` names it in errors). With a ``reference``
+    model and a baseline that timed it, the judgement is relative to the reference; otherwise absolute,
+    and the verdict's note says so. Raises BaselineMismatchError when the baseline was measured on
+    another device or runtime, or with another reference model."""
+    check_baseline(baseline, profile, source)
+    timed_reference = baseline.get("reference_samples_ms") is not None
+    if reference is not None and timed_reference:
+        if baseline.get("reference_sha256") != sha256_file(reference):
+            raise BaselineMismatchError(f"{source} timed another reference model than {reference}; measure a "
+                                        "baseline here with --update-baseline")
+        model_ms, ref_ms = measure_with_reference(path, reference, profile, rounds, ROUND_SIZE)
+        size = baseline.get("round_size")
+        return compare_normalized(model_ms, ref_ms, baseline["samples_ms"], baseline["reference_samples_ms"],
+                                  tolerance, confidence, round_size=ROUND_SIZE if size == ROUND_SIZE else None)
+    verdict = compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
+    verdict.note = ("absolute comparison (" + ("the baseline did not time a reference model" if reference is not None
+                                               else "no reference model") +
+                    "): a machine slower than when the baseline was taken reads as a regression")
+    return verdict
+
+
+# -- reports for CI ----------------------------------------------------------------------------
 
 def _junit(path: str | Path, name: str, seconds: float, body: str, failures: int, errors: int) -> None:
     xml = (
@@ -164,42 +327,77 @@ def write_junit_error(path: str | Path, name: str, message: str, seconds: float 
     _junit(path, name, seconds, f'<error message={quoteattr("check could not run")}>{escape(message)}</error>', 0, 1)
 
 
+@contextmanager
+def junit_on_error(path: str | Path | None, name: str):
+    """Write the JUnit error report when the check inside fails to run, whatever the exception; re-raise it.
+
+    Every way a regress command can end without a verdict goes through here, so CI always gets a file.
+    """
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException as err:
+        if path is not None:
+            message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            if isinstance(err, KeyboardInterrupt):
+                message = "interrupted"
+            write_junit_error(path, name, message, time.perf_counter() - start)
+        raise
+
+
 def save_baseline(path: str | Path, baseline: dict) -> None:
     write_json_atomic(path, baseline)
 
 
 # -- bundles -------------------------------------------------------------------------------
 
+def default_baseline_path(bundle: Path) -> Path:
+    """Where `regress --update-baseline` writes a workstation's own baseline by default: beside the
+    bundle, never inside it (that would change what was signed)."""
+    bundle = Path(bundle)
+    return bundle.parent / f"{bundle.name}.baseline.json"
 
 
-def _bundle_model(bundle: Path) -> tuple[dict, RunSettings, Path]:
-    manifest = verify(bundle)
-    return manifest, RunSettings.of(manifest["profile"]), Path(bundle) / manifest["model"]["default"]
+def _bundle_model(bundle: Path, trusted: TrustedKeys | None) -> tuple[dict, RunSettings, Path, Path | None]:
+    verified = verify(bundle, trusted)
+    manifest = verified.manifest
+    reference = manifest.get("latency_reference")
+    return (manifest, RunSettings.of(manifest["profile"]), verified.model_path(),
+            Path(bundle) / reference if reference else None)
 
 
-def check_bundle(bundle: Path, tolerance: float = 0.10, confidence: float = 0.95, rounds: int = 5,
-                 baseline_path: Path | None = None) -> tuple[Verdict, RunSettings]:
-    """Verdict of the bundle's default model timed here against its baseline (the manifest's, or
-    ``baseline_path``), and the run settings used (the bundle's profile)."""
-    manifest, profile, model = _bundle_model(bundle)
+def check_bundle(bundle: Path, tolerance: float = 0.10, confidence: float = 0.95, rounds: int = ROUNDS,
+                 baseline_path: Path | None = None,
+                 trusted: TrustedKeys | None = None) -> tuple[Verdict, RunSettings]:
+    """Verdict of the bundle's default model timed here against its baseline (the signed manifest's,
+    or ``baseline_path``: a baseline this workstation measured, which must be of this bundle's model),
+    and the run settings used (the bundle's profile)."""
+    manifest, profile, model, reference = _bundle_model(bundle, trusted)
     if baseline_path is not None:
-        baseline, source = read_json(baseline_path, "latency baseline"), str(baseline_path)
+        baseline, source = read_json(baseline_path, "latency baseline",
+                                     "measure one with `pathnas-infer regress BUNDLE --update-baseline`"), str(baseline_path)
     else:
         baseline, source = manifest["latency_baseline"], str(Path(bundle) / MANIFEST)
     if baseline is None:
         raise MissingFileError(f"{source} has no latency baseline "
                                f"({manifest.get('latency_baseline_note') or 'none was measured'})")
-    return check_regression(model, profile, baseline, tolerance, confidence, rounds, source), profile
+    if isinstance(baseline, dict) and baseline.get("model_sha256") not in (None, manifest["files"].get(
+            manifest["model"]["default"])):
+        raise BaselineMismatchError(f"{source} was measured for another model than {model}; measure a baseline of "
+                                    "this bundle with --update-baseline")
+    return check_regression(model, profile, baseline, tolerance, confidence, rounds, source, reference), profile
 
 
-def measure_bundle_baseline(bundle: Path, rounds: int = 5) -> dict:
-    """Measure the bundle's default model here and record it as the manifest's baseline.
-
-    The manifest lists the hashes of the other files and is itself not hashed, so the bundle
-    still verifies afterwards.
-    """
-    manifest, profile, model = _bundle_model(bundle)
-    baseline = make_baseline(model, profile, measure_samples(model, profile, rounds))
-    manifest["latency_baseline"], manifest["latency_baseline_note"] = baseline, None
-    write_json_atomic(Path(bundle) / MANIFEST, manifest)
-    return baseline
+def measure_bundle_baseline(bundle: Path, out: Path | None = None, rounds: int = ROUNDS,
+                            trusted: TrustedKeys | None = None) -> tuple[dict, Path]:
+    """Measure the bundle's default model here (with its reference model) and write the baseline to
+    ``out`` (default: beside the bundle). The bundle itself is never changed: its manifest's baseline
+    is the packager's, covered by the signature; a check uses this file only when passed --baseline."""
+    _, profile, model, reference = _bundle_model(bundle, trusted)
+    baseline = measure_baseline(model, profile, reference, rounds)
+    baseline["bundle"] = Path(bundle).name
+    out = Path(out) if out is not None else default_baseline_path(bundle)
+    if out.resolve().is_relative_to(Path(bundle).resolve()):
+        raise ConfigError(f"{out}: a baseline file must not be written inside the bundle (it would no longer verify)")
+    save_baseline(out, baseline)
+    return baseline, out

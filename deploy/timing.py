@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,3 +79,40 @@ def time_callable(
         clipped=int(samples.size - kept.size),
         samples_ms=[float(s) for s in samples],
     )
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    repeats: int = 100,
+    warmup_runs: int = 10,
+    warmup_s: float = 0.2,
+    min_sample_s: float = 0.002,
+    max_inner: int = 1000,
+) -> list[list[float]]:
+    """Per-call latency samples (ms) of several callables timed in alternation, one list per callable.
+
+    Sample i of every callable is taken back to back (the order rotates so none always goes
+    first), so a change of the machine's speed during the run touches all of them alike: the
+    ratio of sample i of one to sample i of another is free of it. Each callable is warmed up
+    and gets its own ``inner`` call count, as in ``time_callable``.
+    """
+    if repeats < 3:
+        raise ValueError(f"repeats {repeats}: at least 3 samples are needed for a median and p90")
+    inner = []
+    for fn in fns:
+        start, runs = time.perf_counter(), 0
+        while runs < warmup_runs or time.perf_counter() - start < warmup_s:
+            fn()
+            runs += 1
+        single_s = max((time.perf_counter() - start) / runs, 1e-9)
+        inner.append(int(min(max_inner, max(1, np.ceil(min_sample_s / single_s)))))
+    samples = [[0.0] * repeats for _ in fns]
+    for i in range(repeats):
+        for k in range(len(fns)):
+            j = (i + k) % len(fns)
+            fn, n = fns[j], inner[j]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[j][i] = (time.perf_counter() - t0) / n * 1e3
+    return samples

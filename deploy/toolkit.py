@@ -1,9 +1,12 @@
 """`pathnas-infer`: the workstation toolkit, torch-free.
 
   pathnas-infer BUNDLE INPUTS... --out results.csv     classify or segment images and slides
-  pathnas-infer verify BUNDLE                          check every file of a bundle
+  pathnas-infer verify BUNDLE                          check every file (and the signature) of a bundle
   pathnas-infer regress BUNDLE [--baseline F] [--junit F]
                                                        latency regression check on this machine
+
+Every command takes --trusted-key PUB (repeatable; or $PATHNAS_TRUSTED_KEYS, or the folder
+/etc/pathnas-edge/trusted-keys): then only bundles signed by one of those keys are accepted.
 
 Imports numpy, Pillow, tifffile and the runtimes only (a test runs every command with torch
 blocked). A problem the user can fix prints one `error:` line and exits 2; a bundle that
@@ -32,34 +35,46 @@ def _version() -> str:
         return "unknown"
 
 
-def verify_bundle(bundle: Path, as_json: bool = False) -> int:
-    """Print what is wrong with a bundle (or OK); the exit code: 0 verified, 1 not."""
+def verify_bundle(bundle: Path, as_json: bool = False, trusted_keys: list[Path] | None = None) -> int:
+    """Print what is wrong with a bundle (or OK, and what its signature says); the exit code: 0 verified, 1 not."""
     from .manifest import verification_problems
+    from .signing import load_trusted_keys
 
-    problems = verification_problems(Path(bundle))
+    problems, signature = verification_problems(Path(bundle), load_trusted_keys(trusted_keys or ()))
     if as_json:
-        print(json.dumps({"bundle": str(bundle), "verified": not problems, "problems": problems}, indent=2))
+        print(json.dumps({"bundle": str(bundle), "verified": not problems, "problems": problems,
+                          "signature": signature.status if signature else None,
+                          "signed_by": signature.key if signature else None}, indent=2))
     elif problems:
         for problem in problems:
             print(f"FAIL {problem}", file=sys.stderr)
     else:
-        print(f"OK {bundle}: every file matches its manifest")
+        print(f"OK {bundle}: every file matches its manifest; {signature.text}")
     return EXIT_FAILED if problems else 0
 
 
 def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float = 0.10, confidence: float = 0.95,
-                   rounds: int = 5, junit: Path | None = None, update_baseline: bool = False,
-                   as_json: bool = False) -> int:
-    """Time the bundle's model here against its baseline and print the verdict; the exit code: 0 passed, 1 regressed."""
-    from .regress import MANIFEST, check_bundle, measure_bundle_baseline, write_junit
+                   rounds: int = 10, junit: Path | None = None, update_baseline: bool = False,
+                   as_json: bool = False, trusted_keys: list[Path] | None = None) -> int:
+    """Time the bundle's model here against its baseline and print the verdict; the exit code: 0 passed, 1 regressed.
+
+    The baseline is the signed manifest's (the packager's) unless ``baseline`` names a file this
+    workstation measured with ``update_baseline`` (written to ``baseline``, or beside the bundle).
+    ``junit`` gets a report whatever happens, an error case when the check cannot run.
+    """
+    from .regress import check_bundle, junit_on_error, measure_bundle_baseline, write_junit
+    from .signing import load_trusted_keys
 
     bundle = Path(bundle)
-    if update_baseline:
-        measured = measure_bundle_baseline(bundle, rounds)
-        print(f"baseline written to {bundle / MANIFEST}: median {measured['median_ms']:.3f} ms")
-        return 0
-    start = time.perf_counter()
-    verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline)
+    with junit_on_error(None if update_baseline else junit, bundle.name):
+        trusted = load_trusted_keys(trusted_keys or ())
+        if update_baseline:
+            measured, path = measure_bundle_baseline(bundle, baseline, rounds, trusted)
+            print(f"baseline written to {path}: median {measured['median_ms']:.3f} ms; check against it with "
+                  f"`pathnas-infer regress {bundle} --baseline {path}` (the bundle's own baseline is unchanged)")
+            return 0
+        start = time.perf_counter()
+        verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline, trusted)
     if junit:
         write_junit(junit, f"{bundle.name}@{settings.name}", verdict, time.perf_counter() - start)
     print(json.dumps({"bundle": str(bundle), "device": settings.name, **verdict.as_dict()}, indent=2)
@@ -68,7 +83,7 @@ def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float 
 
 
 def parser() -> argparse.ArgumentParser:
-    from .infer import add_arguments
+    from .infer import add_arguments, add_trust_argument
 
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,18 +91,25 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress}")
     predict = commands.add_parser("predict", help="classify or segment images and slides (the default command)")
     add_arguments(predict)
-    verify = commands.add_parser("verify", help="check the manifest and every file's SHA-256")
+    verify = commands.add_parser("verify", help="check the manifest, every file's SHA-256 and the signature")
     verify.add_argument("bundle", type=Path)
     verify.add_argument("--json", action="store_true")
+    add_trust_argument(verify)
     regress = commands.add_parser("regress", help="is the bundle's model slower here than its baseline?")
     regress.add_argument("bundle", type=Path)
-    regress.add_argument("--baseline", type=Path, default=None, help="baseline JSON (default: the manifest's)")
+    regress.add_argument("--baseline", type=Path, default=None,
+                         help="a baseline file this workstation measured (default: the bundle's signed one); with "
+                              "--update-baseline, where to write it (default: BUNDLE.baseline.json beside it)")
     regress.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown, 0.10 = 10%%")
     regress.add_argument("--confidence", type=float, default=0.95)
-    regress.add_argument("--rounds", type=int, default=5, help="timing rounds (20 samples each)")
-    regress.add_argument("--junit", type=Path, default=None, help="write a JUnit XML report here")
-    regress.add_argument("--update-baseline", action="store_true", help="measure here and (over)write the baseline")
+    regress.add_argument("--rounds", type=int, default=10,
+                         help="timing rounds, each in fresh runtime sessions, of 20 samples of the model and 20 of "
+                              "the reference model")
+    regress.add_argument("--junit", type=Path, default=None, help="write a JUnit XML report here (also on errors)")
+    regress.add_argument("--update-baseline", action="store_true",
+                         help="measure here and write a baseline file (never into the bundle)")
     regress.add_argument("--json", action="store_true")
+    add_trust_argument(regress)
     return top
 
 
@@ -106,23 +128,24 @@ def main(argv: list[str] | None = None) -> None:
 
         check_arguments(cli, args)
     if args.command == "regress" and (args.tolerance < 0 or not 0.5 <= args.confidence < 1 or args.rounds < 1):
-        cli.error("--tolerance must be >= 0, --confidence in [0.5, 1), --rounds >= 1")
+        message = "--tolerance must be >= 0, --confidence in [0.5, 1), --rounds >= 1"
+        if args.junit and not args.update_baseline:
+            from .regress import write_junit_error
+
+            write_junit_error(args.junit, Path(args.bundle).name, message)
+        cli.error(message)
     try:
         if args.command == "predict":
             from .infer import run
 
             code = run(args)
         elif args.command == "verify":
-            code = verify_bundle(args.bundle, args.json)
+            code = verify_bundle(args.bundle, args.json, args.trusted_key)
         else:
             code = regress_bundle(args.bundle, args.baseline, args.tolerance, args.confidence, args.rounds, args.junit,
-                                  args.update_baseline, args.json)
+                                  args.update_baseline, args.json, args.trusted_key)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        if args.command == "regress" and getattr(args, "junit", None):
-            from .regress import write_junit_error
-
-            write_junit_error(args.junit, Path(args.bundle).name, str(err))
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted: nothing was left half-written; run the command again", file=sys.stderr)

@@ -1,13 +1,14 @@
-"""Commands that make and check what ships: package, verify, regress.
+"""Commands that make and check what ships: package, verify, regress, and the signing keys.
 
 `verify` and `regress` of a bundle are the workstation toolkit's (`pathnas-infer verify|regress`),
 run here too; `regress` of a bare model file takes a baseline file and a hardware profile.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,97 +16,161 @@ from pathnas.errors import ConfigError, MissingFileError
 
 from .common import JSON_HELP, console, on_interrupt, print_json
 
+TRUSTED_KEY_HELP = ("accept only bundles signed by this public key (a .pub file or a folder of them; repeatable; "
+                    "default: $PATHNAS_TRUSTED_KEYS, else /etc/pathnas-edge/trusted-keys if it exists, else "
+                    "unsigned bundles pass and are said to be unsigned)")
+
 
 def package(
     run_dir: Path = typer.Argument(..., help="a run directory whose artifacts passed `pathnas-edge validate`"),
     device: str = typer.Option(..., help="hardware profile the bundle is for"),
     out: Path = typer.Option(..., help="bundle folder to create (a .zip of it is written beside it)"),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key to sign the manifest "
+                                                                     "with (`pathnas-edge keys new`)"),
     no_latency: bool = typer.Option(False, "--no-latency", help="do not measure the latency baseline here"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Package a validated model for an offline workstation: model files, preprocessing, labels,
-    manifest with SHA-256 of every file, model card, latency baseline."""
+    manifest with SHA-256 of every file (signed with --sign-key), model card, latency baseline."""
     from pathnas.deploy.manifest import read_manifest
+    from pathnas.deploy.signing import SIGNATURE
     from pathnas.pipeline import RunLayout
     from pathnas.pipeline.stages import stage_package
     from pathnas.profiling import load_profile
 
     on_interrupt("nothing was written: a bundle appears only once it is complete; run the command again")
     # force: an explicit --out is built now or refused if it exists, never silently taken as up to date
-    bundle = stage_package(RunLayout(run_dir), load_profile(device), out, measure_latency=not no_latency, force=True)
+    bundle = stage_package(RunLayout(run_dir), load_profile(device), out, measure_latency=not no_latency, force=True,
+                           sign_key=sign_key)
     manifest = read_manifest(bundle)
     baseline = manifest["latency_baseline"]
+    signed = (bundle / SIGNATURE).exists()
     if as_json:
-        print_json({"bundle": str(bundle), "zip": f"{bundle}.zip", "files": manifest["files"],
+        print_json({"bundle": str(bundle), "zip": f"{bundle}.zip", "files": manifest["files"], "signed": signed,
                     "model": manifest["model"], "latency_baseline": baseline})
         return
     console.print(f"[green]bundle[/green] {bundle} and {bundle}.zip: {len(manifest['files'])} files, "
-                  f"model {manifest['model']['default']}")
+                  f"model {manifest['model']['default']}, " + ("signed" if signed else "UNSIGNED (no --sign-key)"))
     console.print(f"latency baseline: {baseline['median_ms']:.3f} ms median on {baseline['device']}" if baseline
                   else f"latency baseline: {manifest['latency_baseline_note']}", markup=False)
-    console.print(f"on the workstation: pathnas-infer verify {bundle.name}", markup=False)
+    trust = f" --trusted-key {sign_key.name}.pub" if signed else ""
+    console.print(f"on the workstation: pathnas-infer verify {bundle.name}{trust}", markup=False)
 
 
 def verify(
     bundle: Path = typer.Argument(..., help="bundle folder"),
+    trusted_key: Optional[List[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Check the manifest and every hash; exit 1 naming each missing, extra or changed file."""
+    """Check the manifest, every hash and the signature; exit 1 naming each problem."""
     from pathnas.deploy.toolkit import verify_bundle
 
-    code = verify_bundle(bundle, as_json)
+    code = verify_bundle(bundle, as_json, trusted_key)
     if code:
         raise typer.Exit(code)
 
 
 def regress(
     model: Path = typer.Argument(..., help="a bundle folder, an ONNX model (.onnx) or OpenVINO IR (.xml)"),
-    baseline: Optional[Path] = typer.Option(None, help="baseline JSON (a bundle's default: its manifest's)"),
+    baseline: Optional[Path] = typer.Option(None, help="baseline JSON (a bundle's default: its signed manifest's); "
+                                                       "with --update-baseline, where to write it"),
     device: Optional[str] = typer.Option(None, help="hardware profile of this machine, for a model file "
                                                     "(default: cpu)"),
     tolerance: float = typer.Option(0.10, min=0.0, help="allowed slowdown, 0.10 = 10%"),
     confidence: float = typer.Option(0.95, min=0.5, max=0.999),
-    rounds: int = typer.Option(5, min=1, help="timing rounds (20 samples each)"),
-    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here"),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="measure and (over)write the baseline"),
+    rounds: int = typer.Option(10, min=1, help="timing rounds, each in fresh runtime sessions, of 20 samples "
+                                               "of the model and 20 of the reference model"),
+    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here (also when the check cannot run)"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="measure here and write a baseline file "
+                                                                          "(never into a bundle)"),
+    trusted_key: Optional[List[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Exit 1 when the model is slower on this device than its baseline beyond the tolerance
-    (bootstrap confidence interval of the ratio of medians; a noisy run alone does not fail)."""
-    from pathnas.deploy.regress import RunSettings, check_regression, make_baseline, measure_samples, save_baseline
-    from pathnas.deploy.regress import write_junit
+    """Exit 1 when the model is slower on this device than its baseline beyond the tolerance, judged
+    relative to a reference model timed alongside (so a machine uniformly slower than when the baseline
+    was taken does not fail) with a bootstrap confidence interval (a noisy run alone does not fail)."""
+    from pathnas.deploy.regress import (RunSettings, check_regression, junit_on_error, measure_baseline, save_baseline,
+                                        write_junit)
     from pathnas.deploy.toolkit import regress_bundle
     from pathnas.io import read_json
+    from pathnas.pipeline.reference_model import write_reference_model
     from pathnas.profiling import load_profile
 
     if model.is_dir():  # a bundle names its model and its profile: the workstation toolkit's check
-        if device is not None:
-            raise ConfigError("--device is for model files; a bundle runs on the profile it was packaged for")
-        code = regress_bundle(model, baseline, tolerance, confidence, rounds, junit, update_baseline, as_json)
+        with junit_on_error(None if update_baseline else junit, model.name):
+            if device is not None:
+                raise ConfigError("--device is for model files; a bundle runs on the profile it was packaged for")
+        code = regress_bundle(model, baseline, tolerance, confidence, rounds, junit, update_baseline, as_json,
+                              trusted_key)
         if code:
             raise typer.Exit(code)
         return
-    if not model.is_file():
-        raise MissingFileError(f"model {model} does not exist")
-    if baseline is None:
-        raise ConfigError("--baseline FILE is needed for a model file (a bundle carries its own)")
-    hw = RunSettings.of(load_profile(device or "cpu"))
-    if update_baseline:
-        fresh = make_baseline(model, hw, measure_samples(model, hw, rounds))
-        save_baseline(baseline, fresh)
-        console.print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms", markup=False)
-        return
-    start = time.perf_counter()
-    reference = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
-    verdict = check_regression(model, hw, reference, tolerance, confidence, rounds, str(baseline))
+    with junit_on_error(None if update_baseline else junit, model.name), \
+            tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
+        if not model.is_file():
+            raise MissingFileError(f"model {model} does not exist")
+        if baseline is None:
+            raise ConfigError("--baseline FILE is needed for a model file (a bundle carries its own)")
+        hw = RunSettings.of(load_profile(device or "cpu"))
+        # The same fixed reference model bundles carry (its SHA-256 is in the baseline), built afresh.
+        reference = write_reference_model(Path(tmp) / "reference.onnx")
+        if update_baseline:
+            fresh = measure_baseline(model, hw, reference, rounds)
+            save_baseline(baseline, fresh)
+            console.print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms", markup=False)
+            return
+        start = time.perf_counter()
+        stored = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
+        verdict = check_regression(model, hw, stored, tolerance, confidence, rounds, str(baseline), reference)
     if junit:
         write_junit(junit, f"{model.name}@{hw.name}", verdict, time.perf_counter() - start)
     if as_json:
         print_json({"model": str(model), "device": hw.name, **verdict.as_dict()})
     else:
-        console.print(("[green]" if verdict.passed else "[red]") + verdict.summary())
+        console.print(("[green]" if verdict.passed else "[red]") + verdict.summary(), markup=True)
     if not verdict.passed:
         raise typer.Exit(1)
+
+
+# -- signing keys --------------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="Ed25519 keys that sign bundles (package --sign-key) and that workstations trust "
+                            "(--trusted-key).", no_args_is_help=True)
+
+
+@keys_app.command("new")
+def keys_new(
+    out: Path = typer.Option(Path("pathnas-signing.key"), help="private key file to create (mode 0600); the public "
+                                                                "key goes beside it as OUT.pub"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Make a signing key pair. The private key never leaves this machine and is never printed; give the
+    .pub file to the workstations (--trusted-key, $PATHNAS_TRUSTED_KEYS or /etc/pathnas-edge/trusted-keys).
+    Set $PATHNAS_KEY_PASSPHRASE to encrypt the private key (and to sign with it later)."""
+    from pathnas.deploy.signing import new_keypair
+
+    private, public, fp = new_keypair(out)
+    if as_json:
+        print_json({"private_key": str(private), "public_key": str(public), "fingerprint": fp})
+        return
+    console.print(f"private key {private} (mode 0600: keep it on the packaging machine)", markup=False)
+    console.print(f"public key  {public} (give it to the workstations)", markup=False)
+    console.print(f"fingerprint {fp}", markup=False)
+
+
+@keys_app.command("show")
+def keys_show(
+    key: Path = typer.Argument(..., help="a public key, or a private key (only its public half is shown)"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Print a key's fingerprint (the one `verify` names), never the key itself."""
+    from pathnas.deploy.signing import key_fingerprint
+
+    fp = key_fingerprint(key)
+    if as_json:
+        print_json({"key": str(key), "fingerprint": fp})
+    else:
+        console.print(f"{key}: {fp}", markup=False)
 
 
 COMMANDS = (package, verify, regress)

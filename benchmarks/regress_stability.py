@@ -1,0 +1,154 @@
+"""Does `regress` cry wolf, and does it still catch a real slowdown? On this machine, with real timings.
+
+    python benchmarks/regress_stability.py [--run RUN | --model MODEL.onnx] [--device cpu] [--checks 13] [--json]
+
+A baseline of the model is measured once (the model and the fixed reference model bundles carry,
+timed in alternation, as `package` does). Then ``--checks`` checks, each with fresh runtime
+sessions as a later `regress` would have, are timed in each scenario and
+judged both ways, on the same samples: the absolute comparison `regress` used to make (the model's
+latency now against then) and the reference-normalised one it makes now (deploy/regress.py):
+- same model, as it is: every REGRESSED verdict is a false alarm;
+- the same while other processes keep every core busy (busy neighbours: contention, which slows
+  models unevenly, the worst case for any normalisation): every REGRESSED verdict is a false alarm;
+- the model itself made 20% slower (each call followed by a busy wait of 20% of its own duration):
+  every REGRESSED verdict is a detection.
+Timings depend on the machine and its load: run it on a quiet machine for figures to quote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _hog(stop) -> None:  # a process that keeps one core busy until told to stop
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+class Hogs:
+    """Keep every core busy with other processes while inside."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.stop = multiprocessing.Event()
+        self.procs = [multiprocessing.Process(target=_hog, args=(self.stop,), daemon=True) for _ in range(self.n)]
+        for p in self.procs:
+            p.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(5)
+
+
+class Slowed:
+    """A runner made ``factor`` times slower: after each call, spin for (factor - 1) of the call's duration."""
+
+    def __init__(self, runner, factor: float):
+        self.runner, self.factor = runner, factor
+
+    def fixed_input_shape(self, batch_size: int = 1):
+        return self.runner.fixed_input_shape(batch_size)
+
+    def run(self, x):
+        start = time.perf_counter()
+        out = self.runner.run(x)
+        until = start + (time.perf_counter() - start) * self.factor
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("demo"), help="a run directory (its export/model.onnx)")
+    parser.add_argument("--model", type=Path, default=None, help="an ONNX model instead of the run's")
+    parser.add_argument("--device", default="cpu", help="hardware profile of this machine")
+    parser.add_argument("--checks", type=int, default=13, help="checks per scenario")
+    parser.add_argument("--rounds", type=int, default=10, help="timing rounds per check (20 pairs each), as regress")
+    parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    model = args.model or args.run / "export" / "model.onnx"
+    if not model.is_file():
+        raise SystemExit(f"{model} does not exist: run `make demo` first, or pass --run / --model")
+
+    from pathnas.deploy.machine import cpu_model
+    from pathnas.deploy.regress import ROUND_SIZE, RunSettings, compare, compare_normalized, time_rounds
+    from pathnas.deploy.runners import open_profile_runner
+    from pathnas.pipeline.reference_model import write_reference_model
+    from pathnas.profiling import load_profile
+
+    profile = RunSettings.of(load_profile(args.device))
+
+    def measure(reference: Path, factor: float = 1.0) -> tuple[list[float], list[float]]:
+        """One check as `regress` times it (deploy.regress.time_rounds: fresh sessions every round)."""
+        return time_rounds(lambda: Slowed(open_profile_runner(model, profile.runtime, profile.threads,
+                                                              profile.precision), factor),
+                           lambda: open_profile_runner(reference, profile.runtime, profile.threads),
+                           profile.batch_size, args.rounds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = write_reference_model(Path(tmp) / "reference.onnx")
+        base_model, base_ref = measure(reference)
+        # (factor, processes keeping every core busy meanwhile)
+        scenarios = {"same model": (1.0, 0), "same model, busy neighbours": (1.0, os.cpu_count()),
+                     "model 20% slower": (1.2, 0)}
+        rows = []
+        for name, (factor, hogs) in scenarios.items():
+            verdicts = {"absolute": 0, "reference": 0}
+            machine, ratios = [], []
+            for _ in range(args.checks):
+                if hogs:
+                    with Hogs(hogs):
+                        cur_model, cur_ref = measure(reference, factor)
+                else:
+                    cur_model, cur_ref = measure(reference, factor)
+                absolute = compare(cur_model, base_model, args.tolerance)
+                normalized = compare_normalized(cur_model, cur_ref, base_model, base_ref, args.tolerance,
+                                                round_size=ROUND_SIZE)
+                verdicts["absolute"] += not absolute.passed
+                verdicts["reference"] += not normalized.passed
+                machine.append(normalized.machine_ratio)
+                ratios.append(normalized.ratio)
+            rows.append({"scenario": name, "checks": args.checks, "regressed_absolute": verdicts["absolute"],
+                         "regressed_reference": verdicts["reference"],
+                         "machine_ratio_median": float(np.median(machine)),
+                         "normalized_ratio_median": float(np.median(ratios))})
+    result = {"model": str(model), "device": profile.name, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+              "tolerance": args.tolerance, "rounds": args.rounds,
+              "baseline_median_ms": {"model": float(np.median(base_model)), "reference": float(np.median(base_ref))},
+              "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"model {model} on {profile.name} ({cpu_model()}, {os.cpu_count()} cores); baseline median "
+          f"{result['baseline_median_ms']['model']:.3f} ms, reference {result['baseline_median_ms']['reference']:.3f} ms")
+    print(f"REGRESSED verdicts out of {args.checks} checks (tolerance +{100 * args.tolerance:.0f}%, 95% CI):\n")
+    print("| scenario | absolute | vs reference | reference x | model/ref ratio |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['regressed_absolute']} | {r['regressed_reference']} | "
+              f"{r['machine_ratio_median']:.2f} | {r['normalized_ratio_median']:.3f} |")
+    print("\nFalse alarms in the first two rows, detections in the last. 'reference x': how much slower the "
+          "reference\nmodel ran than at the baseline (the machine's speed), 'model/ref ratio': the normalised "
+          "ratio the\nverdict judges (1.2 for a model 20% slower); medians over the checks.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
