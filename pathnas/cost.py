@@ -2,8 +2,10 @@
 
 Convention (said wherever FLOPs are printed): fvcore counts one fused multiply-add
 as one flop, so its figures are MACs; element-wise ops (activations, additions,
-softmax outside attention) are not counted. Attention is counted by the handle below
-because fvcore has none for ``scaled_dot_product_attention``.
+softmax outside attention) are not counted, and neither is BatchNorm, which folds into
+the preceding convolution for inference (the reference counts of SPOS and Pathology-NAS
+leave it out too). Attention is counted by the handle below because fvcore has none for
+``scaled_dot_product_attention``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ with warnings.catch_warnings():  # fvcore touches torch.jit.script at import, wh
     from fvcore.nn import FlopCountAnalysis, parameter_count
     from fvcore.nn.jit_handles import get_shape
 
-FLOPS_CONVENTION = "fvcore: 1 multiply-add = 1 flop (MACs); element-wise ops not counted"
+FLOPS_CONVENTION = "fvcore: 1 multiply-add = 1 flop (MACs); element-wise ops and BatchNorm (folded) not counted"
 
 
 def _sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
@@ -28,6 +30,10 @@ def _sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
     *batch, n_q, dim = q
     n_k = k[-2]
     return int(2 * torch.tensor(batch).prod().item() * n_q * n_k * dim)
+
+
+def _folded(_inputs: list[Any], _outputs: list[Any]) -> int:
+    return 0
 
 
 @dataclass
@@ -77,6 +83,9 @@ def measure_cost(model: nn.Module, input_shape: tuple[int, ...]) -> ModelCost:
     try:
         analysis = FlopCountAnalysis(model, example)
         analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_handle)
+        # Folded into the conv before it at inference. (A None handle would only add it to fvcore's
+        # ignored ops while its default handle keeps counting.)
+        analysis.set_op_handle("aten::batch_norm", _folded)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about constants are expected and harmless

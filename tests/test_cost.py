@@ -17,6 +17,12 @@ def test_conv_flops_follow_the_multiply_add_convention():
     assert cost.flops_convention == FLOPS_CONVENTION and "multiply-add" in FLOPS_CONVENTION
 
 
+def test_batchnorm_is_folded_and_not_counted():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8)).eval()
+    assert measure_cost(model, (1, 3, 4, 4)).flops == 8 * 3 * 4 * 4
+    assert "BatchNorm" in FLOPS_CONVENTION
+
+
 def test_attention_is_counted():
     dim, heads, head_dim, hidden, tokens = 16, 2, 8, 32, 5
     cost = measure_cost(nn.Sequential(ViTBlock(dim, heads, head_dim, hidden)), (1, tokens, dim))

@@ -264,3 +264,81 @@ def test_loaders_yield_batches_of_the_right_shape(synth, tmp_path):
     assert x.shape == (2, 3, 32, 32) and y.shape == (2, 32, 32) and y.dtype == torch.int64
     assert seg.task == "segment" and seg.classes == ["background", "nucleus"] and seg.num_classes == 2
     assert set(torch.unique(y).tolist()) == {0, 1}
+
+
+# --- reproducible loading --------------------------------------------------------------------------
+
+def test_an_epochs_batches_depend_on_the_seed_and_epoch_only(synth, tmp_path):
+    from pathnas.data import set_epoch
+
+    root = copy_of(synth / "c", tmp_path)
+
+    def epoch_batches(workers: int, epoch: int, seed: int = 3) -> list[torch.Tensor]:
+        loaders = build_loaders(root, 24, 4, seed=seed, workers=workers)
+        set_epoch(loaders.train, epoch)
+        return [x for x, _ in loaders.train]
+
+    first = epoch_batches(0, 1)
+    # the same images, the same augmentation, whichever process loads them: workers change nothing
+    assert all(torch.equal(a, b) for a, b in zip(first, epoch_batches(2, 1)))
+    assert not torch.equal(first[0], epoch_batches(0, 2)[0])  # another epoch, another order
+    assert not torch.equal(first[0], epoch_batches(0, 1, seed=4)[0])
+    calib = build_loaders(root, 24, 4, seed=3).calib
+    assert torch.equal(next(iter(calib))[0], next(iter(calib))[0])  # BN recalibration: the same images each time
+
+
+def test_iterating_a_loader_leaves_the_global_random_stream_alone(synth, tmp_path):
+    loaders = build_loaders(copy_of(synth / "c", tmp_path), 24, 4, seed=3)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for loader in (loaders.train, loaders.val, loaders.calib):
+        next(iter(loader))
+    assert torch.equal(torch.rand(3), expected)  # dropout and mixup draw the same numbers with or without it
+
+
+# --- bad data: found when the data set is built, recorded, reported ----------------------------------
+
+def test_skipped_files_are_listed_in_splits_json_and_left_out_again(synth, tmp_path):
+    root = copy_of(synth / "c", tmp_path)
+    victim = root / load_or_create_splits(root)["val"][0]
+    victim.write_bytes(victim.read_bytes()[:60])
+    bundle = build_loaders(root, 32, 4, skip_bad=True)
+    assert bundle.skipped == [victim]
+    assert json.loads((root / "splits.json").read_text())["skipped"] == [victim.relative_to(root).as_posix()]
+    # Every later reader (export, validation: no --skip-bad there) leaves the listed file out too.
+    assert build_loaders(root, 32, 4).skipped == [victim]
+    other = root / load_or_create_splits(root)["test"][0]
+    other.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=f"{other}: cannot read the file"):
+        build_loaders(root, 32, 4)  # a new bad file is not on the list: it stops the run
+
+
+def test_a_mask_of_another_size_is_found_when_the_data_set_is_built(synth, tmp_path):
+    root = copy_of(synth / "s", tmp_path)
+    image_rel = load_or_create_splits(root)["train"][0]
+    mask = root / image_rel.replace("images/", "masks/")
+    Image.new("L", (16, 32)).save(mask)
+    with pytest.raises(DataError) as err:
+        SegmentationFolder(root, "train")  # not in a loader worker in the middle of an epoch
+    assert str(err.value).startswith(f"{mask}: the mask is 16x32 pixels, its image") and "--skip-bad" in str(err.value)
+    assert SegmentationFolder(root, "train", skip_bad=True).skipped == [mask]
+
+
+def test_unused_folders_and_broken_symlinks_are_reported(synth, tmp_path, caplog):
+    root = copy_of(synth / "c", tmp_path)
+    (root / "empty_class").mkdir()
+    nested = root / "normal" / "patient_7"
+    nested.mkdir()
+    shutil.copy(next((root / "benign").iterdir()), nested / "x.png")
+    with caplog.at_level("WARNING", logger="pathnas.data"):
+        classes = build_loaders(root, 32, 4).classes
+    assert "empty_class" not in classes and len(classes) == 4
+    text = caplog.text
+    assert f"{root / 'empty_class'}: a folder without images, not a class" in text
+    assert f"{nested}: a folder inside normal/ with 1 image(s), not used" in text
+    link = root / "benign" / "zz_link.png"
+    link.symlink_to(tmp_path / "gone.png")
+    (root / "splits.json").unlink()
+    with pytest.raises(DataError, match=rf"{link}: cannot read the file \(a symlink to .*gone.png, which does not "):
+        build_loaders(root, 32, 4)

@@ -5,11 +5,15 @@ Layouts:
 - segmentation: ``ROOT/images/<stem>.*`` with ``ROOT/masks/<stem>.*`` (integer label images)
 
 Every problem with the data is a DataError whose message starts with the file or folder at fault.
+What is not used is said, once, in a warning: a class folder without images, a folder inside a
+class folder (a class is one folder of images), a symlink that leads nowhere. Unreadable files
+stop the run unless ``skip_bad``; those skipped are listed in splits.json.
 """
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError, UserError
 from ..io import write_json_atomic
+from .seeding import EpochShuffle, derive_seed, generator
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # The models start from ImageNet-style stems; exported preprocessing files repeat these numbers.
@@ -37,15 +42,41 @@ MARKER_FILE = "dataset.json"
 SKIP_HINT = "--skip-bad skips such files"
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
+log = logging.getLogger("pathnas.data")
+_reported: set[str] = set()
+
 
 class DataError(UserError):
     """A data set problem; the message names the file or folder at fault."""
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files of a folder, sorted; hidden files (and anything not an image) ignored."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _report(message: str) -> None:
+    """A warning about data that is not used, said once per process (the folders are listed often)."""
+    if message not in _reported:
+        _reported.add(message)
+        log.warning("%s", message)
+
+
+def _images_in(folder: Path, report: bool = True) -> list[Path]:
+    """Image files of a folder, sorted; hidden files and files that are not images ignored.
+
+    A symlink to an image is followed; a broken one is kept, so that the file check names it
+    (an error, or skipped with --skip-bad) instead of losing it without a word. Folders inside
+    are reported: their images are not part of this folder.
+    """
+    images = []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if report:
+                nested = sum(1 for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+                _report(f"{p}: a folder inside {folder.name}/ with {nested} image(s), not used (an image folder "
+                        f"holds its images directly; move them up, or make it a class folder of its own)")
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()):
+            images.append(p)
+    return sorted(images)
 
 
 def _read_marker(root: Path) -> dict:
@@ -78,9 +109,20 @@ def detect_task(root: str | os.PathLike) -> str:
 
 
 def list_classes(root: str | os.PathLike, required: bool = True) -> list[str]:
-    """Class names of a classification folder: its subfolders that hold images, sorted."""
+    """Class names of a classification folder: its subfolders that hold images, sorted.
+
+    A subfolder without images is not a class; it is reported (a class that lost its images
+    would otherwise vanish, and with it an output of the model).
+    """
     root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _images_in(d))
+    classes = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if _images_in(d, report=required):
+            classes.append(d.name)
+        elif required:
+            _report(f"{d}: a folder without images, not a class")
     if required and not classes:
         raise DataError(f"{root}: no class subfolders with images")
     return classes
@@ -161,14 +203,46 @@ def _load_splits(root: Path, path: Path, task: str) -> dict:
     if splits.get("task", task) != task:
         raise DataError(f"{path}: drawn for a {splits['task']} data set, this is a {task} one; delete it")
     for rel in names:
-        if not (root / rel).exists():
+        if not os.path.lexists(root / rel):
             raise DataError(f"{root / rel}: listed in {path} but missing; restore it or delete {path}")
     return splits
+
+
+def data_fingerprint(root: str | os.PathLike) -> str:
+    """SHA-256 of what a run trains on: the saved splits (with the files skipped), the classes and the
+    size of every file. A checkpoint records it, so a resume on another data set is refused, while the
+    folder itself may move (sizes, unlike times, survive a copy)."""
+    import hashlib
+
+    root = Path(root)
+    task = detect_task(root)
+    splits = load_or_create_splits(root, task)
+    classes = list_classes(root) if task == "classify" else segmentation_classes(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (SPLITS_FILE, MARKER_FILE)
+                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    identity = {s: splits[s] for s in SPLITS} | {
+        "skipped": splits.get("skipped", []), "classes": classes,
+        "sizes": [[p.relative_to(root).as_posix(), p.stat().st_size] for p in files]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _record_skipped(root: str | os.PathLike, skipped: list[Path]) -> None:
+    """List the files ``skip_bad`` left out in ROOT/splits.json (``"skipped"``), so the record of what a
+    model was trained on stays beside the data. Rewritten only when the list changes."""
+    root = Path(root)
+    path = root / SPLITS_FILE
+    splits = json.loads(path.read_text())
+    names = sorted(p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p) for p in skipped)
+    if splits.get("skipped", []) != names:
+        splits["skipped"] = names
+        write_json_atomic(path, splits)
 
 
 def _load_problem(path: Path) -> str | None:
     """Why an image cannot be read, or None. verify() checks the structure (CRCs) without decoding;
     load() then decodes, which is what catches a truncated body, notably in JPEGs."""
+    if path.is_symlink() and not path.exists():
+        return f"a symlink to {os.readlink(path)}, which does not exist"
     try:
         with Image.open(path) as img:
             img.verify()
@@ -177,6 +251,11 @@ def _load_problem(path: Path) -> str | None:
         return None
     except Exception as err:  # PIL raises many types for a damaged file
         return f"{type(err).__name__}: {err}"
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:  # the header only
+        return img.size
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -223,24 +302,54 @@ def _open_mask(path: Path, num_classes: int) -> np.ndarray:
 
 
 class _FolderDataset(Dataset):
-    """Shared checks: the split name, and every file of the split readable (or skipped)."""
+    """Shared checks: the split name, and every file of the split usable (or skipped), checked here,
+    when the data set is built, not in a loader worker in the middle of an epoch.
 
-    def __init__(self, root, split: str, transform, skip_bad: bool, entries: list[tuple[Path, ...]]):
+    Augmentation: with ``augment_seed`` set (the training split), image i of epoch e is transformed
+    under a torch seed derived from (augment_seed, e, i), so its augmentation is the same in every run
+    with that seed, whichever worker or rank loads it and whatever came before (a resumed run).
+    """
+
+    augment_seed: int | None = None
+    epoch = 0
+
+    def __init__(self, root, split: str, transform, skip_bad: bool, entries: list[tuple[Path, ...]],
+                 splits: dict | None = None):
         if split not in SPLITS:
             raise ConfigError(f"split {split!r}: allowed values are {', '.join(SPLITS)}")
         self.root, self.split, self.transform = Path(root), split, transform
         self.skipped: list[Path] = []
         self._readable: list[tuple[Path, ...]] = []
+        # A file a --skip-bad run listed in splits.json is left out again while it stays unusable, so that
+        # every stage reading the data set (export, validation...) sees the same files without the flag.
+        known_bad = {self.root / rel for rel in (splits or {}).get("skipped", [])}
         for entry in entries:  # an entry is the image plus its mask, if any
-            bad = next(((p, why) for p in entry if (why := _load_problem(p))), None)
+            bad = next(((p, f"cannot read the file ({why})") for p in entry if (why := _load_problem(p))), None)
+            bad = bad or self._entry_problem(entry)
             if bad is None:
                 self._readable.append(entry)
-            elif skip_bad:
+            elif skip_bad or bad[0] in known_bad:
                 self.skipped.append(bad[0])
             else:
-                raise DataError(f"{bad[0]}: cannot read the file ({bad[1]}); {SKIP_HINT}")
+                raise DataError(f"{bad[0]}: {bad[1]}; {SKIP_HINT}")
         if entries and not self._readable:
             raise DataError(f"{self.root / SPLITS_FILE}: none of the {len(entries)} files of the {split} split is readable")
+
+    def _entry_problem(self, entry: tuple[Path, ...]) -> tuple[Path, str] | None:
+        """A problem of the entry as a whole (its files are readable): the file at fault and why."""
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _transform(self, i: int, *items):
+        if self.transform is None:
+            return items if len(items) > 1 else items[0]
+        if self.augment_seed is None:
+            return self.transform(*items)
+        with torch.random.fork_rng(devices=[]):  # the global stream (dropout, ...) is left as it was
+            torch.manual_seed(derive_seed(self.augment_seed, "augment", self.epoch, i))
+            return self.transform(*items)
 
     def __len__(self) -> int:
         return len(self._readable)
@@ -254,16 +363,14 @@ class ImageClassificationFolder(_FolderDataset):
         self.classes = list_classes(root)
         index = {c: i for i, c in enumerate(self.classes)}
         splits = load_or_create_splits(root, "classify")
-        super().__init__(root, split, transform, skip_bad, [(root / rel,) for rel in splits[split]])
+        super().__init__(root, split, transform, skip_bad, [(root / rel,) for rel in splits[split]], splits)
         self.samples = [(path, index[path.parent.name]) for path, in self._readable]
         self.targets = [label for _, label in self.samples]
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         image = tv_tensors.Image(v2.functional.pil_to_tensor(_open_rgb(path)))
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return self._transform(i, image), label
 
 
 class SegmentationFolder(_FolderDataset):
@@ -274,19 +381,21 @@ class SegmentationFolder(_FolderDataset):
         self.num_classes = num_classes
         pairs = _pair_segmentation(root)
         splits = load_or_create_splits(root, "segment")
-        super().__init__(root, split, transform, skip_bad, [pairs[Path(rel).stem] for rel in splits[split]])
+        super().__init__(root, split, transform, skip_bad, [pairs[Path(rel).stem] for rel in splits[split]], splits)
         self.samples: list[tuple[Path, Path]] = list(self._readable)  # (image, mask)
+
+    def _entry_problem(self, entry: tuple[Path, ...]) -> tuple[Path, str] | None:
+        image_path, mask_path = entry
+        (iw, ih), (mw, mh) = _image_size(image_path), _image_size(mask_path)
+        if (iw, ih) != (mw, mh):
+            return mask_path, f"the mask is {mw}x{mh} pixels, its image {image_path.name} is {iw}x{ih}"
+        return None
 
     def __getitem__(self, i: int):
         image_path, mask_path = self.samples[i]
         image = tv_tensors.Image(v2.functional.pil_to_tensor(_open_rgb(image_path)))
-        mask = _open_mask(mask_path, self.num_classes)
-        if mask.shape != tuple(image.shape[-2:]):
-            raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
-                            f"{image_path.name} is {image.shape[-1]}x{image.shape[-2]}")
-        mask = tv_tensors.Mask(torch.from_numpy(mask))
-        if self.transform is not None:
-            image, mask = self.transform(image, mask)
+        mask = tv_tensors.Mask(torch.from_numpy(_open_mask(mask_path, self.num_classes)))
+        image, mask = self._transform(i, image, mask)
         return image, mask.as_subclass(torch.Tensor).long()
 
 
@@ -342,12 +451,16 @@ def _dataset(root: Path, task: str, split: str, transform, skip_bad: bool, num_c
 
 def build_loaders(
     root: str | os.PathLike, input_size: int, batch_size: int, seed: int = 0, workers: int = 0,
-    skip_bad: bool = False, distributed: bool = False, drop_last_train: bool = True,
+    skip_bad: bool = False, distributed: bool = False, drop_last_train: bool = True, record_skipped: bool = True,
 ) -> DataBundle:
     """Train (augmented, shuffled with ``seed``), val, test and calib loaders of ROOT.
 
-    With ``distributed`` the train loader uses a seeded DistributedSampler (call its set_epoch each
-    epoch); val and test stay whole on every rank. The splits are drawn with ``seed`` only the first time.
+    The training order and augmentation of epoch e are functions of (seed, e): call ``set_epoch``
+    (pathnas.data) on the train loader before each epoch. With ``distributed`` the train loader
+    uses a seeded DistributedSampler; val and test stay whole on every rank. The calib loader
+    gives the same shuffled order every time. The splits are drawn with ``seed`` only the first
+    time. Files ``skip_bad`` leaves out are listed in splits.json (unless ``record_skipped`` is False:
+    the DDP ranks other than 0).
     """
     root = Path(root)
     task = detect_task(root)
@@ -355,21 +468,36 @@ def build_loaders(
     classes = list_classes(root) if task == "classify" else segmentation_classes(root)
     n = len(classes)
     train_set = _dataset(root, task, "train", build_transforms(task, input_size, True), skip_bad, n)
+    train_set.augment_seed = derive_seed(seed, "augment")
     eval_tf = build_transforms(task, input_size, False)
     val_set, test_set = (_dataset(root, task, s, eval_tf, skip_bad, n) for s in ("val", "test"))
     calib_set = copy.copy(train_set)  # the same (already verified) files, without augmentation
-    calib_set.transform = eval_tf
-    sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=drop_last_train) if distributed else None
+    calib_set.transform, calib_set.augment_seed = eval_tf, None
+    skipped = train_set.skipped + val_set.skipped + test_set.skipped
+    if skip_bad and record_skipped:
+        _record_skipped(root, skipped)
+    sampler = (DistributedSampler(train_set, shuffle=True, seed=derive_seed(seed, "order") % 2**31,
+                                  drop_last=drop_last_train) if distributed else EpochShuffle(len(train_set), seed))
     # Dropping the last partial batch avoids a tiny BatchNorm batch, but never at the cost of every batch.
-    drop_last = drop_last_train and len(sampler if sampler is not None else train_set) >= batch_size
-    common = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
-    train = DataLoader(train_set, shuffle=sampler is None, sampler=sampler,
-                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common)
-    calib = DataLoader(calib_set, shuffle=True, generator=torch.Generator().manual_seed(seed + 1), **common)
-    return DataBundle(
-        task, classes, n, train, DataLoader(val_set, **common), DataLoader(test_set, **common), calib,
-        skipped=train_set.skipped + val_set.skipped + test_set.skipped,
-    )
+    drop_last = drop_last_train and len(sampler) >= batch_size
+    # Every loader has its own generator (it draws the workers' base seed), so that iterating one never
+    # moves the global stream that dropout and mixup draw from. Training workers are not persistent:
+    # each epoch starts them afresh, so nothing carries over from one epoch to the next.
+    common = dict(batch_size=batch_size, num_workers=workers)
+    train = DataLoader(train_set, sampler=sampler, generator=generator(seed, "train-workers"), drop_last=drop_last,
+                       **common)
+    calib = DataLoader(calib_set, sampler=EpochShuffle(len(calib_set), seed, "calibration"),
+                       generator=generator(seed, "calib-workers"), persistent_workers=workers > 0, **common)
+    val, test = (DataLoader(ds, generator=generator(seed, f"{ds.split}-workers"), persistent_workers=workers > 0,
+                            **common) for ds in (val_set, test_set))
+    return DataBundle(task, classes, n, train, val, test, calib, skipped=skipped)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Move a training loader to epoch ``epoch``: its order and its augmentation (see build_loaders)."""
+    for part in (loader.sampler, loader.dataset):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
 
 
 def dataset_summary(root: str | os.PathLike) -> dict:
@@ -378,11 +506,17 @@ def dataset_summary(root: str | os.PathLike) -> dict:
     summary = _read_marker(root)
     splits = load_or_create_splits(root)
     summary.update(root=str(root), task=detect_task(root), split_sizes={s: len(splits[s]) for s in SPLITS})
+    # The images' resolution in microns per pixel, as the data set declares it in dataset.json ("mpp");
+    # None when it does not. The runtime reads slides at this resolution (preprocess.json records it).
+    mpp = summary.get("mpp")
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0 < mpp < 1000):
+        raise DataError(f"{root / MARKER_FILE}: mpp {mpp!r} must be a positive number of microns per pixel")
+    summary["mpp"] = mpp
     return summary
 
 
 __all__ = [
     "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "DataBundle", "DataError", "ImageClassificationFolder",
     "SegmentationFolder", "build_loaders", "build_transforms", "dataset_summary", "detect_task", "list_classes",
-    "load_or_create_splits", "segmentation_classes",
+    "load_or_create_splits", "segmentation_classes", "set_epoch", "data_fingerprint",
 ]

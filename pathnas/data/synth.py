@@ -38,6 +38,8 @@ GRADES = {
     "in_situ": dict(count=(14, 26), radius=(2.8, 3.9), pleo=(0.18, 0.40), hyper=(0.25, 0.55)),
     "invasive": dict(count=(19, 34), radius=(3.2, 4.7), pleo=(0.30, 0.60), hyper=(0.40, 0.75)),
 }
+# Microns the side of every synthetic tile stands for: 1.0 um per pixel at 64 px (about a 10x objective).
+SYNTH_FIELD_UM = 64.0
 EOSIN = np.array([235.0, 160.0, 200.0])
 HEMATOXYLIN = np.array([80.0, 40.0, 130.0])
 
@@ -186,6 +188,8 @@ def generate(
         **params,
         "classes": list(CLASSES if task == "classify" else SEGMENT_CLASSES),
         "counts": {grade: n_per_class for grade in CLASSES},  # segment: tiles per grade
+        # Declared resolution: a tile covers a 64 um field whatever its size (nuclei 4-9 um across).
+        "mpp": SYNTH_FIELD_UM / image_size,
         "description": "synthetic H&E-like tiles (pink stroma, purple nuclei); grades differ in nuclear "
                        "density, size, pleomorphism and hyperchromasia; not real patient data",
     }

@@ -135,3 +135,8 @@ class RunLayout:
     @property
     def bundle(self) -> Path:
         return self.root / "bundle"
+
+    @property
+    def smoke_test(self) -> Path:
+        """The torch-free runtime's outputs on a few validation images against PyTorch's (stage_smoke_test)."""
+        return self.root / "smoke_test.json"

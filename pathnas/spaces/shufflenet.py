@@ -1,10 +1,17 @@
 """ShuffleNetV2 single-path space (the Pathology-NAS / SPOS classification space).
 
-20 choice layers (stage repeats 4, 4, 8, 4), each one of {identity, 3x3, 5x5, 7x7}
-depthwise kernels in a ShuffleNetV2 unit with squeeze-excitation (reduction 8).
-The first layer of every stage has stride 2 and changes the channel count, so it
-cannot be a true identity: there 'id' is a 1x1 stride-2 projection with BN.
-Elsewhere 'id' is a true identity and the extracted model drops the layer.
+The reference supernet (SPOS's ShuffleNetV2 one-shot network as Pathology-NAS uses it): a
+3x3 stride-2 stem conv (224 -> 112 px, no max-pool), four stages of 4, 4, 8 and 4 choice
+layers, each stage opening with a stride-2 layer (56, 28, 14, 7 px), a 1x1 head conv to 1024
+channels, global average pooling and a bias-free linear classifier.
+
+Each choice layer is one of {identity, 3x3, 5x5, 7x7}: the depthwise kernel of a ShuffleNetV2
+unit whose output goes through squeeze-excitation (reduction 8, bias-free, on the whole
+output as in the Pathology-NAS code). SPOS itself has no identity choice; Pathology-NAS puts
+one in place of SPOS's Xception block. The first layer of every stage has stride 2 and
+changes the channel count, so it cannot be a true identity: there 'id' is a 1x1 stride-2
+conv with BN (the reference's choice). Elsewhere 'id' is a true identity and the extracted
+model drops the layer.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ class ShuffleNetConfig(SpaceConfig):
     stem_channels: int = Field(16, ge=4)
     head_channels: int = Field(1024, ge=8)
     se_reduction: int = Field(8, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="before the classifier (the reference has none)")
 
     @field_validator("stage_channels")
     @classmethod
@@ -59,7 +66,7 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
 
 
 class ShuffleUnit(nn.Module):
-    """ShuffleNetV2 unit with a k x k depthwise conv and SE on the main branch.
+    """ShuffleNetV2 unit with a k x k depthwise conv, then SE over the whole output.
 
     Stride 1: half the channels pass through, the other half go through the main branch.
     Stride 2: a depthwise projection branch runs beside the main branch; both are concatenated.
@@ -76,7 +83,6 @@ class ShuffleUnit(nn.Module):
             ConvNormAct(main_in, mid, 1),
             ConvNormAct(mid, mid, kernel, stride=stride, groups=mid, apply_act=False),
             ConvNormAct(mid, main_out, 1),
-            SEModule(main_out, rd_ratio=1.0 / se_reduction),
         )
         self.proj = (
             nn.Sequential(
@@ -86,12 +92,15 @@ class ShuffleUnit(nn.Module):
             if stride == 2
             else None
         )
+        # On the concatenated output, as in the Pathology-NAS reference (its published parameter
+        # counts need it: see the README); squeeze width out/reduction, no biases, like its SELayer.
+        self.se = SEModule(out_ch, rd_channels=out_ch // se_reduction, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.proj is None:
             passthrough, x = x.chunk(2, dim=1)
-            return channel_shuffle(torch.cat([passthrough, self.main(x)], dim=1))
-        return channel_shuffle(torch.cat([self.proj(x), self.main(x)], dim=1))
+            return channel_shuffle(self.se(torch.cat([passthrough, self.main(x)], dim=1)))
+        return channel_shuffle(self.se(torch.cat([self.proj(x), self.main(x)], dim=1)))
 
 
 class StridedProjection(nn.Sequential):
@@ -102,20 +111,19 @@ class StridedProjection(nn.Sequential):
 
 
 def _stem(config: ShuffleNetConfig) -> nn.Sequential:
-    stem_ch = config.channels(config.stem_channels)
-    return nn.Sequential(
-        ConvNormAct(config.in_chans, stem_ch, 3, stride=2),
-        nn.MaxPool2d(3, stride=2, padding=1),
-    )
+    """3x3 stride-2 conv, BN, ReLU: 224 -> 112 px. No max-pool (SPOS has none)."""
+    return nn.Sequential(ConvNormAct(config.in_chans, config.channels(config.stem_channels), 3, stride=2))
 
 
 class ClassifierHead(nn.Module):
+    """1x1 conv to the head width, global average pooling, a bias-free linear classifier (SPOS's)."""
+
     def __init__(self, in_ch: int, head_ch: int, num_classes: int, dropout: float):
         super().__init__()
         self.conv = ConvNormAct(in_ch, head_ch, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(head_ch, num_classes)
+        self.fc = nn.Linear(head_ch, num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.pool(self.conv(x)).flatten(1)))

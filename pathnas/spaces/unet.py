@@ -1,10 +1,14 @@
 """U-Net segmentation space (the Pathology-NAS segmentation space).
 
-Five encoder levels of VGG-style double convolutions with squeeze-excitation. The
-first level is fixed (3x3); the other four encoder blocks and the four decoder
-blocks are the 8 choice blocks, each one of {identity, 3x3, 5x5, 7x7}. Every block
-changes its channel count, so 'id' is a 1x1 conv with BN (and ReLU, so it stays a
-layer of the same kind as its siblings).
+The reference (Pathology-NAS's SE-SPOS U-Net): five levels with filters 32, 64, 128, 256,
+512; a fixed stem of two 3x3 conv-BN-ReLU layers; then four encoder blocks (each after a
+2x max-pool) and four decoder blocks (each on the skip connection concatenated with the
+bilinearly upsampled deeper features), and a 1x1 conv to the classes. The 8 encoder and
+decoder blocks are the choice blocks, each one of {identity, 3x3, 5x5, 7x7}: a k x k VGG
+double conv with squeeze-excitation (reduction 8) before its last ReLU. Every block changes
+its channel count, so 'id' is a 1x1 conv with BN (no ReLU, as in the reference).
+The convolutions of the VGG blocks keep the reference's biases, so that parameter counts
+are the reference's exactly.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class UNetConfig(SpaceConfig):
     space: Literal["unet"] = "unet"
     num_classes: int = Field(2, ge=2, description="segmentation classes including background")
     filters: tuple[int, int, int, int, int] = (32, 64, 128, 256, 512)
-    se_reduction: int = Field(16, ge=1)
+    se_reduction: int = Field(8, ge=1)
 
     def channels(self, c: int) -> int:
         return make_divisible(c * self.width_mult, 8)
@@ -41,20 +45,23 @@ def unet_space(config: UNetConfig) -> SearchSpace:
 
 
 class VGGBlock(nn.Module):
-    """conv-BN-ReLU twice with a k x k kernel, then squeeze-excitation."""
+    """conv-BN-ReLU, conv-BN, squeeze-excitation (when ``se_reduction``), ReLU; k x k kernels."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, se_reduction: int):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, se_reduction: int | None):
         super().__init__()
-        self.conv1 = ConvNormAct(in_ch, out_ch, kernel)
-        self.conv2 = ConvNormAct(out_ch, out_ch, kernel)
-        self.se = SEModule(out_ch, rd_ratio=1.0 / se_reduction)
+        self.conv1 = ConvNormAct(in_ch, out_ch, kernel, bias=True)
+        self.conv2 = ConvNormAct(out_ch, out_ch, kernel, bias=True, apply_act=False)
+        # Bias-free squeeze of width out/reduction, like the reference's SELayer.
+        self.se = SEModule(out_ch, rd_channels=out_ch // se_reduction, bias=False) if se_reduction else nn.Identity()
+        self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.se(self.conv2(self.conv1(x)))
+        return self.act(self.se(self.conv2(self.conv1(x))))
 
 
 def _candidates(in_ch: int, out_ch: int, se_reduction: int) -> list[nn.Module]:
-    return [ConvNormAct(in_ch, out_ch, 1)] + [VGGBlock(in_ch, out_ch, k, se_reduction) for k in KERNELS]
+    identity = ConvNormAct(in_ch, out_ch, 1, apply_act=False)  # 1x1 conv + BN: the reference's 'id'
+    return [identity] + [VGGBlock(in_ch, out_ch, k, se_reduction) for k in KERNELS]
 
 
 class UNetTopology(nn.Module):
@@ -114,7 +121,7 @@ class UNetSupernet(Supernet):
             raise ConfigError(f"unet: input_size {config.input_size} must be a multiple of 16 (four 2x poolings)")
         super().__init__(config, unet_space(config))
         f0 = config.channels(config.filters[0])
-        self.enc0 = VGGBlock(config.in_chans, f0, 3, config.se_reduction)
+        self.enc0 = VGGBlock(config.in_chans, f0, 3, se_reduction=None)  # the fixed stem has no SE
         self.choices = nn.ModuleDict(
             {name: ChoiceLayer(_candidates(i, o, config.se_reduction)) for name, (i, o) in _slot_channels(config).items()}
         )

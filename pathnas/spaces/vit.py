@@ -1,20 +1,27 @@
-"""ViT space with weight entanglement (the Pathology-NAS transformer space, AutoFormer-style).
+"""ViT space with weight entanglement (the Pathology-NAS transformer space).
 
 Decisions: the depth (12, 13 or 14 blocks), then for every block its number of
 attention heads (3, 4, 6, 8) and its MLP ratio (3, 4, 5). Blocks beyond the depth do
 not apply and take '-' in the code.
 
-Head-dimension convention: every head is ``head_dim`` wide (64 by default, as in
-AutoFormer), so a block with h heads has an attention width of h * 64 (192 to 512)
-independent of the embedding width (384). Weight entanglement: the supernet holds
-only the largest block (8 heads, ratio 5); a smaller choice uses the leading slice
-of each weight: the first h*64 rows of q, k and v, the first h*64 input columns of
-the output projection, the first ratio*384 hidden units of the MLP. The supernet is
-thus the size of its largest subnet, and every subnet shares its weights.
+The reference (Pathology-NAS's ViT, built on ViT-Small): embedding 384, patch 16, a class
+token and learned position embedding, pre-norm blocks with bias-free q, k, v, a final
+LayerNorm and a linear head on the class token. Its attention is always 384 wide: h heads
+split it into heads of 384/h (128, 96, 64, 48), so the number of heads changes neither
+parameters nor FLOPs. That is the default here (``head_dim=None``); ``head_dim=64``
+instead gives AutoFormer's convention (every head 64 wide, attention width h * 64).
+
+Weight entanglement (AutoFormer; the reference keeps separate weights per choice, which
+changes no subnet): the supernet holds only the largest block; a smaller choice uses the
+leading slice of each weight: the first h * head_dim rows of q, k and v and input columns
+of the output projection (all of them with the paper's convention), the first ratio * 384
+hidden units of the MLP. The supernet is thus the size of its largest subnet, and every
+subnet shares its weights.
 """
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal
 
 import torch
@@ -31,7 +38,9 @@ class ViTConfig(SpaceConfig):
     space: Literal["vit"] = "vit"
     embed_dim: int = Field(384, ge=8)
     patch_size: int = Field(16, ge=2)
-    head_dim: int = Field(64, ge=4, description="width of one attention head (fixed across choices)")
+    head_dim: int | None = Field(None, ge=4, description="width of one attention head, the same for every head "
+                                 "count (AutoFormer); None: the heads split the embedding width (the paper's)")
+    qkv_bias: bool = Field(False, description="biases on q, k and v (the reference has none)")
     depth_choices: tuple[int, ...] = (12, 13, 14)
     head_choices: tuple[int, ...] = (3, 4, 6, 8)
     mlp_ratio_choices: tuple[int, ...] = (3, 4, 5)
@@ -49,11 +58,24 @@ class ViTConfig(SpaceConfig):
 
     @property
     def dim(self) -> int:
-        return make_divisible(self.embed_dim * self.width_mult, 8)
+        """The embedding width: a multiple of 8, and of every head count when the heads split it."""
+        step = 8 if self.head_dim is not None else math.lcm(8, *self.head_choices)
+        return make_divisible(self.embed_dim * self.width_mult, step)
+
+    def head_width(self, heads: int) -> int:
+        """The width of one head in a block with ``heads`` heads."""
+        if self.head_dim is None:
+            return self.dim // heads
+        return max(4, int(round(self.head_dim * self.width_mult)))
 
     @property
-    def head_width(self) -> int:
-        return max(4, int(round(self.head_dim * self.width_mult)))
+    def heads_note(self) -> str:
+        """How the head count sets the attention width, in words (prompts, docs)."""
+        if self.head_dim is None:
+            return (f"the heads split the {self.dim}-wide attention, so the head count changes neither FLOPs "
+                    f"nor parameters")
+        width = self.head_width(1)
+        return f"each head {width} wide, so a block with h heads has an attention width of h x {width}"
 
     @property
     def max_depth(self) -> int:
@@ -87,13 +109,13 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
 class ViTBlock(nn.Module):
     """A plain pre-norm transformer block with its own widths (standalone models)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, head_dim: int, hidden: int, dropout: float = 0.0, qkv_bias: bool = True):
         super().__init__()
         width = heads * head_dim
         self.heads = heads
         self.head_dim = head_dim
         self.norm1 = nn.LayerNorm(dim)
-        self.q, self.k, self.v = (nn.Linear(dim, width) for _ in range(3))
+        self.q, self.k, self.v = (nn.Linear(dim, width, bias=qkv_bias) for _ in range(3))
         self.proj = nn.Linear(width, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, hidden, drop=dropout)
@@ -104,15 +126,26 @@ class ViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _rows(linear: nn.Linear, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return linear.weight[:n], linear.bias[:n]
+def _rows(linear: nn.Linear, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return linear.weight[:n], None if linear.bias is None else linear.bias[:n]
 
 
 class EntangledBlock(ViTBlock):
-    """The largest block; ``forward(x, heads, hidden)`` runs the leading slices of its weights."""
+    """The largest block; ``forward(x, heads, hidden)`` runs the leading slices of its weights.
+
+    ``fixed_head_dim`` None: every head count splits the full attention width (the paper's).
+    """
+
+    def __init__(self, dim: int, max_heads: int, fixed_head_dim: int | None, hidden: int, dropout: float = 0.0,
+                 qkv_bias: bool = False):
+        super().__init__(dim, max_heads, fixed_head_dim or dim // max_heads, hidden, dropout, qkv_bias)
+        self.fixed_head_dim = fixed_head_dim
+
+    def width(self, heads: int) -> int:
+        return heads * self.fixed_head_dim if self.fixed_head_dim else self.q.out_features
 
     def forward(self, x: torch.Tensor, heads: int, hidden: int) -> torch.Tensor:  # type: ignore[override]
-        width = heads * self.head_dim
+        width = self.width(heads)
         h = self.norm1(x)
         q, k, v = (F.linear(h, *_rows(lin, width)) for lin in (self.q, self.k, self.v))
         # Column slices are made contiguous so the GEMM matches the extracted model's bit for bit.
@@ -123,12 +156,14 @@ class EntangledBlock(ViTBlock):
         return x + self.mlp.drop2(F.linear(h, self.mlp.fc2.weight[:, :hidden].contiguous(), self.mlp.fc2.bias))
 
     def extract(self, heads: int, hidden: int) -> ViTBlock:
-        width = heads * self.head_dim
-        block = ViTBlock(self.norm1.normalized_shape[0], heads, self.head_dim, hidden)
+        width = self.width(heads)
+        block = ViTBlock(self.norm1.normalized_shape[0], heads, width // heads, hidden,
+                         qkv_bias=self.q.bias is not None).to(self.q.weight.device, self.q.weight.dtype)
         with torch.no_grad():
             for src, dst in ((self.q, block.q), (self.k, block.k), (self.v, block.v)):
                 dst.weight.copy_(src.weight[:width])
-                dst.bias.copy_(src.bias[:width])
+                if src.bias is not None:
+                    dst.bias.copy_(src.bias[:width])
             block.proj.weight.copy_(self.proj.weight[:, :width])
             block.proj.bias.copy_(self.proj.bias)
             block.mlp.fc1.weight.copy_(self.mlp.fc1.weight[:hidden])
@@ -182,7 +217,8 @@ class ViTSubnet(nn.Module):
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class ViTSupernet(Supernet):
@@ -194,7 +230,8 @@ class ViTSupernet(Supernet):
         self.embed = ViTEmbedding(config)
         max_hidden = config.dim * max(config.mlp_ratio_choices)
         self.blocks = nn.ModuleList(
-            EntangledBlock(config.dim, max(config.head_choices), config.head_width, max_hidden, config.dropout)
+            EntangledBlock(config.dim, max(config.head_choices), config.head_dim and config.head_width(1), max_hidden,
+                           config.dropout, config.qkv_bias)
             for _ in range(config.max_depth)
         )
         self.head = ViTHead(config.dim, config.num_classes, config.dropout)
@@ -219,7 +256,6 @@ class ViTSupernet(Supernet):
         subnet = ViTSubnet(copy.deepcopy(self.embed), blocks, copy.deepcopy(self.head), arch.code)
         return subnet.train(self.training)
 
-
     def latency_parts(self) -> list[LatencyPart]:
         c = self.config
         tokens = self.embed.patch_embed.num_patches + 1
@@ -234,7 +270,7 @@ class ViTSupernet(Supernet):
             for heads in c.head_choices:
                 for ratio in c.mlp_ratio_choices:
                     # Built on demand: 14 blocks x 12 choices of standalone blocks would not fit in memory at once.
-                    name = f"vit.block(heads={heads},head_dim={c.head_width},hidden={c.dim * ratio})"
+                    name = f"vit.block(heads={heads},head_dim={c.head_width(heads)},hidden={c.dim * ratio})"
                     parts.append(LatencyPart(
                         shape_key(name, token_shape), token_shape,
                         lambda b=block, h=heads, r=ratio: b.extract(h, c.dim * r),

@@ -17,6 +17,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from ..data import set_epoch
 from ..errors import ConfigError
 from ..settings import OptimConfig
 from .distributed import DistContext, all_reduce_sum
@@ -90,9 +91,8 @@ def train_epoch(
     description: str = "",
 ) -> dict:
     """One epoch. ``forward(images, step)`` returns logits (the supernet picks its path from ``step``)."""
-    loader_sampler = getattr(loader, "sampler", None)
-    if hasattr(loader_sampler, "set_epoch"):
-        loader_sampler.set_epoch(epoch)
+    if hasattr(loader, "sampler"):  # a DataLoader of build_loaders: this epoch's order and augmentation
+        set_epoch(loader, epoch)
     task_id = progress.add_task(description, total=parts.steps_per_epoch) if progress else None
     loss_sum, images, start = 0.0, 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):

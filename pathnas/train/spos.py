@@ -4,6 +4,13 @@ Every rank draws the path of step s of epoch e from a generator seeded by
 (seed, e, s), so all ranks train the same path at every step without communicating
 (the reference code let ranks diverge), and a resumed run draws the same paths as an
 uninterrupted one.
+
+Same seed, same result: the weights are initialised from the seed, the data order and
+augmentation are functions of (seed, epoch) (pathnas.data), and the global random streams
+(dropout, mixup) are seeded from it and saved in every checkpoint, so on a CPU a killed and
+resumed run ends with exactly the weights of an uninterrupted one. Each epoch ends with its
+metrics line and best.pt, then last.pt: the checkpoint is the commit point, and a resume after
+a kill anywhere in between redoes the epoch exactly.
 """
 from __future__ import annotations
 
@@ -14,17 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import build_loaders, load_or_create_splits
-from ..checkpoint import load_checkpoint, resume_training, save_checkpoint
+from ..checkpoint import disk_full_guard, load_checkpoint, resume_training, save_checkpoint, settings_hash
+from ..data import build_loaders, data_fingerprint, load_or_create_splits
 from ..errors import AlreadyExistsError, ConfigError
-from ..io import append_jsonl, read_jsonl, write_json_atomic
+from ..io import append_jsonl, read_jsonl, sweep_temporaries, write_json_atomic
+from ..lock import RunLock
+from ..settings import PretrainConfig
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
 from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
 from .evaluate import evaluate_architecture, primary_metric
-from ..settings import PretrainConfig
 from .loop import build_training, train_epoch
+from .rng import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("pathnas.pretrain")
 
@@ -45,11 +55,12 @@ def path_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
-    """Rebuild a supernet from a checkpoint written by ``pretrain``; returns it and the checkpoint."""
+    """Rebuild a supernet from a checkpoint written by ``pretrain``, on the device ``map_location``;
+    returns it and the checkpoint."""
     ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "supernet", map_location)
     supernet = build_supernet(config_from_dict(ckpt["space_config"]))
     supernet.load_state_dict(ckpt["model"])
-    return supernet, ckpt
+    return supernet.to(map_location), ckpt
 
 
 class _Trainer:
@@ -61,8 +72,10 @@ class _Trainer:
         barrier(ctx)
         self.data = build_loaders(
             cfg.data, space_config.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers,
-            skip_bad=cfg.skip_bad, distributed=ctx.distributed,
+            skip_bad=cfg.skip_bad, distributed=ctx.distributed, record_skipped=ctx.is_main,
         )
+        barrier(ctx)  # rank 0 may have listed skipped files in splits.json: every rank fingerprints the same
+        seed_everything(cfg.seed, "init")  # the same initial weights on every rank and in every run
         self.supernet = build_supernet(space_config)
         if self.supernet.task != self.data.task:
             raise ConfigError(
@@ -75,6 +88,7 @@ class _Trainer:
                 f"{self.data.num_classes} classes ({', '.join(self.data.classes)})"
             )
         self.task = self.data.task
+        self.settings = {**cfg.result_settings(), "data": data_fingerprint(cfg.data), "world_size": ctx.world_size}
         self.supernet.to(ctx.device)
         self.model = (
             DistributedDataParallel(
@@ -93,9 +107,10 @@ class _Trainer:
         self.start_epoch = 0
         self.best_metric = -math.inf
         self.sampled_paths: list[str] = []
+        seed_everything(cfg.seed, "train", ctx.rank)  # dropout, mixup: each rank its own stream
 
     # -- checkpoints -----------------------------------------------------------------
-    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+    def checkpoint(self, epoch: int, metrics: dict, rng_states: list[dict]) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "space_config": self.supernet.config.model_dump(mode="json"),
@@ -107,6 +122,9 @@ class _Trainer:
             "best_metric": self.best_metric,
             "model": self.supernet.state_dict(),
             "training": self.parts.state_dict(),
+            "settings": self.settings,
+            "settings_hash": settings_hash(self.settings),
+            "rng": rng_states,
         }
 
     def resume(self) -> None:
@@ -114,11 +132,14 @@ class _Trainer:
         if not path.exists():
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
             return
-        self.start_epoch, self.best_metric = resume_training(
+        resumed = resume_training(
             path, CHECKPOINT_FORMAT, "supernet", self.supernet, self.parts,
             self.run_dir / "metrics.jsonl" if self.ctx.is_main else None,
-            {"space_config": self.supernet.config.model_dump(mode="json")}, map_location=self.ctx.device,
+            {"space_config": self.supernet.config.model_dump(mode="json")}, self.settings,
+            map_location=self.ctx.device,
         )
+        self.start_epoch, self.best_metric = resumed.epoch, resumed.best_metric
+        set_rng_state(resumed.checkpoint["rng"][self.ctx.rank])  # the world size is part of the settings
         log.info("resumed from %s after epoch %d", path, self.start_epoch)
 
     # -- the loop ------------------------------------------------------------------------
@@ -147,6 +168,14 @@ class _Trainer:
             per_path[arch.code] = round(m[key], 3)
         return {f"val_{key}": sum(per_path.values()) / len(per_path), "val_paths": per_path}
 
+    def gather_rng_states(self) -> list[dict]:
+        """Every rank's global random state, in rank order (rank 0 writes them all)."""
+        if not self.ctx.distributed:
+            return [rng_state()]
+        states: list = [None] * self.ctx.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def run(self, progress) -> list[dict]:
         cfg, ctx = self.cfg, self.ctx
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -154,15 +183,20 @@ class _Trainer:
             broadcast_buffers(self.supernet, ctx)
             if ctx.is_main:
                 record.update(self.validate())
+            rng_states = self.gather_rng_states()  # after validation: where a resumed run takes over
+            if ctx.is_main:
                 metric = record.get(f"val_{primary_metric(self.task)}")
                 improved = metric is not None and metric > self.best_metric
                 if improved:
                     self.best_metric = metric
-                ckpt = self.checkpoint(epoch + 1, record)
-                save_checkpoint(ckpt, self.run_dir / "last.pt")
+                ckpt = self.checkpoint(epoch + 1, record, rng_states)
+                # The commit order: the log line and best.pt, then last.pt. A kill before last.pt is
+                # replaced leaves the previous checkpoint, whose resume cuts the log back and redoes the epoch.
+                with disk_full_guard(self.run_dir):
+                    append_jsonl(self.run_dir / "metrics.jsonl", record)
                 if improved or metric is None:
                     save_checkpoint(ckpt, self.run_dir / "best.pt")
-                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                save_checkpoint(ckpt, self.run_dir / "last.pt")
                 log.info("epoch %d: %s", epoch + 1, _summary(record))
             barrier(ctx)
         return read_jsonl(self.run_dir / "metrics.jsonl") if ctx.is_main else []
@@ -177,22 +211,34 @@ def pretrain(
 ) -> PretrainResult:
     """Train a supernet into ``cfg.run_dir`` (last.pt, best.pt, metrics.jsonl, config.json).
 
-    Under torchrun every process calls this; rank 0 writes the files.
+    Under torchrun every process calls this; rank 0 writes the files and holds the run directory's
+    lock (RUN/.lock) for the whole run, so a second ``pretrain`` on it refuses, naming this process.
     """
     ctx = init_distributed(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    if not ctx.is_main:
+        return _pretrain(space_config, cfg, ctx, resume, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, "pretrain"):
+        return _pretrain(space_config, cfg, ctx, resume, progress)
+
+
+def _pretrain(space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext, resume: bool,
+              progress: bool) -> PretrainResult:
     run_dir = Path(cfg.run_dir)
     if ctx.is_main:
         if (run_dir / "last.pt").exists() and not resume:
             raise AlreadyExistsError(
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(run_dir)  # what a killed run was writing; the lock says no one writes now
     barrier(ctx)
     trainer = _Trainer(space_config, cfg, ctx)
     if resume:
         trainer.resume()
     if trainer.data.skipped and ctx.is_main:
-        log.warning("skipped %d unreadable image(s) (--skip-bad)", len(trainer.data.skipped))
+        log.warning("skipped %d unusable file(s); they are listed in %s", len(trainer.data.skipped),
+                    Path(cfg.data) / "splits.json")
     if ctx.is_main:
         write_json_atomic(run_dir / "config.json", {
             "space_config": space_config.model_dump(mode="json"),

@@ -1,0 +1,400 @@
+"""Runs that are reproducible, locked and never silently stale: same seed same weights, exact resume
+after a kill anywhere in an epoch, settings changes refused, one writer per run directory, crash
+windows and bad checkpoints, stage records that survive a moved run directory."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pathnas.checkpoint
+import pathnas.retrain
+import pathnas.train.spos as spos
+from pathnas.checkpoint import DiskFullError
+from pathnas.data import generate
+from pathnas.errors import ConfigError, InvalidFileError, RunLockedError
+from pathnas.io import read_jsonl
+from pathnas.pipeline.layout import RunLayout
+from pathnas.pipeline.record import portable, run_stage
+from pathnas.retrain import retrain
+from pathnas.settings import PretrainConfig, RetrainConfig
+from pathnas.spaces import space_config
+from pathnas.subnet import extract
+from pathnas.train import load_supernet, pretrain
+from test_pretrain import classify_data, settings as pretrain_settings  # noqa: F401 (a fixture)
+
+# Dropout, mixup/cutmix (numpy) and augmentation (torch) all on: every random stream is exercised.
+SPACE = space_config("shufflenet", width_mult=0.25, input_size=32, num_classes=4, dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def data(classify_data) -> Path:
+    return classify_data
+
+
+def settings(data: Path, run: Path, **overrides) -> PretrainConfig:
+    return pretrain_settings(data, run, **{"epochs": 3, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, **overrides})
+
+
+def max_delta(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0 for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted 3-epoch pretraining: its weights and metrics are what every other run must reproduce."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = pretrain(SPACE, settings(data, run), progress=False)
+    return result.supernet.state_dict(), read_jsonl(run / "metrics.jsonl")
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "train_images_per_s"} for r in records]
+
+
+def killed_at_epoch(monkeypatch, data: Path, run: Path, epoch: int) -> None:
+    """A pretraining killed as epoch ``epoch`` (0-based) starts; the checkpoints of the epochs before stay."""
+    original = spos._Trainer.train_epoch
+
+    def killed(self, e, progress):
+        if e == epoch:
+            raise KeyboardInterrupt("killed")
+        return original(self, e, progress)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spos._Trainer, "train_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(SPACE, settings(data, run), progress=False)
+
+
+# -- same seed, same result ---------------------------------------------------------------------
+
+def test_two_runs_with_the_same_seed_are_identical(data, reference, tmp_path):
+    result = pretrain(SPACE, settings(data, tmp_path / "again"), progress=False)
+    assert max_delta(result.supernet.state_dict(), reference[0]) == 0
+    assert without_timing(read_jsonl(tmp_path / "again" / "metrics.jsonl")) == without_timing(reference[1])
+    other = pretrain(SPACE, settings(data, tmp_path / "other", seed=1), progress=False)
+    assert max_delta(other.supernet.state_dict(), reference[0]) > 0  # the seed is what decides
+
+
+def test_a_run_killed_mid_epoch_resumes_to_exactly_the_same_weights(data, reference, tmp_path, monkeypatch):
+    killed_at_epoch(monkeypatch, data, tmp_path / "run", 2)
+    resumed = pretrain(SPACE, settings(data, tmp_path / "run"), resume=True, progress=False)
+    assert max_delta(resumed.supernet.state_dict(), reference[0]) == 0
+    assert without_timing(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == without_timing(reference[1])
+
+
+def test_a_kill_between_the_log_line_and_the_checkpoint_is_redone_exactly(data, reference, tmp_path, monkeypatch):
+    """The checkpoint is the commit point: metrics line and best.pt are written first, last.pt last."""
+    original = spos.save_checkpoint
+    written = []
+
+    def killed_before_the_second_last_pt(ckpt, path):
+        if Path(path).name == "last.pt" and ckpt["epoch"] == 2:
+            assert [r["epoch"] for r in read_jsonl(Path(path).parent / "metrics.jsonl")] == [1, 2]
+            raise KeyboardInterrupt("killed")
+        written.append((Path(path).name, ckpt["epoch"]))
+        return original(ckpt, path)
+
+    monkeypatch.setattr(spos, "save_checkpoint", killed_before_the_second_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(SPACE, settings(data, tmp_path / "run"), progress=False)
+    assert ("last.pt", 1) in written and written.index(("best.pt", 1)) < written.index(("last.pt", 1))
+    monkeypatch.setattr(spos, "save_checkpoint", original)
+    resumed = pretrain(SPACE, settings(data, tmp_path / "run"), resume=True, progress=False)
+    assert max_delta(resumed.supernet.state_dict(), reference[0]) == 0
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]  # once each
+
+
+def test_checkpoints_hold_random_states_that_load_without_unpickling_code(data, tmp_path):
+    pretrain(SPACE, settings(data, tmp_path / "run", epochs=1, max_steps_per_epoch=2), progress=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    (state,) = ckpt["rng"]
+    assert {"torch", "numpy", "python"} <= state.keys() and isinstance(state["torch"], torch.Tensor)
+    assert len(ckpt["settings_hash"]) == 64 and ckpt["settings"]["epochs"] == 1
+
+
+# -- never silently stale ------------------------------------------------------------------------
+
+def test_resume_with_more_epochs_is_refused_naming_the_schedule(data, tmp_path):
+    pretrain(SPACE, settings(data, tmp_path / "run", epochs=2, max_steps_per_epoch=1, eval_paths=0), progress=False)
+    with pytest.raises(ConfigError) as err:
+        pretrain(SPACE, settings(data, tmp_path / "run", epochs=4, max_steps_per_epoch=1, eval_paths=0), resume=True,
+                 progress=False)
+    message = str(err.value)
+    assert "last.pt was made with other settings" in message and "epochs 2 -> 4" in message
+    assert "learning-rate schedule" in message and "another run directory" in message
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2  # untouched
+
+
+def test_resume_on_another_data_set_is_refused(data, tmp_path):
+    pretrain(SPACE, settings(data, tmp_path / "run", epochs=2, max_steps_per_epoch=1, eval_paths=0), progress=False)
+    other = tmp_path / "other"  # the same file names and splits, other images
+    generate(other, "classify", n_per_class=12, image_size=32, seed=5)
+    with pytest.raises(ConfigError, match=r"settings: data '"):
+        pretrain(SPACE, settings(other, tmp_path / "run", epochs=2, max_steps_per_epoch=1, eval_paths=0),
+                 resume=True, progress=False)
+
+
+def test_a_moved_data_set_and_more_loader_workers_resume_exactly(data, reference, tmp_path, monkeypatch):
+    killed_at_epoch(monkeypatch, data, tmp_path / "run", 1)
+    moved = tmp_path / "moved-data"
+    shutil.copytree(data, moved)
+    # Where the data lie and how many processes load them are not settings of the result.
+    result = pretrain(SPACE, settings(moved, tmp_path / "run", workers=2), resume=True, progress=False)
+    assert max_delta(result.supernet.state_dict(), reference[0]) == 0
+
+
+def test_a_damaged_checkpoint_is_named_in_one_error(data, tmp_path):
+    run = tmp_path / "run"
+    pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=1, eval_paths=0), progress=False)
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(InvalidFileError, match=rf"supernet checkpoint {last} is damaged or truncated"):
+        pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=1, eval_paths=0), resume=True,
+                 progress=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pathnas.cli", "pretrain", "--data", str(data), "--run-dir", str(run), "--epochs", "1",
+         "--batch-size", "8", "--input-size", "32", "--width-mult", "0.25", "--device", "cpu", "--resume",
+         "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(last) in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 "
+                                                  "vs 0; PytorchStreamWriter failed writing file data/3: file write "
+                                                  "failed")])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(data, reference, tmp_path, monkeypatch, failure):
+    run = tmp_path / "run"
+    real_save = torch.save
+    saves = []
+
+    def full_disk_at_the_second_epoch(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            Path(f).write_bytes(b"partial")  # what a full disk leaves: the start of the file
+            raise failure
+        saves.append(obj.get("epoch"))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(pathnas.checkpoint.torch, "save", full_disk_at_the_second_epoch)
+    with pytest.raises(DiskFullError) as err:
+        pretrain(SPACE, settings(data, run), progress=False)
+    assert str(err.value) == f"no space left in {run}; the previous checkpoint is kept"
+    monkeypatch.setattr(pathnas.checkpoint.torch, "save", real_save)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list(run.glob(".*.tmp"))  # the partial file is gone
+    resumed = pretrain(SPACE, settings(data, run), resume=True, progress=False)
+    assert max_delta(resumed.supernet.state_dict(), reference[0]) == 0
+
+
+def test_orphaned_temporaries_are_swept_when_a_run_starts(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    orphan = run / ".last.pt.k3j2.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=1, eval_paths=0), progress=False)
+    assert not orphan.exists()
+
+
+# -- one writer per run directory -----------------------------------------------------------------
+
+HOLD_LOCK = ("import sys\nfrom pathnas.lock import RunLock\n"
+             "with RunLock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """Lock a folder from another process (as a second `pipeline` would find it) until the test ends."""
+    holders = []
+
+    def lock(folder: Path, command: str = "pipeline") -> int:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), command], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "held"  # no sleeping: the holder says when it holds the lock
+        return proc.pid
+
+    yield lock
+    for proc in holders:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def test_a_second_pretrain_on_the_same_directory_refuses_naming_the_holder(data, tmp_path, locked):
+    run = tmp_path / "run"
+    pid = locked(run, "pretrain")
+    with pytest.raises(RunLockedError, match=rf"{run} is in use by PID {pid} \(pretrain\)"):
+        pretrain(SPACE, settings(data, run, epochs=1), progress=False)
+    assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_a_second_pipeline_refuses_before_doing_anything(tmp_path, locked):
+    from pathnas.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    pid = locked(run)
+    with pytest.raises(RunLockedError, match=rf"in use by PID {pid} \(pipeline\)"):
+        run_pipeline(run, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # no data generated, no stage recorded
+
+
+def test_a_stage_takes_the_run_directory_lock(tmp_path, locked):
+    layout = RunLayout(tmp_path / "run")
+    pid = locked(layout.root)
+    with pytest.raises(RunLockedError, match=f"PID {pid}"):
+        run_stage(layout, "extract", {"arch": "x"}, [], lambda: None)
+
+
+# -- the pipeline checks every setting first ------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(device="jetsn"), "unknown device 'jetsn'"),
+    (dict(proposer="genetic"), "proposer: Input should be"),
+    (dict(budget_ms=-1.0), "budget_ms: Input should be greater than 0"),
+    (dict(formats=("onnx", "tflite")), "format 'tflite': allowed values are onnx, openvino, tensorrt"),
+    (dict(precisions=("fp64",)), "precision 'fp64': allowed values are fp32, fp16, int8"),
+    (dict(pretrain_epochs=0), "epochs: Input should be greater than or equal to 1"),
+    (dict(space={"space": "unet", "input_size": 40}), "space 'unet' is for segment data"),
+    (dict(space={"space": "shufflenet", "stage_channels": [8]}), "stage_channels has 1 entries"),
+])
+def test_the_pipeline_validates_every_setting_before_its_first_stage(tmp_path, overrides, fragment):
+    from pathnas.errors import UserError
+    from pathnas.pipeline import run_pipeline
+
+    with pytest.raises(UserError) as err:
+        run_pipeline(tmp_path / "run", progress=False, **overrides)
+    assert fragment in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_pipeline_cli_names_a_misspelt_device_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pathnas.cli", "pipeline", "--run-dir", str(tmp_path / "run"),
+                             "--device", "jetsn"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown device 'jetsn'"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- stage records survive a moved run directory ---------------------------------------------------
+
+def test_settings_paths_are_hashed_relative_to_the_run_or_as_inputs(tmp_path):
+    root, data = tmp_path / "run", tmp_path / "data"
+    settings_ = {"run_dir": str(root / "supernet"), "data": str(data), "device": "cpu", "other": "/opt/x"}
+    assert portable(settings_, root, {"data": data}) == {"run_dir": "<run>/supernet", "data": "<input:data>",
+                                                         "device": "cpu", "other": "/opt/x"}
+
+
+def test_a_moved_run_directory_reruns_no_stage(data, tmp_path, monkeypatch):
+    from pathnas.pipeline import stages
+
+    from pathnas.data import load_or_create_splits
+
+    layout = RunLayout(tmp_path / "run")
+    shutil.copytree(data, layout.root / "data")
+    load_or_create_splits(layout.root / "data")  # as the pipeline does: drawn before any stage hashes the data
+
+    def cfg(root: Path) -> PretrainConfig:
+        return settings(root / "data", RunLayout(root).supernet_dir, epochs=1, max_steps_per_epoch=1, eval_paths=0)
+
+    stages.stage_pretrain(layout, SPACE, cfg(layout.root), progress=False)
+    moved = RunLayout(tmp_path / "elsewhere" / "moved")
+    moved.root.parent.mkdir()
+    shutil.move(layout.root, moved.root)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the pretrain stage ran again after the run directory moved")
+
+    monkeypatch.setattr("pathnas.train.pretrain", must_not_run)
+    assert stages.stage_pretrain(moved, SPACE, cfg(moved.root), progress=False) == moved.supernet
+
+
+def test_a_stage_sweeps_orphaned_temporaries(tmp_path):
+    layout = RunLayout(tmp_path / "run")
+    layout.root.mkdir()
+    orphan = layout.root / ".stages.json.x1y2.tmp"
+    orphan.write_text("{")
+    run_stage(layout, "extract", {"arch": "x"}, [], lambda: None)
+    assert not orphan.exists() and "extract" in json.loads(layout.stages.read_text())
+
+
+# -- retraining ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def subnet(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("supernet") / "run"
+    pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=2, eval_paths=0), progress=False)
+    out = run.parent / "subnet.pt"
+    extract(run / "last.pt", "3570" * 5, out)
+    return out
+
+
+def retrain_settings(data: Path, **overrides) -> RetrainConfig:
+    base = dict(data=data, epochs=3, batch_size=8, lr=0.01, warmup_epochs=0, bn_images=16, device="cpu",
+                mixup_alpha=0.8, cutmix_alpha=1.0)
+    return RetrainConfig(**{**base, **overrides})
+
+
+def test_retrain_is_reproducible_and_resumes_exactly(data, subnet, tmp_path, monkeypatch):
+    first = retrain(subnet, retrain_settings(data), tmp_path / "a")
+    second = retrain(subnet, retrain_settings(data), tmp_path / "b")
+    weights = {d: torch.load(tmp_path / d / "last.pt", weights_only=True)["model"] for d in ("a", "b")}
+    assert max_delta(weights["a"], weights["b"]) == 0 and first == second
+
+    original = pathnas.retrain.train_epoch
+
+    def killed_in_third_epoch(forward, loader, parts, epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(forward, loader, parts, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(pathnas.retrain, "train_epoch", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        retrain(subnet, retrain_settings(data), tmp_path / "c")
+    monkeypatch.setattr(pathnas.retrain, "train_epoch", original)
+    resumed = retrain(subnet, retrain_settings(data), tmp_path / "c")
+    last = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
+    assert max_delta(last, weights["a"]) == 0 and resumed == first
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "c" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_retrain_refuses_a_checkpoint_of_other_settings_or_another_subnet(data, subnet, tmp_path):
+    out = tmp_path / "retrain"
+    retrain(subnet, retrain_settings(data, epochs=1), out)
+    with pytest.raises(ConfigError, match=r"settings: lr 0.01 -> 0.02"):
+        retrain(subnet, retrain_settings(data, epochs=1, lr=0.02), out)
+    other = tmp_path / "other.pt"
+    supernet_ckpt = Path(torch.load(subnet, weights_only=True)["supernet"])
+    extract(supernet_ckpt, "7777" * 5, other)
+    with pytest.raises(ConfigError) as err:
+        retrain(other, retrain_settings(data, epochs=1), out)
+    assert "arch '35703570357035703570' -> '77777777777777777777'" in str(err.value)
+    assert "subnet_sha256" in str(err.value)
+
+
+def test_retrain_skips_bad_files_and_reports_them(data, subnet, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    victim = root / json.loads((root / "splits.json").read_text())["train"][0]
+    victim.write_bytes(victim.read_bytes()[:50])
+    with pytest.raises(Exception, match=f"{victim}: cannot read the file"):
+        retrain(subnet, retrain_settings(root, epochs=1), tmp_path / "r1")
+    summary = retrain(subnet, retrain_settings(root, epochs=1, skip_bad=True), tmp_path / "r2")
+    assert summary["skipped_files"] == 1
+    assert json.loads((root / "splits.json").read_text())["skipped"] == [victim.relative_to(root).as_posix()]
+
+
+def test_loaded_supernet_keeps_the_checkpoint_settings(data, tmp_path):
+    run = tmp_path / "run"
+    pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=1, eval_paths=0), progress=False)
+    supernet, ckpt = load_supernet(run / "last.pt")
+    assert supernet.config == SPACE and ckpt["settings"]["mixup_alpha"] == 0.8
