@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from pathnas.pipeline import DEMO_SPACE
 from pathnas.profiling import load_profile, measure_table, save_table
 from pathnas.profiling.tables import table_filename
 from pathnas.spaces import build_supernet, space_config
@@ -29,8 +30,8 @@ from pathnas.spaces import build_supernet, space_config
 CONFIGS = {
     # the paper's 20-layer space, CPU-sized: half width, 128 px
     "paper-width0.5-128": dict(input_size=128, width_mult=0.5, num_classes=4),
-    # what `make demo` / `pathnas-edge pipeline` pretrain on this machine
-    "demo": dict(input_size=64, width_mult=0.5, num_classes=4, stage_repeats=[1, 1, 2, 1]),
+    # what `make demo` / `pathnas-edge pipeline` pretrain on this machine (4 synthetic classes)
+    "demo": {**{k: v for k, v in DEMO_SPACE.items() if k != "space"}, "num_classes": 4},
 }
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,13 +22,21 @@ CPU_FP16 = ("skipped: FP16 is a GPU precision here; this CPU has no native FP16 
             "run it as FP16 (use tensorrt fp16 on the GPU/Jetson)")
 
 
-def preprocess_spec(input_size: int) -> dict:
+def preprocess_spec(input_size: int, dataset: dict | None = None) -> dict:
+    """preprocess.json: what the runtime does to pixels, and the resolution the model was trained at.
+
+    ``mpp`` (microns per pixel of the training images, from the data set's dataset.json; None when it
+    declares none) and ``image_px`` (their side before the resize) let the runtime read a slide at the
+    pyramid level and tile size that show the model what it was trained on.
+    """
     from pathnas.data import NORMALIZE_MEAN, NORMALIZE_STD
 
+    dataset = dataset or {}
     return {"input_size": input_size, "mean": list(NORMALIZE_MEAN), "std": list(NORMALIZE_STD),
             "channel_order": "RGB", "layout": "NCHW", "dtype": "float32", "scale": 1 / 255,
             "resize": "bilinear (antialiased) of the whole image to input_size x input_size",
-            "formula": "(pixel * scale - mean) / std per channel"}
+            "formula": "(pixel * scale - mean) / std per channel",
+            "mpp": dataset.get("mpp"), "image_px": dataset.get("image_size")}
 
 
 def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -39,12 +47,14 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, calib_loader,
+def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, loaders,
                      formats: list[str], precisions: list[str], calibration_images: int = 512,
-                     keep_first_conv: bool = True, keep_classifier: bool = True,
                      dataset: dict | None = None) -> list[dict]:
     """Write the artifacts under ``export_dir`` (INT8 under ``quant_dir``) and ``export_dir/export.json``,
-    whose paths are relative to ``root`` (the run directory); returns its rows."""
+    whose paths are relative to ``root`` (the run directory); returns its rows.
+
+    ``loaders`` is the data set's pathnas.data DataBundle: INT8 is calibrated on its TRAIN images
+    and its accuracy controlled on VAL (export/quantize.py)."""
     import onnx
     import onnxruntime
     import torch
@@ -52,13 +62,13 @@ def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta:
     from pathnas.onnx import export_onnx
 
     from .openvino_export import export_openvino
-    from .quantize import calibration_batches, quantize_int8, write_calibration_record
+    from .quantize import quantize_with_data, write_calibration_record
     from .tensorrt_export import Unavailable, build_engine
 
     root, export_dir, quant_dir = Path(root), Path(export_dir), Path(quant_dir)
     size = meta["space_config"]["input_size"]
     shape = (1, meta["space_config"].get("in_chans", 3), size, size)
-    preprocess = preprocess_spec(size)
+    preprocess = preprocess_spec(size, dataset)
     onnx_path = export_dir / "model.onnx"
     info = export_onnx(model.eval(), onnx_path, shape, metadata={
         "pathnas.arch": meta["arch"], "pathnas.space": meta["space_config"]["space"], "pathnas.task": meta["task"],
@@ -71,14 +81,15 @@ def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta:
     rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
     rows: list[dict] = []
     int8_path = quant_dir / "model_int8.onnx"
+    float_nodes = None  # the layers accuracy control kept in float: every INT8 artifact says which
     if "int8" in precisions:
-        qinfo = quantize_int8(onnx_path, int8_path, calibration_batches(calib_loader, calibration_images),
-                              keep_first_conv, keep_classifier, calibration_images)
+        qinfo = quantize_with_data(onnx_path, int8_path, loaders, calibration_images)
         write_calibration_record(quant_dir / "calibration.json", qinfo)
+        float_nodes = qinfo["float_nodes"]
 
     def add(fmt: str, precision: str, make) -> None:
         row = {"format": fmt, "backend": BACKEND[fmt], "precision": precision, "path": None, "status": "exported",
-               "reason": None}
+               "reason": None, **({"float_nodes": float_nodes} if precision == "int8" else {})}
         try:
             row["path"] = rel(make())
         except Unavailable as err:

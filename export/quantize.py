@@ -1,37 +1,158 @@
-"""Static INT8 post-training quantization: ONNX Runtime's QDQ format, per-channel weights.
+"""Static INT8 post-training quantization with accuracy control: ONNX Runtime's QDQ format.
 
 Calibration images come from the TRAIN split (never val or test). Activations and weights
-are symmetric signed INT8 so the same Q/DQ model also serves TensorRT's explicit
-quantization (TensorRT accepts only zero-point-0 INT8) and OpenVINO, which reads it as
-FakeQuantize. NNCF (not installed) is not used: with the settings below OpenVINO's INT8
-agreed with PyTorch exactly as often as ONNX Runtime's (98.96% vs 98.96%) and ran at
-0.96-0.99x its FP32 latency on this AVX2 CPU (benchmarks/export_latency.py), so NNCF could
-buy little here.
+are symmetric signed INT8, weights per channel, so the same Q/DQ model also serves TensorRT's
+explicit quantization (zero-point-0 INT8 only) and OpenVINO (which reads it as FakeQuantize
+and, measured on the demo model, gives the same outputs as ONNX Runtime). Biases stay float:
+ONNX Runtime still fuses each convolution into an integer kernel (it quantizes the bias when it
+loads the model), TensorRT's explicit quantization wants float biases, and INT32 biases with
+their per-channel scales would cost the file more than float biases do.
+
+Accuracy control (DESIGN.md's INT8 thresholds: top-1 agreement with FP32 >= 98% and a metric
+drop of at most 1 point, on the VAL split):
+1. every Conv/Gemm/MatMul is quantized, and the model is judged on val against the FP32 model;
+2. if it misses, a sensitivity analysis ranks the layers: for each quantized layer, how much the
+   logits' error (squared error relative to the FP32 logits' energy, over all val images)
+   falls when that layer alone is put back in float;
+3. layers go back to float, most sensitive first, until the model passes; a layer whose float
+   weights would take the file over MAX_SIZE_RATIO of the FP32 file is skipped.
+The record (RUN/quantize/calibration.json) lists the ranking, every step, the layers that
+stayed float and the final figures on val (agreement, metric change, cosine, max |delta|).
+NNCF's quantize_with_accuracy_control does this job for OpenVINO models; it is not used: it
+controls the task metric only (not agreement with FP32, which DESIGN.md also requires), it
+would bring about 200 MB of dependencies (scipy, scikit-learn, ninja, pydot, psutil), and
+OpenVINO runs this QDQ model as it is.
 
 Weights use 7 bits (``reduce_range``) by default. x86 CPUs without VNNI (AVX2 only) multiply
 INT8 with VPMADDUBSW, whose pairwise sums saturate at int16 when both operands use the full
-8-bit range. Measured on the demo model (576 independent synthetic images, agreement with
-PyTorch top-1): full-range weights gave 96.5% in ONNX Runtime and 80.4% in OpenVINO
-(-9.7 points of accuracy); 7-bit weights gave 99.0% in both (-0.7 points), cosine 0.9995.
-On VNNI CPUs and GPUs full range is safe: ``reduce_range=False``. The first convolution and the
-classifier stay in float by default: they see the raw input and produce the logits, and
-quantizing them costs the most accuracy for the least speed. Only Conv, Gemm and MatMul are
-quantized: measured on the demo model, also quantizing the element-wise ops of the
-squeeze-excitation gates (Mul, Sigmoid, Add) dropped top-1 agreement with FP32 from 99.2%
-to 95% and bought no speed.
+8-bit range (measured on an AVX2-only host: full-range weights gave 96.5% agreement in ONNX
+Runtime and 80.4% in OpenVINO, 7-bit weights 99.0% in both). On VNNI CPUs and GPUs full
+range is safe: ``reduce_range=False``. Only Conv, Gemm and MatMul are quantized: also
+quantizing the element-wise ops of the squeeze-excitation gates (Mul, Sigmoid, Add) dropped
+top-1 agreement from 99.2% to 95% and bought no speed.
 """
 from __future__ import annotations
 
+import inspect
+import logging
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from pathnas.errors import InvalidFileError
+from pathnas.deploy.machine import cpu_flags
+from pathnas.errors import ConfigError, InvalidFileError
 from pathnas.io import atomic_path, write_json_atomic
 
+log = logging.getLogger("pathnas.export")
+
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+# Issue 12: an INT8 file is at most 30% of the FP32 one (weights 1 byte instead of 4, plus
+# scales and graph); accuracy control never keeps so many layers in float that it is larger.
+MAX_SIZE_RATIO = 0.30
+# Instruction sets that decide INT8 speed on x86 (/proc/cpuinfo flag names).
+INT8_CPU_FEATURES = {
+    "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx_vnni_int8": "AVX-VNNI-INT8",
+    "amx_int8": "AMX-INT8", "amx_tile": "AMX tiles",
+}
+
+
+def int8_cpu_features(flags: set[str] | None = None) -> dict:
+    """What this CPU has for INT8 dot products: VNNI (one instruction per 4 multiply-adds, no
+    int16 saturation) and AMX (tile matrix multiply); without either, AVX2 emulates them."""
+    flags = cpu_flags() if flags is None else flags
+    present = [name for flag, name in INT8_CPU_FEATURES.items() if flag in flags]
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "avx_vnni_int8"))
+    amx = "amx_int8" in flags
+    base = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    summary = f"{base}; " + (", ".join(present) if present else "no VNNI, no AMX")
+    if present and not amx:
+        summary += "; no AMX"
+    return {"vnni": vnni, "amx": amx, "flags": present, "summary": summary}
+
+
+# -- the QDQ file --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantizableNode:
+    name: str
+    op_type: str
+    weights: int  # parameters of its weight tensor
+
+
+def quantizable_nodes(model) -> list[QuantizableNode]:
+    """The Conv/Gemm/MatMul nodes with a constant weight, in graph order (an onnx.ModelProto)."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    return [QuantizableNode(n.name, n.op_type, sizes[n.input[1]]) for n in model.graph.node
+            if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in sizes]
+
+
+# ONNX Runtime's names for what it adds, and shorter ones with the same meaning (the original
+# tensor's name stays in front): on the demo model these suffixes were ~4% of the INT8 file.
+SHORT_SUFFIXES = (("_QuantizeLinear_Output", "_q"), ("_DequantizeLinear_Output", "_dq"), ("_QuantizeLinear", "_Q"),
+                  ("_DequantizeLinear", "_DQ"), ("_quantized", "_i8"), ("_zero_point", "_zp"))
+
+
+def _short(name: str) -> str:
+    for long, short in SHORT_SUFFIXES:
+        if name.endswith(long):
+            return name[: -len(long)] + short
+    return name
+
+
+def slim_qdq(model):
+    """Drop what a QDQ model carries and no runtime needs; outputs are unchanged.
+
+    - the shape annotations of every tensor (value_info);
+    - the all-zero zero points of weights (DequantizeLinear's default is zero);
+    - one shared zero point per type instead of one per activation (all are a scalar 0);
+    - ONNX Runtime's long suffixes of the tensors and nodes it adds (SHORT_SUFFIXES), where the
+      shorter name is free; the graph's inputs and outputs keep their names.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    del graph.value_info[:]
+    constants = {i.name: i for i in graph.initializer}
+
+    def zero_scalar(name: str) -> bool:
+        return name in constants and not constants[name].dims and not numpy_helper.to_array(constants[name]).any()
+
+    shared: dict[int, str] = {}  # data type -> the one scalar zero point kept
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in constants and not numpy_helper.to_array(
+                constants[node.input[2]]).any():
+            del node.input[2]  # a weight's zero point of zeros
+        elif zero_scalar(node.input[2]):
+            dtype = constants[node.input[2]].data_type
+            rename[node.input[2]] = shared.setdefault(dtype, f"zero_point_{helper.tensor_dtype_to_np_dtype(dtype).name}")
+    outer = {v.name for v in (*graph.input, *graph.output)}
+    taken = set(constants) | {o for n in graph.node for o in n.output} | {n.name for n in graph.node} | set(shared.values())
+    for name in sorted(taken - outer - set(rename)):
+        short = _short(name)
+        if short != name and short not in taken:
+            rename[name] = short
+            taken.add(short)
+    final = {old: rename.get(new, new) for old, new in rename.items()}  # a shared zero point may be renamed too
+    for node in graph.node:
+        node.input[:] = [final.get(i, i) for i in node.input]
+        node.output[:] = [final.get(o, o) for o in node.output]
+        node.name = final.get(node.name, node.name)
+    used = {name for node in graph.node for name in node.input}
+    kept = []
+    for init in graph.initializer:
+        init.name = final.get(init.name, init.name)
+        if init.name in used and init.name not in {k.name for k in kept}:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
 
 
 def _reader(input_name: str, batches: list[np.ndarray]):
@@ -48,52 +169,240 @@ def _reader(input_name: str, batches: list[np.ndarray]):
     return Reader()
 
 
-def float_nodes(model_path: Path, keep_first_conv: bool = True, keep_classifier: bool = True) -> list[str]:
-    """Names of the first Conv and the last Gemm/MatMul/Conv producing the output (graph order is topological)."""
-    import onnx
+class QdqWriter:
+    """One FP32 model, prepared and calibrated once; its QDQ INT8 model for any set of float layers.
 
-    nodes = onnx.load(str(model_path)).graph.node
-    names = []
-    if keep_first_conv:
-        first = next((n for n in nodes if n.op_type == "Conv"), None)
-        if first is not None:
-            names.append(first.name)
-    if keep_classifier:
-        last = next((n for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul", "Conv")), None)
-        if last is not None and last.name not in names:
-            names.append(last.name)
-    return names
+    The activation ranges come from the FP32 model, so they do not depend on which layers are
+    quantized: they are computed on the first call and cached (ONNX Runtime's calibration
+    cache, where the installed version has it), and every later candidate costs only the
+    graph rewrite.
+    """
+
+    def __init__(self, fp32_path: Path, calibration: Iterable[np.ndarray], workdir: Path, reduce_range: bool = True):
+        import onnx
+        from onnxruntime.quantization import quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.workdir = Path(workdir)
+        self.prepared = self.workdir / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(self.prepared))
+        model = onnx.load(str(self.prepared))
+        self.input_name = model.graph.input[0].name
+        self.nodes = quantizable_nodes(model)
+        self.batches = list(calibration)
+        if not self.batches:
+            raise InvalidFileError("no calibration images: the training split is empty")
+        self.images = int(sum(b.shape[0] for b in self.batches))
+        self.reduce_range = reduce_range
+        self._cache = ({"calibration_cache_path": str(self.workdir / "ranges.json")}
+                       if "calibration_cache_path" in inspect.signature(quantize_static).parameters else {})
+
+    def check_names(self, names: Iterable[str]) -> list[str]:
+        known = [n.name for n in self.nodes]
+        names = list(dict.fromkeys(names))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            shown = ", ".join(known[:8]) + (f" ... ({len(known)} in all)" if len(known) > 8 else "")
+            raise ConfigError(f"--keep-float {', '.join(unknown)}: no quantizable layer of that name; "
+                              f"allowed: {shown}")
+        return names
+
+    def write(self, float_nodes: Iterable[str], out_path: Path) -> Path:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        raw = self.workdir / "raw.onnx"
+        quantize_static(
+            str(self.prepared), str(raw), _reader(self.input_name, self.batches), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=self.reduce_range,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            **self._cache,
+        )
+        onnx.save(slim_qdq(onnx.load(str(raw))), str(out_path))
+        return Path(out_path)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: Iterable[np.ndarray], keep_first_conv: bool = True,
-                  keep_classifier: bool = True, calibration_images: int | None = None, reduce_range: bool = True) -> dict:
-    """Write the QDQ INT8 model atomically; returns what was done (for calibration.json)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+# -- judging a candidate on val --------------------------------------------------------------
 
-    import onnx
+@dataclass
+class ValidationSet:
+    """VAL images, their targets and the FP32 model's outputs: what an INT8 candidate is judged on."""
 
-    out_path = Path(out_path)
+    batches: list[np.ndarray]
+    targets: list[np.ndarray]
+    task: str
+    num_classes: int
+    reference: list[np.ndarray]
+    threads: int | None = None
+
+    @classmethod
+    def from_loader(cls, fp32_path: Path, loader, task: str, num_classes: int, max_images: int | None = None,
+                    threads: int | None = None) -> "ValidationSet":
+        from pathnas.deploy.runners import open_runner
+
+        from .validate import validation_batches
+
+        batches, targets = validation_batches(loader, max_images)
+        with open_runner(fp32_path, "onnxruntime", threads) as runner:
+            reference = [runner.run(b) for b in batches]
+        return cls(batches, targets, task, num_classes, reference, threads)
+
+    @property
+    def images(self) -> int:
+        return int(sum(b.shape[0] for b in self.batches))
+
+    def figures(self, path: Path) -> dict:
+        """The validation figures of the model at ``path`` (as the validation report computes them),
+        plus ``relative_error``: the squared error of its outputs over the FP32 outputs' energy."""
+        from pathnas.deploy.runners import open_runner
+
+        from .validate import compare_outputs
+
+        with open_runner(path, "onnxruntime", self.threads) as runner:
+            outputs = [runner.run(b) for b in self.batches]
+        row = compare_outputs(self.task, self.num_classes, self.reference, outputs, self.targets)
+        err = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, self.reference))
+        energy = sum(float((r**2).sum()) for r in self.reference)
+        row["relative_error"] = err / max(energy, 1e-30)
+        return row
+
+
+def _passes(figures: dict) -> tuple[bool, str | None]:
+    from .validate import verdict
+
+    status, reason = verdict("int8", figures)
+    return status == "passed", reason
+
+
+def _summary(figures: dict) -> dict:
+    keys = ("top1_agreement_pct", "metric_name", "metric", "metric_delta", "cosine", "max_abs_diff", "relative_error")
+    return {k: figures[k] for k in keys}
+
+
+@dataclass
+class _Candidate:
+    float_nodes: tuple[str, ...]
+    path: Path
+    size_ratio: float
+    figures: dict | None = None
+    passed: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class _Search:
+    """The candidates of one accuracy-controlled quantization (each set of float layers built once)."""
+
+    writer: QdqWriter
+    validation: ValidationSet | None
+    fp32_bytes: int
+    built: dict = field(default_factory=dict)
+
+    def get(self, float_nodes: Iterable[str]) -> _Candidate:
+        order = [n.name for n in self.writer.nodes]
+        key = tuple(sorted(set(float_nodes), key=order.index))
+        if key not in self.built:
+            path = self.writer.write(key, self.writer.workdir / f"candidate{len(self.built)}.onnx")
+            c = _Candidate(key, path, path.stat().st_size / self.fp32_bytes)
+            if self.validation is not None:
+                c.figures = self.validation.figures(path)
+                c.passed, c.reason = _passes(c.figures)
+            self.built[key] = c
+        return self.built[key]
+
+
+def _step(c: _Candidate, action: str, node: str | None = None) -> dict:
+    step = {"action": action, "node": node, "float_nodes": len(c.float_nodes), "size_ratio": round(c.size_ratio, 4),
+            "passed": c.passed}
+    if c.figures:
+        step.update({k: c.figures[k] for k in ("top1_agreement_pct", "metric_delta", "cosine", "relative_error")})
+    return step
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: Iterable[np.ndarray],
+                  validation: ValidationSet | None = None, keep_float: Iterable[str] = (), reduce_range: bool = True,
+                  max_size_ratio: float = MAX_SIZE_RATIO) -> dict:
+    """Write the QDQ INT8 model of ``fp32_path`` atomically to ``out_path``; return its record.
+
+    With ``validation``: accuracy control (module docstring) on top of the layers in
+    ``keep_float``. Without: every quantizable layer except those in ``keep_float`` is quantized.
+    """
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
     with tempfile.TemporaryDirectory(prefix="pathnas-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        excluded = float_nodes(prepared, keep_first_conv, keep_classifier)
-        input_name = onnx.load(str(prepared)).graph.input[0].name
-        batches = list(calibration)
+        writer = QdqWriter(fp32_path, calibration, Path(tmp), reduce_range)
+        forced = writer.check_names(keep_float)
+        search = _Search(writer, validation, fp32_path.stat().st_size)
+        best = search.get(forced)
+        steps, ranking = [_step(best, "quantize every layer" + (" but those kept float" if forced else ""))], []
+        if validation is not None and not best.passed:
+            log.info("INT8 misses the thresholds on val (%s): ranking %d layers by sensitivity",
+                     best.reason, len(writer.nodes) - len(forced))
+            ranking = _sensitivity(search, best)
+            best = _restore_float(search, best, ranking, max_size_ratio, steps)
         with atomic_path(out_path) as tmp_out:
-            quantize_static(
-                str(prepared), str(tmp_out), _reader(input_name, batches), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS),
-                per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )
-    info = {"format": "QDQ", "quantized_ops": list(QUANTIZED_OPS), "activations": "int8 symmetric",
-            "weights": f"int8 per-channel symmetric, {'7-bit (reduce_range)' if reduce_range else 'full 8-bit'} range",
-            "calibration": "MinMax", "calibration_split": "train",
-            "calibration_images": calibration_images or int(sum(b.shape[0] for b in batches)),
-            "float_nodes": excluded, "source": str(fp32_path)}
+            shutil.copyfile(best.path, tmp_out)
+    info = {
+        "format": "QDQ", "quantized_ops": list(QUANTIZED_OPS), "activations": "int8 symmetric, per tensor",
+        "weights": f"int8 per-channel symmetric, {'7-bit (reduce_range)' if reduce_range else 'full 8-bit'} range",
+        "biases": "float (the runtimes fuse them into their integer kernels)",
+        "calibration": "MinMax", "calibration_split": "train", "calibration_images": writer.images,
+        "quantizable_nodes": len(writer.nodes), "float_nodes": list(best.float_nodes),
+        "forced_float_nodes": forced, "size_ratio": best.size_ratio, "max_size_ratio": max_size_ratio,
+        "source": str(fp32_path),
+        "accuracy_control": None,
+    }
+    if validation is not None:
+        reason = best.reason and (f"{best.reason}; no other layer kept in float helps within {max_size_ratio:.0%} "
+                                  f"of the FP32 size")
+        info["accuracy_control"] = {
+            "split": "val", "images": validation.images, "passed": best.passed, "reason": reason,
+            "figures": _summary(best.figures), "steps": steps, "sensitivity": ranking,
+        }
     return info
+
+
+def _sensitivity(search: _Search, full: _Candidate) -> list[dict]:
+    """Each quantized layer's share of the error: how much the logits' relative error falls when
+    that layer alone goes back to float (every other layer stays as in ``full``)."""
+    ranking = []
+    base = full.figures["relative_error"]
+    for node in search.writer.nodes:
+        if node.name in full.float_nodes:
+            continue
+        c = search.get((*full.float_nodes, node.name))
+        ranking.append({"node": node.name, "op_type": node.op_type, "weights": node.weights,
+                        "error_reduction": base - c.figures["relative_error"],
+                        "agreement_if_float_pct": c.figures["top1_agreement_pct"], "size_ratio": round(c.size_ratio, 4)})
+    ranking.sort(key=lambda r: -r["error_reduction"])
+    return ranking
+
+
+def _restore_float(search: _Search, best: _Candidate, ranking: list[dict], max_size_ratio: float,
+                   steps: list[dict]) -> _Candidate:
+    """Put layers back in float, most sensitive first, until the model passes (or nothing helps)."""
+    for entry in ranking:
+        if best.passed or entry["error_reduction"] <= 0:
+            break
+        trial = search.get((*best.float_nodes, entry["node"]))
+        if trial.size_ratio > max_size_ratio:
+            steps.append(_step(trial, f"skipped: the file would be over {max_size_ratio:.0%} of FP32", entry["node"]))
+            continue
+        best = trial
+        steps.append(_step(best, "keep float", entry["node"]))
+    return best
+
+
+def quantize_with_data(fp32_path: Path, out_path: Path, loaders, calibration_images: int = 512,
+                       keep_float: Iterable[str] = (), reduce_range: bool = True, accuracy_control: bool = True,
+                       threads: int | None = None) -> dict:
+    """``quantize_int8`` calibrated on ``loaders.calib`` (TRAIN images) and, with accuracy control,
+    judged on ``loaders.val`` (a pathnas.data DataBundle)."""
+    validation = (ValidationSet.from_loader(fp32_path, loaders.val, loaders.task, loaders.num_classes, threads=threads)
+                  if accuracy_control else None)
+    return quantize_int8(fp32_path, out_path, calibration_batches(loaders.calib, calibration_images), validation,
+                         keep_float, reduce_range)
 
 
 def calibration_batches(calib_loader, images: int) -> list[np.ndarray]:

@@ -89,7 +89,32 @@ def verdict(precision: str, row: dict) -> tuple[str, str | None]:
         misses.append(f"cosine {row['cosine']:.7f} < {t['cosine']}")
     if "metric_drop" in t and -row["metric_delta"] > t["metric_drop"]:
         misses.append(f"{row['metric_name']} dropped {-row['metric_delta']:.2f} points > {t['metric_drop']}")
+    if misses and "cosine" not in t:  # not a threshold here, but how far the outputs moved
+        misses.append(f"cosine {row['cosine']:.5f}, max |delta| {row['max_abs_diff']:.3g}")
     return ("failed-validation", "; ".join(misses)) if misses else ("passed", None)
+
+
+def int8_notes(report: dict, features: dict | None = None) -> list[str]:
+    """Per runtime: INT8's latency as a multiple of FP32's on this CPU, with the instruction sets that
+    decide it (VNNI, AMX) and the figures INT8 reached (agreement, cosine)."""
+    from .quantize import int8_cpu_features
+
+    features = features or int8_cpu_features()
+    notes = []
+    for backend in ("onnxruntime", "openvino"):
+        rows = {r["precision"]: r for r in report["rows"] if r["backend"] == backend and r.get("latency_p50_ms")}
+        if "fp32" not in rows or "int8" not in rows:
+            continue
+        int8 = rows["int8"]
+        ratio = int8["latency_p50_ms"] / rows["fp32"]["latency_p50_ms"]
+        speed = (f"INT8 is {ratio:.2f}x the FP32 latency on this CPU ({features['summary']}): slower, so the CPU "
+                 f"profiles keep FP32" if ratio > 1 else
+                 f"INT8 runs at {ratio:.2f}x the FP32 latency on this CPU ({features['summary']})")
+        kept = int8.get("float_nodes")
+        notes.append(f"{backend}: {speed}; INT8 top-1 agreement {int8['top1_agreement_pct']:.2f}%, "
+                     f"cosine {int8['cosine']:.5f}"
+                     + ("" if kept is None else f", layers kept in float: {', '.join(kept) or 'none'}") + ".")
+    return notes
 
 
 def validation_batches(loader, max_images: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -120,6 +145,8 @@ def validate_artifact(artifact: dict, root: Path, task: str, num_classes: int, r
 
     row = {"backend": artifact["backend"], "precision": artifact["precision"], "artifact": artifact.get("path"),
            "device": None, "status": artifact["status"], "reason": artifact.get("reason")}
+    if "float_nodes" in artifact:  # INT8: the layers accuracy control kept in float
+        row["float_nodes"] = artifact["float_nodes"]
     if artifact["status"] != "exported":
         return row
     path = root / artifact["path"]

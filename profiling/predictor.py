@@ -10,15 +10,21 @@ caller and never imports this package.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pathnas.errors import ConfigError, InvalidFileError, UserError
 
 from .profiles import HardwareProfile
-from .tables import find_table, load_table, missing_table_error, profile_command, table_filename
+from .tables import calibrate_command, find_table, load_table, missing_table_error, profile_command, table_filename
+
+log = logging.getLogger("pathnas.profiling")
 
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
+# The drift check warns when a probe path's time here is off the table's prediction by more than this.
+DRIFT_THRESHOLD = 0.15
+PROBE_ROUNDS = 3
 
 
 class UnknownShapeError(UserError):
@@ -33,20 +39,31 @@ class LatencyPredictor:
         self.profile = profile
         self.supernet = supernet
         self._parts = supernet.latency_parts()
-        # Timing a path here is only meaningful when this machine is the device (and has an artifact runner).
-        self.measures_here = measure_here and profile.runs_here() and profile.runtime != "torch-cuda"
+        # Timing a path here is only meaningful when this machine is the device.
+        self.measures_here = measure_here and profile.runs_here()
 
     def predict_ms(self, arch) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def measure_ms(self, arch) -> float | None:
-        """The path's latency timed on this machine (one round), or None when this machine is not the device."""
+    def measure_ms(self, arch, rounds: int = 1) -> float | None:
+        """The path's latency timed on this machine (the fastest of ``rounds`` timing rounds), or None
+        when this machine is not the device."""
         if not self.measures_here:
             return None
         from .tables import measure_model_latency
 
         shape = tuple(self.supernet.example_input().shape)
-        return measure_model_latency(self.supernet.extract(arch), self.profile, shape, rounds=1)["median_ms"]
+        return measure_model_latency(self.supernet.extract(arch), self.profile, shape, rounds=rounds)["median_ms"]
+
+    def checked_here(self) -> "LatencyPredictor":
+        """Check the predictions against this machine where that means something (see
+        TablePredictor.check_drift); returns the predictor, so a caller can chain it."""
+        self.check_drift()
+        return self
+
+    def check_drift(self, threshold: float = DRIFT_THRESHOLD, measure=None) -> dict | None:
+        """Nothing to check for an estimate; a measured table overrides this."""
+        return None
 
     def label(self, latency_ms: float) -> str:
         """The figure as it should be shown: estimates say so."""
@@ -88,6 +105,43 @@ class TablePredictor(LatencyPredictor):
 
     def predict_ms(self, arch) -> float:
         return self._scale * self.parts_sum_ms(arch) + self._offset
+
+    def probe_arch(self):
+        """The path the drift check times: a fixed random one, if possible one the table did not measure
+        end to end (a tiny space may have no other)."""
+        from .calibrate import CALIBRATION_SEED
+        from .tables import sample_archs
+
+        measured = {r["arch"] for r in self.table.get("end_to_end", [])}
+        try:
+            return sample_archs(self.supernet, 1, CALIBRATION_SEED + 1, measured)[0]
+        except ConfigError:
+            return sample_archs(self.supernet, 1, CALIBRATION_SEED + 1)[0]
+
+    def check_drift(self, threshold: float = DRIFT_THRESHOLD, measure=None) -> dict | None:
+        """When this machine is the device (and timing here is on), time one probe path now and
+        warn, naming the calibrate command, when the table's prediction is off by more than
+        ``threshold``. ``measure(arch) -> ms`` replaces the timing (tests give samples).
+        Returns the probe's figures, or None when nothing was timed."""
+        if not self.measures_here and measure is None:
+            return None
+        arch = self.probe_arch()
+        # As many rounds as a table keeps the fastest of, so that the probe is not biased slow.
+        measured = measure(arch) if measure else self.measure_ms(arch, rounds=PROBE_ROUNDS)
+        if measured is None:
+            return None
+        predicted = self.predict_ms(arch)
+        probe = {"arch": arch.code, "measured_ms": measured, "predicted_ms": predicted, "ratio": measured / predicted,
+                 "drifted": abs(measured / predicted - 1) > threshold}
+        if probe["drifted"]:
+            config = self.supernet.config.model_dump(mode="json")
+            out = f"{self.profile.name}-{table_filename(config)}".replace(".json", "-calibrated.json")
+            log.warning(
+                "latency table %s is off on this machine now: probe path %s timed %.3f ms, predicted %.3f ms "
+                "(%.2fx, more than ±%.0f%%). Recalibrate it (it times 8 paths), then search with --latency-table %s:\n  %s",
+                self.table_path or "(in memory)", arch.code, measured, predicted, probe["ratio"], 100 * threshold,
+                out, calibrate_command(self.profile, config, self.table_path, out))
+        return probe
 
     def describe(self) -> dict:
         return {**super().describe(), "table": str(self.table_path) if self.table_path else None,

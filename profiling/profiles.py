@@ -48,23 +48,27 @@ class HardwareProfile(BaseModel):
     peak_gflops: float | None = Field(None, gt=0, description="published peak, for roofline estimates only")
     memory_bandwidth_gbs: float | None = Field(None, gt=0, description="published peak, for roofline estimates only")
     cpu_match: CpuMatch | None = None
+    gpu_match: str | None = Field(None, description="text the CUDA device name must contain (torch-cuda profiles)")
 
     def runs_here(self) -> bool:
         """Whether this machine can measure the profile.
 
         GPU runtimes: the runtime imports and finds a CUDA GPU (TensorRT through the CUDA
-        runtime library, so no torch is needed). CPU runtimes: the runtime imports and the CPU
-        shows the architecture, vendor and instruction-set flags that ``cpu_match`` names
-        (a profile without ``cpu_match`` describes a machine that is not this one).
+        runtime library, so no torch is needed); under torch-cuda the GPU's name must also contain
+        ``gpu_match`` (case-insensitive). CPU runtimes: the runtime imports and the CPU shows the
+        architecture, vendor and instruction-set flags that ``cpu_match`` names (a profile without
+        ``cpu_match`` describes a machine that is not this one).
         """
         import importlib.util
 
         if self.runtime == "torch-cuda":
-            try:
-                import torch
-            except ImportError:
+            if importlib.util.find_spec("torch") is None:
                 return False
-            return torch.cuda.is_available()
+            import torch
+
+            if not torch.cuda.is_available():
+                return False
+            return self.gpu_match is None or self.gpu_match.lower() in torch.cuda.get_device_name().lower()
         if self.runtime == "tensorrt":
             return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
         module = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino"}[self.runtime]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pathnas.data import generate
+from pathnas.errors import ConfigError
 from pathnas.pipeline import RunLayout
 from pathnas.pipeline.stages import stage_export, stage_extract, stage_validate
 from pathnas.retrain import RetrainConfig, retrain
@@ -81,10 +82,10 @@ def test_retrain_keeps_the_best_val_epoch_reads_test_once_and_resumes(classify_r
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best_val = max([summary["val"]["top1_pct"]] + [h["val_top1_pct"] for h in history])
     assert summary["val"]["top1_pct"] == best_val and "top1_pct" in summary["test"]
-    # a longer schedule continues from the last checkpoint instead of starting over
-    more = retrain(run / "extract" / "subnet.pt", cfg.model_copy(update={"epochs": 3}), out)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2, 3] and more["epochs"] == 3
+    # a longer schedule cannot continue the checkpoint (its cosine schedule ended): refused, naming why
+    with pytest.raises(ConfigError, match=r"epochs 2 -> 3\): the learning-rate schedule"):
+        retrain(run / "extract" / "subnet.pt", cfg.model_copy(update={"epochs": 3}), out)
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_stages_skip_when_inputs_are_unchanged_and_rerun_when_they_change(tmp_path):
@@ -157,37 +158,135 @@ def test_export_writes_every_artifact_or_says_why_not(exported):
     assert not any(op.get_output_element_type(0) == ov.Type.f16 for op in consts)
 
 
-def test_int8_is_qdq_per_channel_calibrated_on_train_with_float_ends(exported):
-    run, _, _ = exported
+def test_int8_is_accuracy_controlled_qdq_calibrated_on_train(exported):
+    run, _, rows = exported
     model = onnx.load(str(run / "quantize" / "model_int8.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     record = json.loads((run / "quantize" / "calibration.json").read_text())
-    assert record["calibration_split"] == "train" and record["calibration_images"] == 48
-    assert len(record["float_nodes"]) == 2  # first conv and classifier kept in float
+    splits = json.loads((run.parent / "data" / "splits.json").read_text())
+    # the images really used: 48 asked for, as many as the training split has
+    assert record["calibration_split"] == "train" and record["calibration_images"] == min(48, len(splits["train"]))
+    control = record["accuracy_control"]
+    assert control["split"] == "val" and control["images"] == len(splits["val"])
+    assert set(control["figures"]) >= {"top1_agreement_pct", "metric_delta", "cosine", "max_abs_diff"}
+    assert control["steps"][0]["action"] == "quantize every layer"  # then layers back to float only if needed
+    assert len(control["steps"]) == 1 + len(record["float_nodes"]) + sum(
+        s["action"].startswith("skipped") for s in control["steps"])
     weight_scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1 and i.dims[0] > 1]
     assert weight_scales  # per-channel scales
+    # nothing a runtime does not need: no shape annotations, no all-zero weight zero points, float biases
+    assert not model.graph.value_info
+    constants = {i.name for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    assert weight_dq and all(len(n.input) == 2 for n in weight_dq)
+    assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
     size_ratio = (run / "quantize" / "model_int8.onnx").stat().st_size / (run / "export" / "model.onnx").stat().st_size
-    assert size_ratio < 0.6
-    from pathnas.export.quantize import float_nodes
+    assert size_ratio == pytest.approx(record["size_ratio"])
+    # every INT8 artifact says which layers stayed float
+    assert all(r["float_nodes"] == record["float_nodes"] for r in rows if r["precision"] == "int8")
 
+
+def test_slimming_a_qdq_model_keeps_its_outputs(exported, tmp_path):
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from pathnas.export.quantize import QUANTIZED_OPS, _reader, slim_qdq
+
+    run, _, _ = exported
     fp32 = run / "export" / "model.onnx"
-    nodes = {n.name: n.op_type for n in onnx.load(str(fp32)).graph.node}
-    first, classifier = float_nodes(fp32)
-    assert nodes[first] == "Conv" and nodes[classifier] in ("Gemm", "MatMul")
-    assert float_nodes(fp32, keep_first_conv=False) == [classifier] and float_nodes(fp32, False, False) == []
+    rng = np.random.default_rng(0)
+    name = onnx.load(str(fp32)).graph.input[0].name
+    quantize_static(str(fp32), str(tmp_path / "raw.onnx"), _reader(name, [rng.standard_normal((4, 3, 32, 32), np.float32)]),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    raw = onnx.load(str(tmp_path / "raw.onnx"))
+    slim = slim_qdq(onnx.load(str(tmp_path / "raw.onnx")))
+    onnx.checker.check_model(slim, full_check=True)
+    onnx.save(slim, str(tmp_path / "slim.onnx"))
+    assert slim.ByteSize() < raw.ByteSize()
+    x = rng.standard_normal((3, 3, 32, 32), np.float32)
+    outputs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+               for f in ("raw.onnx", "slim.onnx")]
+    np.testing.assert_array_equal(*outputs)
+    zero_points = [i.name for i in slim.graph.initializer if "zero_point" in i.name or i.name.endswith("_zp")]
+    assert zero_points == ["zero_point_int8"]  # one shared scalar zero for every activation
+    names = [t for n in slim.graph.node for t in (*n.input, *n.output, n.name)]
+    assert not any(t.endswith(("_QuantizeLinear_Output", "_DequantizeLinear_Output", "_quantized")) for t in names)
+    assert [i.name for i in slim.graph.input] == [name] and slim.graph.output[0].name == raw.graph.output[0].name
 
 
-def test_quantize_command_can_quantize_the_first_conv_too(exported, tmp_path, capsys, monkeypatch):
+def test_accuracy_control_keeps_the_most_sensitive_layers_float_within_the_size_limit():
+    """The search over float layers, on given validation figures (no model is built)."""
+    from pathnas.export.quantize import QuantizableNode, _Candidate, _restore_float, _sensitivity
+
+    errors = {(): 0.10, ("a",): 0.04, ("b",): 0.07, ("c",): 0.09, ("d",): 0.11, ("a", "c"): 0.035,
+              ("b", "c"): 0.05, ("c", "b"): 0.05}
+    sizes = {(): 0.25, ("a",): 0.40, ("b",): 0.26, ("c",): 0.255, ("d",): 0.25, ("b", "c"): 0.27}
+
+    class Search:
+        class writer:
+            nodes = [QuantizableNode(n, "Conv", 10) for n in "abcd"]
+
+        def get(self, float_nodes):
+            key = tuple(sorted(float_nodes))
+            passed = key == ("b", "c")  # only b and c together bring agreement to 98 %
+            figures = {"relative_error": errors[key], "top1_agreement_pct": 98.5 if passed else 96.0,
+                       "metric_delta": 0.0, "cosine": 1 - errors[key]}
+            return _Candidate(key, None, sizes.get(key, 0.5), figures, passed, None if passed else "agreement")
+
+    search = Search()
+    full = search.get(())
+    ranking = _sensitivity(search, full)
+    assert [r["node"] for r in ranking] == ["a", "b", "c", "d"]  # by how much the error falls
+    assert ranking[-1]["error_reduction"] < 0
+    steps = []
+    best = _restore_float(search, full, ranking, 0.30, steps)
+    assert best.passed and best.float_nodes == ("b", "c")
+    assert [(s["action"][:7], s["node"]) for s in steps] == [("skipped", "a"), ("keep fl", "b"), ("keep fl", "c")]
+
+
+def test_int8_notes_give_the_speed_ratio_the_cpu_features_and_the_float_layers():
+    from pathnas.export.quantize import int8_cpu_features
+    from pathnas.export.validate import int8_notes
+
+    avx2 = int8_cpu_features({"avx2", "fma"})
+    assert not avx2["vnni"] and avx2["summary"] == "AVX2; no VNNI, no AMX"
+    zen4 = int8_cpu_features({"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
+    assert zen4["vnni"] and not zen4["amx"] and zen4["summary"] == "AVX-512; AVX-512 VNNI, AVX-VNNI; no AMX"
+    sapphire = int8_cpu_features({"avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"})
+    assert sapphire["amx"] and "AMX-INT8" in sapphire["summary"]
+
+    def row(backend, precision, ms, **extra):
+        return {"backend": backend, "precision": precision, "latency_p50_ms": ms, "top1_agreement_pct": 99.17,
+                "cosine": 0.99959, **extra}
+
+    report = {"rows": [row("onnxruntime", "fp32", 0.1), row("onnxruntime", "int8", 0.22, float_nodes=["node_linear"]),
+                       row("openvino", "fp32", 4.0), row("openvino", "int8", 2.2, float_nodes=[])]}
+    ort, ov = int8_notes(report, zen4)
+    assert ort.startswith("onnxruntime: INT8 is 2.20x the FP32 latency on this CPU (AVX-512; AVX-512 VNNI")
+    assert "slower, so the CPU profiles keep FP32" in ort and "cosine 0.99959" in ort
+    assert ort.endswith("layers kept in float: node_linear.")
+    assert ov.startswith("openvino: INT8 runs at 0.55x the FP32 latency") and ov.endswith("kept in float: none.")
+
+
+def test_quantize_command_keeps_named_layers_float(exported, tmp_path, capsys, monkeypatch):
     run, data, _ = exported
     (tmp_path / "export").mkdir()
     for name in ("model.onnx", "preprocess.json"):
         (tmp_path / "export" / name).write_bytes((run / "export" / name).read_bytes())
+    first_conv = next(n.name for n in onnx.load(str(run / "export" / "model.onnx")).graph.node if n.op_type == "Conv")
     code, out, _ = cli(capsys, monkeypatch, "quantize", "--run-dir", str(tmp_path), "--data", str(data),
-                       "--calibration-images", "16", "--quantize-first-conv", "--json")
+                       "--calibration-images", "16", "--keep-float", first_conv, "--no-accuracy-control", "--json")
     info = json.loads(out)
-    assert code == 0 and len(info["float_nodes"]) == 1 and info["calibration_images"] == 16
+    assert code == 0 and info["float_nodes"] == [first_conv] and info["calibration_images"] == 16
+    assert info["accuracy_control"] is None and info["forced_float_nodes"] == [first_conv]
     assert info["size_mb"] < info["fp32_size_mb"] and (tmp_path / "quantize" / "calibration.json").exists()
+    code, _, err = cli(capsys, monkeypatch, "quantize", "--run-dir", str(tmp_path), "--data", str(data),
+                       "--keep-float", "no_such_layer", "--force")
+    assert code == 2 and "--keep-float no_such_layer: no quantizable layer of that name; allowed: " in err
+    assert first_conv in err
 
 
 def test_validation_reports_every_backend_and_precision(exported, capsys, monkeypatch):
@@ -216,7 +315,7 @@ def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, 
     classifier = next(n for n in reversed(model.graph.node) if n.op_type in ("Gemm", "MatMul"))
     weight = next(i for i in model.graph.initializer if i.name in classifier.input and len(i.dims) == 2)
     array = onnx.numpy_helper.to_array(weight).copy()
-    array *= 1.5  # a corrupted classifier weight
+    array[0] *= 1.5  # a corrupted classifier weight (one class's row: scaling all rows keeps the cosine)
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(bad / "export" / "model.onnx"))
     (bad / "export" / "export.json").write_text(json.dumps({"artifacts": [

@@ -6,14 +6,13 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pathnas.deploy import timing as timing_module
-from pathnas.deploy.regress import BaselineMismatchError, check_regression, compare, make_baseline, measure_samples
+from pathnas.deploy.regress import BaselineMismatchError, check_regression, compare, make_baseline
 from pathnas.profiling import (
     NoLatencyTableError,
     ProfileError,
@@ -123,7 +122,7 @@ def test_a_shape_the_table_has_not_measured_is_an_error(tiny, tmp_path):
     # refused when the predictor is made, before any search relies on it, never counted as zero
     with pytest.raises(UnknownShapeError, match=re.escape(missing)) as err:
         predictor_for(load_profile("cpu"), tiny, table_path=path)
-    assert "pathnas-edge profile --device x86-cpu-ort --space shufflenet --input-size 32" in str(err.value)
+    assert "pathnas-edge profile measure --device x86-cpu-ort --space shufflenet --input-size 32" in str(err.value)
 
 
 def test_a_table_for_another_device_is_refused(tiny, tmp_path):
@@ -143,7 +142,8 @@ def test_a_device_without_a_table_says_what_to_run(tiny):
     with pytest.raises(NoLatencyTableError) as err:
         predictor_for(load_profile("jetson"), tiny)
     message = str(err.value)
-    assert "pathnas-edge profile --device jetson-orin-nano --space shufflenet --input-size 32 --width-mult 0.25" in message
+    assert ("pathnas-edge profile measure --device jetson-orin-nano --space shufflenet --input-size 32 --width-mult 0.25"
+            in message)
     assert "stage_repeats=[1,1,1,1]" in message and "PATHNAS_LATENCY_TABLES/jetson-orin-nano/" in message
 
 
@@ -229,13 +229,32 @@ def test_measure_model_latency_of_a_file_and_of_a_module(tiny, onnx_model):
         assert result["provider"] == "CPUExecutionProvider" and 0 < result["median_ms"] <= result["p90_ms"]
 
 
-def test_check_regression_takes_a_baseline_dict(onnx_model):
+# Latency samples as a steady machine gives them (1 ms +- 2 %), for the regression logic: no test
+# depends on how fast this machine is, or on how steady it is while the tests run.
+STEADY_MS = list(1.0 + 0.02 * np.random.default_rng(0).standard_normal(40))
+
+
+def given_samples(monkeypatch, factor: float, machine: float = 1.0) -> None:
+    """The regression check's timings replaced by given ones: the model takes STEADY_MS x ``factor``
+    x ``machine``, the reference model timed beside it STEADY_MS x ``machine`` (``machine``: how much
+    slower the whole machine is than when the baseline was taken)."""
+    from pathnas.deploy import regress
+
+    model = [factor * machine * v for v in STEADY_MS]
+    monkeypatch.setattr(regress, "measure_samples", lambda *a, **k: model)
+    monkeypatch.setattr(regress, "measure_with_reference", lambda *a, **k: (model, [machine * v for v in STEADY_MS]))
+
+
+def test_check_regression_takes_a_baseline_dict(onnx_model, monkeypatch):
     profile = load_profile("cpu")
-    baseline = make_baseline(onnx_model, profile, measure_samples(onnx_model, profile, rounds=1))
-    assert check_regression(onnx_model, profile, baseline, tolerance=1.0, rounds=1).passed
-    too_fast = {**baseline, "samples_ms": [v * 0.3 for v in baseline["samples_ms"]]}
-    verdict = check_regression(onnx_model, profile, too_fast, rounds=1)
-    assert not verdict.passed and verdict.ci_low > 1.1
+    given_samples(monkeypatch, 1.0)
+    baseline = make_baseline(onnx_model, profile, STEADY_MS)
+    assert check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1).passed
+    given_samples(monkeypatch, 1.05)  # slower, but within the tolerance
+    assert check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1).passed
+    given_samples(monkeypatch, 1.3)  # a real 30 % slowdown
+    verdict = check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1)
+    assert not verdict.passed and verdict.ci_low > 1.1 and verdict.ratio == pytest.approx(1.3, rel=0.01)
     with pytest.raises(BaselineMismatchError, match="manifest.json was measured with runtime='openvino-cpu'"):
         check_regression(onnx_model, profile, {**baseline, "runtime": "openvino-cpu"}, source="manifest.json")
     with pytest.raises(ValueError, match="samples_ms must list at least 5"):
@@ -246,21 +265,38 @@ def run_cli(*args):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
 
 
-def test_regress_passes_against_its_own_baseline_and_fails_against_a_too_fast_one(onnx_model, tmp_path):
-    baseline = tmp_path / "baseline.json"
-    assert run_cli("regress", onnx_model, "--baseline", baseline, "--update-baseline", "--rounds", "2").returncode == 0
-    data = json.loads(baseline.read_text())
-    assert data["device"] == "x86-cpu-ort" and data["runtime"] == "onnxruntime-cpu" and len(data["samples_ms"]) == 40
-    # generous tolerance: this checks the plumbing of a pass, not the machine's steadiness
-    ok = run_cli("regress", onnx_model, "--baseline", baseline, "--tolerance", "1.0", "--rounds", "2", "--json")
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["passed"] is True
+def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`pathnas-edge ARGS` in this process, so that monkeypatched timings apply."""
+    from pathnas.cli import main
 
-    too_fast = {**data, "samples_ms": [s * 0.3 for s in data["samples_ms"]]}
-    baseline.write_text(json.dumps(too_fast))
+    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *map(str, args)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_regress_passes_against_its_own_baseline_and_fails_on_a_slowdown(onnx_model, tmp_path, monkeypatch, capsys):
+    baseline = tmp_path / "baseline.json"
+    given_samples(monkeypatch, 1.0)
+    code, _, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--update-baseline")
+    assert code == 0, err
+    data = json.loads(baseline.read_text())
+    assert data["device"] == "x86-cpu-ort" and data["runtime"] == "onnxruntime-cpu"
+    assert data["samples_ms"] == [round(v, 6) for v in STEADY_MS]
+    code, out, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--json")
+    assert code == 0, err
+    assert json.loads(out)["passed"] is True
+    given_samples(monkeypatch, 1.0, machine=1.4)  # the whole machine is slower today, the model is not
+    code, out, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--json")
+    assert code == 0, err
+    assert json.loads(out)["passed"] is True
+
+    given_samples(monkeypatch, 1.5)  # the model is now 50 % slower than its baseline
     junit = tmp_path / "latency.xml"
-    failed = run_cli("regress", onnx_model, "--baseline", baseline, "--junit", junit, "--rounds", "2")
-    assert failed.returncode == 1
+    code, _, _ = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--junit", junit)
+    assert code == 1
     xml = junit.read_text()
     assert 'failures="1"' in xml and "<failure" in xml and "model.onnx@x86-cpu-ort" in xml
 
@@ -272,3 +308,171 @@ def test_regress_refuses_a_baseline_from_another_device(onnx_model, tmp_path):
     result = run_cli("regress", onnx_model, "--baseline", baseline)
     assert result.returncode == 2
     assert "measured with device='jetson-orin-nano'" in result.stderr
+
+
+# -- torch-cuda: PyTorch modules timed on a torch device (the same code runs here on the CPU) -----
+
+def test_torch_item_times_a_module_on_the_device_it_is_given(tiny):
+    from pathnas.profiling.tables import TorchItem
+
+    item = TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cpu", "fp32")
+    assert item.sync is None and item.provider.startswith("torch ") and "CPU fp32" in item.provider
+    item.time_once()
+    item.time_once()
+    result = item.result(batch_size=1)
+    assert len(result["rounds_median_ms"]) == 2
+    assert result["median_ms"] == pytest.approx(min(result["rounds_median_ms"]), abs=1e-6)
+    with pytest.raises(ValueError, match="PyTorch timing supports fp32, fp16"):
+        TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cpu", "int8")
+
+
+def test_a_torch_cuda_table_is_measured_with_the_torch_timer(tiny, monkeypatch):
+    from pathnas.profiling import tables
+
+    profile = load_profile("h100-torch-cuda").model_copy(update={"precision": "fp32"})
+    monkeypatch.setattr(tables, "TORCH_DEVICES", {"torch-cuda": "cpu"})  # the GPU's code path, on this CPU
+    table = measure_table(tiny, profile, subnets=4, fit_subnets=3, rounds=1)
+    assert table["profile"] == "h100-torch-cuda" and table["metadata"]["runtime"] == "torch-cuda"
+    assert len(table["metadata"]["execution_providers"]) == 1
+    assert table["metadata"]["execution_providers"][0].endswith("CPU fp32")
+    assert set(table["parts"]) == {p.key for p in tiny.latency_parts()}
+    assert [r["set"] for r in table["end_to_end"]] == ["fit"] * 3 + ["holdout"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_cuda_timing_on_the_gpu(tiny):
+    from pathnas.profiling.tables import TorchItem
+
+    item = TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cuda", "fp16")
+    assert item.sync is torch.cuda.synchronize and "(CUDA graph) fp16" in item.provider and item.graph is not None
+    assert next(item.module.parameters()).is_cuda and item.x.dtype == torch.float16
+    item.time_once()
+    assert item.result(batch_size=1)["median_ms"] > 0
+    profile = load_profile("h100-torch-cuda").model_copy(update={"gpu_match": None})  # any CUDA GPU
+    result = measure_model_latency(tiny.extract("3333"), profile, (1, 3, 32, 32), rounds=1)
+    assert "(CUDA graph) fp16" in result["provider"] and result["median_ms"] > 0
+
+
+def test_the_h100_profile_runs_only_on_an_h100(monkeypatch):
+    profile = load_profile("h100")
+    assert profile.name == "h100-torch-cuda" and profile.runtime == "torch-cuda" and profile.gpu_match == "H100"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not profile.runs_here()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
+    assert not profile.runs_here()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert profile.runs_here()
+
+
+def test_torch_cuda_times_modules_not_files(onnx_model, monkeypatch):
+    from pathnas.profiling.profiles import HardwareProfile
+
+    monkeypatch.setattr(HardwareProfile, "runs_here", lambda self: True)
+    with pytest.raises(ValueError, match="torch-cuda times PyTorch modules, not model files"):
+        measure_model_latency(onnx_model, load_profile("h100-torch-cuda"))
+
+
+# -- calibration: the logic on given samples -----------------------------------------------------
+
+def test_a_uniform_drift_is_fitted_as_one_factor():
+    from pathnas.profiling.calibrate import fit_calibration
+
+    parts = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5])
+    before = 0.9 * parts + 0.1  # the table's overhead model: scale 0.9, offset 0.1
+    measured = 0.71 * before * np.array([1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99])
+    fit = fit_calibration(parts, before, measured, {"scale": 0.9, "offset_ms": 0.1})
+    assert fit["model"] == "scale" and fit["factor"] == pytest.approx(0.71, rel=0.01)
+    assert fit["scale"] == pytest.approx(0.9 * fit["factor"]) and fit["offset_ms"] == pytest.approx(0.1 * fit["factor"])
+    loo = np.array(fit["loo_predicted_ms"])
+    assert np.all(np.abs(loo / measured - 1) < 0.05)  # every path within 5 % of a fit that did not see it
+    assert np.all(np.abs(before / measured - 1) > 0.3)
+
+
+def test_one_disturbed_path_does_not_move_the_factor():
+    from pathnas.profiling.calibrate import fit_calibration
+
+    parts = np.linspace(1, 4, 8)
+    measured = 0.7 * parts
+    measured[3] *= 3  # timed during a burst of other load
+    fit = fit_calibration(parts, parts, measured, {"scale": 1.0, "offset_ms": 0.0})
+    assert fit["model"] == "scale" and fit["factor"] == pytest.approx(0.7)
+
+
+def test_a_changed_fixed_cost_is_fitted_as_a_new_line():
+    from pathnas.profiling.calibrate import fit_calibration
+
+    parts = np.linspace(1, 4, 8)
+    measured = 0.5 * parts + 2.0  # the runtime's per-call cost grew, the parts got faster
+    fit = fit_calibration(parts, parts, measured, {"scale": 1.0, "offset_ms": 0.0})
+    assert fit["model"] == "linear"
+    assert fit["scale"] == pytest.approx(0.5) and fit["offset_ms"] == pytest.approx(2.0)
+    assert fit["loo_mape_pct"]["linear"] < 1e-6 < fit["loo_mape_pct"]["scale"]
+    with pytest.raises(ValueError, match="at least 3 are needed"):
+        fit_calibration(parts[:2], parts[:2], measured[:2], {"scale": 1.0, "offset_ms": 0.0})
+
+
+def test_spearman_is_the_rank_correlation():
+    from pathnas.profiling.calibrate import spearman
+
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a ** 3) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
+
+
+# -- the drift probe at the start of a search ------------------------------------------------------
+
+def test_the_drift_probe_warns_with_the_calibrate_command(tiny, tmp_path, caplog):
+    path = save_table(hand_made_table(tiny), tmp_path / "t.json")
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path)
+    with caplog.at_level("WARNING", logger="pathnas.profiling"):
+        steady = predictor.check_drift(measure=lambda arch: 1.1 * predictor.predict_ms(arch))
+    assert steady["ratio"] == pytest.approx(1.1) and not steady["drifted"] and not caplog.records
+    with caplog.at_level("WARNING", logger="pathnas.profiling"):
+        drifted = predictor.check_drift(measure=lambda arch: 0.7 * predictor.predict_ms(arch))
+    assert drifted["drifted"] and drifted["arch"] == predictor.probe_arch().code
+    message = caplog.records[-1].getMessage()
+    assert f"latency table {path} is off on this machine now" in message and "(0.70x" in message
+    assert "pathnas-edge profile calibrate --device x86-cpu-ort --space shufflenet --input-size 32" in message
+    assert f"--table {path} --out " in message and "--latency-table" in message
+    # the probe path is one the table never timed end to end
+    assert drifted["arch"] not in {r["arch"] for r in hand_made_table(tiny).get("end_to_end", [])}
+
+
+def test_the_drift_probe_times_nothing_when_told_not_to_measure_here(tiny, tmp_path):
+    path = save_table(hand_made_table(tiny), tmp_path / "t.json")
+    quiet = predictor_for(load_profile("cpu"), tiny, table_path=path, measure_here=False)
+    assert quiet.check_drift() is None and quiet.checked_here() is quiet
+    roofline = predictor_for(load_profile("jetson"), tiny, latency_source="roofline")
+    assert roofline.check_drift() is None and roofline.checked_here() is roofline
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_path, monkeypatch, capsys):
+    knobs = ["--space", "shufflenet", "--input-size", "32", "--width-mult", "0.25", "--num-classes", "4",
+             "--option", "stage_repeats=[1,1,1,1]"]
+    table_path = tmp_path / "table.json"
+    # `profile --device ...` without a subcommand still measures, as before `profile` became a group
+    code, out, err = cli(monkeypatch, capsys, "profile", "--device", "cpu", *knobs, "--subnets", "4",
+                         "--fit-subnets", "3", "--rounds", "1", "--out", table_path, "--json")
+    assert code == 0, err
+    assert json.loads(out)["table"] == str(table_path)
+    table = load_table(table_path)
+    out_path = tmp_path / "calibrated.json"
+    code, out, err = cli(monkeypatch, capsys, "profile", "calibrate", "--device", "cpu", *knobs, "--table",
+                         table_path, "--out", out_path, "--subnets", "4", "--rounds", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["source_table"] == str(table_path) and report["model"] in ("scale", "linear")
+    assert set(report["before"]) >= {"mape_pct", "within_10_pct", "spearman"} and report["after"]["subnets"] == 4
+    calibrated = load_table(out_path)
+    record = calibrated["calibration"]
+    assert calibrated["parts"] == table["parts"] and record["previous_overhead"] == table["overhead"]
+    # calibration paths are new: none was measured end to end by the table
+    assert not {r["arch"] for r in record["subnets"]} & {r["arch"] for r in table["end_to_end"]}
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=out_path)  # search --latency-table uses it
+    for r in record["subnets"]:
+        assert predictor.predict_ms(r["arch"]) == pytest.approx(r["predicted_after_ms"])
+    code, _, err = cli(monkeypatch, capsys, "profile", "calibrate", "--device", "jetson", *knobs, "--out", out_path)
+    assert code == 2 and "this machine cannot measure jetson-orin-nano" in err

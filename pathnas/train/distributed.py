@@ -16,6 +16,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    in_group: bool = False  # a process group is initialised (torchrun), even with a single process
 
     @property
     def is_main(self) -> bool:
@@ -23,7 +24,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.in_group
 
 
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
@@ -42,11 +43,14 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    # torchrun marks its processes; with one process the group is still formed, so a
+    # `torchrun --nproc_per_node 1` run exercises the same NCCL / gloo path as a multi-GPU one.
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
-    return DistContext(rank, world_size, local_rank, device)
+    return DistContext(rank, world_size, local_rank, device, in_group=dist.is_initialized())
 
 
 def barrier(ctx: DistContext) -> None:
