@@ -115,7 +115,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, data: str, out: str) -> N
     cfg = settings(Path(data), Path(out) / "run", epochs=1, max_steps_per_epoch=3, eval_paths=0)
     result = pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
     torch.save({"state": result.supernet.state_dict(), "paths": result.sampled_paths}, Path(out) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()  # pretrain leaves no process group behind
 
 
 def test_ddp_ranks_train_the_same_paths_and_end_identical(classify_data, tmp_path):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,18 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
     return DistContext(rank, world_size, local_rank, device, in_group=dist.is_initialized())
+
+
+@contextmanager
+def distributed_session(device_preference: str = "auto") -> Iterator[DistContext]:
+    """``init_distributed`` for the length of a ``with``; a process group it formed is destroyed at the end."""
+    formed_here = not dist.is_initialized()
+    ctx = init_distributed(device_preference)
+    try:
+        yield ctx
+    finally:
+        if formed_here and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:

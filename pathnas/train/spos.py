@@ -31,7 +31,7 @@ from ..io import append_jsonl, read_jsonl, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
 from ..settings import PretrainConfig
 from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
-from .distributed import DistContext, barrier, broadcast_buffers, init_distributed
+from .distributed import DistContext, barrier, broadcast_buffers, distributed_session
 from .evaluate import evaluate_architecture, primary_metric
 from .loop import build_training, train_epoch
 from .rng import rng_state, seed_everything, set_rng_state
@@ -214,13 +214,13 @@ def pretrain(
     Under torchrun every process calls this; rank 0 writes the files and holds the run directory's
     lock (RUN/.lock) for the whole run, so a second ``pretrain`` on it refuses, naming this process.
     """
-    ctx = init_distributed(cfg.device)
     run_dir = Path(cfg.run_dir)
-    if not ctx.is_main:
-        return _pretrain(space_config, cfg, ctx, resume, progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir, "pretrain"):
-        return _pretrain(space_config, cfg, ctx, resume, progress)
+    with distributed_session(cfg.device) as ctx:
+        if not ctx.is_main:
+            return _pretrain(space_config, cfg, ctx, resume, progress)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir, "pretrain"):
+            return _pretrain(space_config, cfg, ctx, resume, progress)
 
 
 def _pretrain(space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext, resume: bool,
