@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,84 +11,14 @@ import torch
 from pathnas.data import generate
 from pathnas.io import read_jsonl
 from pathnas.profiling import load_profile, measure_table, save_table
-from pathnas.pipeline.stages import latency_factory
-from pathnas.search import ProposalError, SearchSettings, ncode, parse_choice, parse_proposal, run_search
+from pathnas.search import ProposalError, SearchMismatchError, ncode, parse_choice, parse_proposal, read_evaluations
+from pathnas.settings import SearchSettings
 from pathnas.spaces import space_config
 from pathnas.train import PretrainConfig, pretrain
+from search_helpers import search, server_factory  # noqa: F401 (fixtures)
 
 SECRET = "sk-test-SECRET-0123456789"
 TINY = dict(width_mult=0.25, input_size=32, num_classes=4, stage_repeats=(1, 1, 1, 1))
-
-
-# -- a scripted OpenAI-compatible server --------------------------------------------------------
-
-class ScriptedServer:
-    """POST /v1/chat/completions answers from a script: {"reply": text}, {"sleep": s, "reply": text} or an error
-    {"status": 500, "headers": {...}, "echo_auth": bool}. A callable entry gets the request body and returns one."""
-
-    def __init__(self, script):
-        self.script, self.requests = list(script), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the test output quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                action = server.script.pop(0) if server.script else {"status": 500}
-                if callable(action):
-                    action = action(body)
-                if "sleep" in action:
-                    time.sleep(action["sleep"])
-                if action.get("status", 200) != 200:
-                    # A careless server may echo the request's key in its error; the client must not repeat it.
-                    message = f"scripted failure for {self.headers.get('Authorization')}" if action.get("echo_auth") \
-                        else "scripted failure"
-                    self.send_response(action["status"])
-                    self.send_header("Content-Type", "application/json")
-                    for name, value in action.get("headers", {}).items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": message, "type": "server_error"}}).encode())
-                    return
-                payload = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": action["reply"]}}],
-                           "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def prompts(self) -> list[str]:
-        return [r["body"]["messages"][-1]["content"] for r in self.requests]
-
-    def close(self):
-        self.httpd.shutdown()
-
-
-@pytest.fixture
-def server_factory():
-    servers = []
-
-    def make(script):
-        servers.append(ScriptedServer(script))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,11 +53,6 @@ def settings(world, run_dir: Path, **overrides) -> SearchSettings:
     return SearchSettings(**{**base, **overrides})
 
 
-def search(settings: SearchSettings, **kwargs) -> dict:
-    """A search with the latency source its settings name (as the CLI and the pipeline build it)."""
-    return run_search(settings, latency_factory(settings), **kwargs)
-
-
 def proposal(values) -> str:
     return json.dumps({"reasoning": "test", "configuration": values})
 
@@ -151,15 +73,16 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
         {"reply": proposal([5, 3, 5, 3])},
         {"status": 500},                                                              # a server error ...
         {"reply": proposal([7, 5, 3, "id"])},
-        {"sleep": 1.5, "reply": proposal([7, 3, 7, 3])},                              # a timeout ...
+        {"hang": True},                                                               # a timeout ...
         {"reply": proposal([3, 7, 3, 7])},
     ])
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
     summary = search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=8,
-                                  budget_ms=world["budget_ms"] * 10, llm_timeout_s=0.7))
-    evaluations = read_jsonl(run / "evaluations.jsonl")
+                                  budget_ms=world["budget_ms"] * 10, llm_timeout_s=0.5))
+    evaluations = read_evaluations(run / "evaluations.jsonl")
     assert [e["arch"] for e in evaluations] == ["3333", "5555", "3577", "0573", "7777", "5353", "7530", "3737"]
+    assert "3737" != "7373"  # the reply that hung never arrived; the next one was used
     assert summary["status"] == "completed" and summary["evaluations"] == 8
     assert all(0 <= e["metric"] <= 100 and e["flops"] > 0 and e["latency_ms"] > 0 for e in evaluations)
 
@@ -174,7 +97,7 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
     assert all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)
 
     transcript = (run / "transcript.jsonl").read_text()
-    calls = read_jsonl(run / "transcript.jsonl")
+    calls = [c for c in read_jsonl(run / "transcript.jsonl") if c["type"] == "llm_call"]
     assert sum(1 for c in calls if c["error"]) == 2  # the 500 and the timeout, both retried
     assert any("InternalServerError" in c["error"] for c in calls if c["error"])
     assert any("Timeout" in c["error"] for c in calls if c["error"])
@@ -188,7 +111,7 @@ def test_the_search_stops_cleanly_when_the_server_keeps_failing(world, server_fa
     run = tmp_path / "run"
     summary = search(settings(world, run, proposer="llm", llm_base_url=server.url, iterations=5, llm_retries=2))
     assert summary["status"] == "stopped" and "failed 3 times in a row" in summary["reason"]
-    assert [e["arch"] for e in read_jsonl(run / "evaluations.jsonl")] == ["3333"]  # what was done is kept
+    assert [e["arch"] for e in read_evaluations(run / "evaluations.jsonl")] == ["3333"]  # what was done is kept
     assert json.loads((run / "summary.json").read_text())["best"]["arch"] == "3333"
 
 
@@ -206,8 +129,8 @@ def test_replay_needs_no_network(world, server_factory, tmp_path):
     replayed = search(settings(world, tmp_path / "replay", proposer="llm", iterations=3,
                                    llm_base_url="http://127.0.0.1:9/v1",  # nothing listens there
                                    replay=tmp_path / "live" / "transcript.jsonl"))
-    live = read_jsonl(tmp_path / "live" / "evaluations.jsonl")
-    again = read_jsonl(tmp_path / "replay" / "evaluations.jsonl")
+    live = read_evaluations(tmp_path / "live" / "evaluations.jsonl")
+    again = read_evaluations(tmp_path / "replay" / "evaluations.jsonl")
     assert [e["arch"] for e in again] == [e["arch"] for e in live]
     assert [round(e["metric"], 4) for e in again] == [round(e["metric"], 4) for e in live]
     assert replayed["best"]["arch"] == first["best"]["arch"]
@@ -226,7 +149,7 @@ def test_llm_rank_picks_one_of_the_feasible_candidates(world, server_factory, tm
     summary = search(settings(world, run, proposer="llm-rank", llm_base_url=server.url, iterations=3,
                                   budget_ms=world["budget_ms"]))
     assert summary["status"] == "completed"
-    evaluations = read_jsonl(run / "evaluations.jsonl")
+    evaluations = read_evaluations(run / "evaluations.jsonl")
     assert all(e["meets_budgets"] for e in evaluations)
     assert "Candidates (all meet the budgets)" in seen[0] and "NCode" in seen[-1]
     first_candidate = seen[0].split("Candidates (all meet the budgets):\n")[1].split("\n")[0]
@@ -235,7 +158,7 @@ def test_llm_rank_picks_one_of_the_feasible_candidates(world, server_factory, tm
     from pathnas.spaces import build_supernet
 
     sp = build_supernet(space).space
-    assert ncode(sp.decode(evaluations[0]["arch"]), sp) == first_candidate.removeprefix("1. NCode: ")
+    assert ncode(sp.decode(evaluations[0]["arch"]), sp) == first_candidate.removeprefix("1. NCode: ").split(" ")[0]
 
 
 def test_rate_limits_honour_retry_after(world, server_factory, tmp_path, monkeypatch):
@@ -272,54 +195,155 @@ def test_roofline_latency_is_labelled_an_estimate_in_the_prompt_and_summary(worl
                                   latency_source="roofline", proposer="llm", llm_base_url=server.url, budget_ms=5.0))
     first, second = server.prompts()
     assert "jetson-orin-nano" in first and "ROOFLINE ESTIMATES" in first
-    assert "at most ~5.000 ms (roofline estimate)" in first
+    assert "at most ~5 ms (roofline estimate)" in first
     assert "ms (roofline estimate) | met |" in second  # the history row of the first evaluation
     assert summary["device"]["is_estimate"] and summary["device"]["source"] == "roofline-estimate"
-    assert all(e["latency_is_estimate"] for e in read_jsonl(tmp_path / "run" / "evaluations.jsonl"))
+    assert all(e["latency_is_estimate"] for e in read_evaluations(tmp_path / "run" / "evaluations.jsonl"))
 
 
 def test_finetuned_evaluation_and_latency_measured_on_this_machine(world, tmp_path):
     run = tmp_path / "run"
     search(settings(world, run, proposer="random", iterations=1, finetune_epochs=1, measure_local=True))
-    (record,) = read_jsonl(run / "evaluations.jsonl")
+    (record,) = read_evaluations(run / "evaluations.jsonl")
     assert record["finetune_epochs"] == 1 and 0 <= record["metric"] <= 100
     assert record["measured_latency_ms"] > 0  # the cpu profile runs here, so it was timed, not only predicted
 
 
 # -- offline proposers, budgets and resume ------------------------------------------------------
 
-@pytest.mark.parametrize("proposer", ["random", "evolution"])
+@pytest.mark.parametrize("proposer", ["prior-bo", "random", "evolution"])
 def test_offline_proposers_honour_the_budgets(world, tmp_path, proposer):
     run = tmp_path / proposer
     summary = search(settings(world, run, proposer=proposer, iterations=4, budget_ms=world["budget_ms"]))
-    evaluations = read_jsonl(run / "evaluations.jsonl")
+    evaluations = read_evaluations(run / "evaluations.jsonl")
     assert len({e["arch"] for e in evaluations}) == 4
     assert all(e["latency_ms"] <= world["budget_ms"] and e["meets_budgets"] for e in evaluations)
     assert summary["best"]["metric"] == max(e["metric"] for e in evaluations)
 
 
-def test_auto_picks_evolution_offline(world, tmp_path, monkeypatch):
+def test_auto_picks_the_offline_default_and_says_why(world, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert search(settings(world, tmp_path / "run", proposer="auto", iterations=1))["proposer"] == "evolution"
+    caplog.set_level(logging.INFO)
+    summary = search(settings(world, tmp_path / "run", proposer="auto", iterations=1))
+    assert summary["proposer"] == "prior-bo" and "no LLM is configured" in summary["proposer_choice"]["why"]
+    assert "proposer prior-bo (auto: no LLM is configured" in caplog.text
 
 
 def test_resume_does_not_re_evaluate(world, tmp_path, monkeypatch):
     run = tmp_path / "run"
     search(settings(world, run, proposer="random", iterations=2))
-    first = read_jsonl(run / "evaluations.jsonl")
+    first = read_evaluations(run / "evaluations.jsonl")
     with pytest.raises(FileExistsError, match="--resume"):
         search(settings(world, run, proposer="random", iterations=4))
     import pathnas.search.loop as loop
 
     evaluated = []
-    original = loop.Evaluator.__call__
-    monkeypatch.setattr(loop.Evaluator, "__call__",
+    original = loop.Search.evaluate
+    monkeypatch.setattr(loop.Search, "evaluate",
                         lambda self, arch, *a, **k: evaluated.append(arch.code) or original(self, arch, *a, **k))
     summary = search(settings(world, run, proposer="random", iterations=4, resume=True))
-    records = read_jsonl(run / "evaluations.jsonl")
+    records = read_evaluations(run / "evaluations.jsonl")
     assert records[:2] == first and len(records) == 4 and len(evaluated) == 2
     assert not set(evaluated) & {r["arch"] for r in first} and summary["evaluations"] == 4
+
+
+# -- same inputs, same search ---------------------------------------------------------------------
+
+def test_every_path_is_recalibrated_on_the_same_images_whatever_its_turn(world, tmp_path):
+    from pathnas.search.targets import SupernetTarget
+
+    target = SupernetTarget(settings(world, tmp_path / "run"))
+    assert sum(len(x) for x, _ in target.calibration) == 16  # bn_images, drawn once
+    a, b = target.space.decode("3573"), target.space.decode("7777")
+    first = target.evaluate(a)["metrics"]
+    target.evaluate(b)
+    assert target.evaluate(a)["metrics"] == first
+
+
+def test_a_resumed_supernet_search_scores_like_an_uninterrupted_one(world, tmp_path):
+    whole = search(settings(world, tmp_path / "whole", proposer="random", iterations=4))
+    search(settings(world, tmp_path / "parts", proposer="random", iterations=2))
+    resumed = search(settings(world, tmp_path / "parts", proposer="random", iterations=4, resume=True))
+    runs = [read_evaluations(tmp_path / name / "evaluations.jsonl") for name in ("whole", "parts")]
+    assert [(r["arch"], r["metric"]) for r in runs[0]] == [(r["arch"], r["metric"]) for r in runs[1]]
+    assert whole["best"]["arch"] == resumed["best"]["arch"]
+
+
+def test_evaluations_record_what_they_were_made_with_and_a_new_budget_is_applied_to_them(world, tmp_path, caplog):
+    run = tmp_path / "run"
+    search(settings(world, run, proposer="random", iterations=4))
+    header = read_jsonl(run / "evaluations.jsonl")[0]
+    from pathnas.io import sha256_file
+
+    assert header["identity"]["supernet_sha256"] == sha256_file(world["supernet"])
+    assert header["identity"]["bn_images"] == 16 and header["settings"]["proposer"] == "random"
+    flops = sorted(r["flops"] for r in read_evaluations(run / "evaluations.jsonl"))
+    budget = (flops[1] + flops[2]) / 2 / 1e6  # two of the four recorded paths are over it
+    caplog.set_level(logging.WARNING)
+    summary = search(settings(world, run, proposer="random", iterations=4, budget_mflops=budget, resume=True))
+    records = read_evaluations(run / "evaluations.jsonl")
+    assert sum(r["meets_budgets"] for r in records) == 2 and summary["best"]["flops"] / 1e6 <= budget
+    assert all("MFLOPs > budget" in r["verdict"] for r in records if not r["meets_budgets"])
+    assert "2 no longer meet the budgets" in caplog.text
+
+
+def test_the_pipeline_stage_resumes_the_search_and_applies_a_new_budget(world, tmp_path):
+    from pathnas.pipeline import RunLayout
+    from pathnas.pipeline.stages import stage_search
+
+    layout = RunLayout(tmp_path / "pipe")
+    first = stage_search(layout, settings(world, layout.search_dir, proposer="random", iterations=3, resume=True))
+    assert stage_search(layout, settings(world, layout.search_dir, proposer="random", iterations=3,
+                                         resume=True)) == first  # finished: skipped
+    flops = sorted(r["flops"] for r in read_evaluations(layout.evaluations))
+    budget = (flops[0] + flops[1]) / 2 / 1e6
+    again = stage_search(layout, settings(world, layout.search_dir, proposer="random", iterations=3, resume=True,
+                                          budget_mflops=budget))
+    assert again["evaluations"] == 3 and again["best"]["flops"] / 1e6 <= budget  # never a path over the budget
+
+
+def test_a_resume_with_other_evaluation_settings_is_refused_naming_them(world, tmp_path):
+    run = tmp_path / "run"
+    search(settings(world, run, proposer="random", iterations=1))
+    with pytest.raises(SearchMismatchError, match="--bn-images changed: 16 then, 8 now"):
+        search(settings(world, run, proposer="random", iterations=2, bn_images=8, resume=True))
+    with pytest.raises(SearchMismatchError, match="--seed changed: 0 then, 1 now"):
+        search(settings(world, run, proposer="random", iterations=2, seed=1, resume=True))
+
+
+def test_skip_bad_lets_a_search_read_data_with_an_unreadable_image(world, tmp_path):
+    from pathnas.errors import UserError
+
+    data = tmp_path / "data"
+    generate(data, "classify", n_per_class=6, image_size=32, seed=0)
+    splits = json.loads((data / "splits.json").read_text()) if (data / "splits.json").exists() else None
+    if splits is None:
+        from pathnas.data import load_or_create_splits
+
+        splits = load_or_create_splits(data)
+    broken = data / splits["train"][0]
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=str(broken)):
+        search(settings(world, tmp_path / "run", data=data, proposer="random", iterations=1))
+    summary = search(settings(world, tmp_path / "run", data=data, proposer="random", iterations=1, skip_bad=True))
+    assert summary["status"] == "completed" and summary["evaluations"] == 1
+
+
+def test_the_llm_sees_measured_latency_beside_predicted_and_why_a_proposal_was_rejected(world, server_factory,
+                                                                                       tmp_path):
+    server = server_factory([{"reply": proposal([7, 7, 7, 7])}, {"reply": proposal(["id", "id", "id", "id"])}] +
+                            [{"reply": proposal(["id", "id", "id", "id"])}] * 3)  # a repeat, then the fallback
+    over = world["budget_ms"]  # about half the space fits; 7777 is the slowest path
+    summary = search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=2,
+                              budget_ms=over, measure_local=True))
+    assert summary["status"] == "completed"
+    prompts = server.prompts()
+    assert "architecture 7777 (7,7,7,7) was not evaluated: MISSED latency" in prompts[1]
+    assert "| 0 (not evaluated) | 7777 |" in prompts[2]
+    assert "measured here" in prompts[2]  # the cpu profile is this machine: measured beside predicted
+    assert "0000 was already evaluated" in prompts[3]
+    assert read_evaluations(tmp_path / "run" / "evaluations.jsonl")[1]["proposer"] == "prior-bo (fallback)"
 
 
 # -- parsing replies ---------------------------------------------------------------------------
@@ -339,11 +363,24 @@ def test_parse_maps_values_not_indices(space):
         parse_proposal("no json here", space)
     with pytest.raises(ProposalError, match="does not parse"):
         parse_proposal("```json\n{configuration: [3]}\n```", space)
-    with pytest.raises(ProposalError, match='no "configuration" field'):
+    with pytest.raises(ProposalError, match='no "configuration" or "architecture" field'):
         parse_proposal('{"arch": [3, 3, 3, 3]}', space)
     payload = '{"configuration": ["__import__(\'os\').system(\'false\')", 3, 3, 3]}'
     with pytest.raises(ProposalError, match="is not allowed"):
         parse_proposal(payload, space)  # data, never executed
+
+
+def test_parse_reads_replies_as_data_within_bounds(space):
+    notes = []
+    two = '{"configuration": [3, 3, 3, 3]} or rather {"configuration": [5, 5, 5, 5]}'
+    assert parse_proposal(two, space, notes).code == "5555" and "used the last one" in notes[0]
+    assert parse_proposal('{"reasoning": "a { brace", "configuration": [7, 7, 7, 7]}', space).code == "7777"
+    with pytest.raises(ProposalError, match="integer of 5,000 digits"):
+        parse_proposal('{"configuration": [' + "3" * 5000 + "]}", space)
+    with pytest.raises(ProposalError, match="nests brackets 100,002 deep"):
+        parse_proposal("[" * 100_000 + '{"configuration": [3, 3, 3, 3]}', space)
+    with pytest.raises(ProposalError, match="position 0: list"):
+        parse_proposal('{"configuration": [[3], 3, 3, 3]}', space)
 
 
 def test_parse_choice(space):

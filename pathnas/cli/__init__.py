@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find a compact model for pathology images and ship it to the lab's hardware.",
                   pretty_exceptions_enable=False, rich_markup_mode=None)
 app.add_typer(core.data_app, name="data")
+app.add_typer(deploy.keys_app, name="keys")
+app.add_typer(profile.profile_app, name="profile")
 for module in (core, search, ship, deploy, profile):
     for command in module.COMMANDS:
         app.command()(command)
@@ -36,6 +38,9 @@ def _options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     setup_logging(verbose)
+
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def _click_class(name: str) -> type:
@@ -58,9 +63,10 @@ def main() -> None:
         err.show()
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print(f"interrupted: {interrupt_hint()}", highlight=False, markup=False, soft_wrap=True)
-        raise SystemExit(130) from None
+        code = INTERRUPTED
     except _click_class("ClickException") as err:
         err.show()
         raise SystemExit(err.exit_code) from None
+    if code == INTERRUPTED:  # Ctrl-C (newer typer turns it into this exit code itself)
+        err_console.print(f"interrupted: {interrupt_hint()}", highlight=False, markup=False, soft_wrap=True)
     raise SystemExit(code if isinstance(code, int) else 0)

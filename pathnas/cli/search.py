@@ -1,4 +1,4 @@
-"""`pathnas-edge search --device jetson ...`: hardware-aware architecture search."""
+"""`pathnas-edge search`: hardware-aware architecture search, on a supernet or a tabular benchmark."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,48 +8,63 @@ import typer
 
 from pathnas.settings import SearchSettings
 
-from .common import JSON_HELP, build, console, err_console, on_interrupt, print_json, setting
+from .common import JSON_HELP, build, console, on_interrupt, print_json, setting
 
 S = SearchSettings
+SUPERNET = "Supernet spaces (shufflenet, unet, vit)"
+TABULAR = f"Tabular spaces ({', '.join(S.TABULAR_SPACES)})"
+LLM = "LLM proposers (llm, llm-rank)"
+
+
+def of_kind(panel: str, field: str, *decls: str):
+    """An option of one kind of search: its help says which (an option of the other kind is refused)."""
+    described = S.model_fields[field].description or ""
+    prefix = {SUPERNET: "supernet spaces", TABULAR: "tabular spaces", LLM: "LLM proposers"}[panel]
+    text = described if described.startswith(prefix) else f"{prefix}: {described}".rstrip(": ")
+    return setting(S, field, *decls, help=text, rich_help_panel=panel)
 
 
 def search(
-    device: str = typer.Option(..., help="target hardware profile (name or alias), e.g. jetson, cpu"),
-    supernet: Path = typer.Option(..., help="pretrained supernet checkpoint"),
-    data: Path = typer.Option(..., help="the data set (its saved splits are reused)"),
+    device: str = typer.Option(..., help=S.model_fields["device"].description),
     space: Optional[str] = setting(S, "space"),
-    budget_ms: Optional[float] = setting(S, "budget_ms", help="latency budget on the device, ms per image"),
-    budget_mflops: Optional[float] = setting(S, "budget_mflops", help="FLOPs budget in MFLOPs (fvcore multiply-adds)"),
+    budget_ms: Optional[float] = setting(S, "budget_ms"),
+    budget_mflops: Optional[float] = setting(S, "budget_mflops"),
     iterations: int = setting(S, "iterations"),
-    proposer: str = setting(S, "proposer", help="llm, llm-rank, evolution, random or auto"),
-    llm_model: str = setting(S, "llm_model"),
-    llm_base_url: Optional[str] = setting(S, "llm_base_url", help="OpenAI-compatible server (overrides OPENAI_BASE_URL)"),
-    temperature: float = setting(S, "temperature"),
-    prompt: str = setting(S, "prompt", help="system prompt: expert, generic or none"),
-    llm_timeout: float = setting(S, "llm_timeout_s", help="seconds per LLM request"),
-    llm_retries: int = setting(S, "llm_retries", help="retries of a failed LLM request"),
-    llm_backoff: float = setting(S, "llm_backoff_s"),
-    finetune_epochs: int = setting(S, "finetune_epochs", help="fine-tune each path N epochs before evaluating "
-                                                                "(the paper: 20)"),
-    bn_images: int = setting(S, "bn_images"),
-    latency_source: str = setting(S, "latency_source", help="table (measured on the device) or roofline (an estimate)"),
-    latency_table: Optional[Path] = setting(S, "latency_table", help="an explicit latency table file"),
+    proposer: str = setting(S, "proposer"),
     run_dir: Path = typer.Option(Path("runs/search"), help="where the transcript, evaluations and summary go"),
-    resume: bool = typer.Option(False, "--resume", help="continue a crashed search without re-evaluating"),
-    replay: Optional[Path] = setting(S, "replay", help="replay the LLM replies of a transcript (no network)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a stopped search without re-evaluating"),
     seed: int = setting(S, "seed"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    supernet: Optional[Path] = of_kind(SUPERNET, "supernet"),
+    data: Optional[Path] = of_kind(SUPERNET, "data"),
+    finetune_epochs: int = of_kind(SUPERNET, "finetune_epochs"),
+    bn_images: int = of_kind(SUPERNET, "bn_images"),
+    skip_bad: bool = of_kind(SUPERNET, "skip_bad", "--skip-bad"),
+    latency_source: str = of_kind(SUPERNET, "latency_source"),
+    latency_table: Optional[Path] = of_kind(SUPERNET, "latency_table"),
+    benchmark: Optional[Path] = of_kind(TABULAR, "benchmark"),
+    dataset: Optional[str] = of_kind(TABULAR, "dataset"),
+    llm_model: str = of_kind(LLM, "llm_model"),
+    llm_base_url: Optional[str] = of_kind(LLM, "llm_base_url"),
+    temperature: float = of_kind(LLM, "temperature"),
+    prompt: str = of_kind(LLM, "prompt"),
+    llm_timeout: float = of_kind(LLM, "llm_timeout_s"),
+    llm_retries: int = of_kind(LLM, "llm_retries"),
+    llm_backoff: float = of_kind(LLM, "llm_backoff_s"),
+    replay: Optional[Path] = of_kind(LLM, "replay"),
 ) -> None:
-    """LLM-driven, hardware-aware architecture search on a pretrained supernet."""
+    """Hardware-aware architecture search: on a pretrained supernet (--supernet, --data) or on a tabular
+    benchmark (--space nb201 --benchmark FILE --dataset NAME), with an LLM or offline proposer."""
     from pathnas.pipeline.stages import latency_factory
-    from pathnas.search import run_search
+    from pathnas.search import SearchStopped, run_search
 
     settings = build(
-        SearchSettings, device=device, supernet=supernet, data=data, run_dir=run_dir, space=space, budget_ms=budget_ms,
-        budget_mflops=budget_mflops, iterations=iterations, proposer=proposer, llm_model=llm_model,
-        llm_base_url=llm_base_url, temperature=temperature, prompt=prompt, llm_timeout_s=llm_timeout,
-        llm_retries=llm_retries, llm_backoff_s=llm_backoff, finetune_epochs=finetune_epochs, bn_images=bn_images,
-        latency_source=latency_source, latency_table=latency_table, resume=resume, replay=replay, seed=seed,
+        SearchSettings, device=device, supernet=supernet, data=data, benchmark=benchmark, dataset=dataset,
+        run_dir=run_dir, space=space, budget_ms=budget_ms, budget_mflops=budget_mflops, iterations=iterations,
+        proposer=proposer, llm_model=llm_model, llm_base_url=llm_base_url, temperature=temperature, prompt=prompt,
+        llm_timeout_s=llm_timeout, llm_retries=llm_retries, llm_backoff_s=llm_backoff,
+        finetune_epochs=finetune_epochs, bn_images=bn_images, latency_source=latency_source,
+        latency_table=latency_table, skip_bad=skip_bad, resume=resume, replay=replay, seed=seed,
     )
     on_interrupt(f"every finished evaluation is saved in {run_dir / 'evaluations.jsonl'}; continue with the same "
                  f"command and --resume")
@@ -59,38 +74,55 @@ def search(
     else:
         print_summary(summary, run_dir)
     if summary["status"] != "completed":
-        err_console.print(f"[red]search stopped:[/red] {summary['reason']} (everything so far is in {run_dir})",
-                          markup=True, highlight=False)
-        raise typer.Exit(3)
+        # printed by the CLI as one `error:` line, never as markup (the reason may quote a server)
+        raise SearchStopped(f"search stopped {summary['reason']}; everything so far is in {run_dir}: run the same "
+                            f"command with --resume to continue")
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    from pathnas.io import read_jsonl
+    from pathnas.search import figures
+    from pathnas.search.runfile import read_evaluations
 
-    est = "~" if summary["device"]["is_estimate"] else ""
-    table = Table(title=f"search on {summary['device']['device']}: {summary['evaluations']} evaluations, "
-                        f"proposer {summary['proposer']}", title_justify="left")
-    metric = summary["best"]["metric_name"] if summary["best"] else "metric"
-    for col in ("#", "arch", metric, f"{est}ms", "MFLOPs", "params", "budgets", "front"):
+    device = summary["device"]
+    records = read_evaluations(run_dir / "evaluations.jsonl")
+    measured = any(r.get("measured_latency_ms") is not None for r in records)
+    best = summary["best"]
+    table = Table(title=f"search on {device['device']}: {summary['evaluations']} evaluations, proposer "
+                        f"{summary['proposer']}", title_justify="left")
+    metric = best["metric_name"] if best else (records[0]["metric_name"] if records else "metric")
+    columns = ["#", "arch", metric, f"{'~' if device['is_estimate'] else ''}ms"] + (["here ms"] if measured else [])
+    for col in columns + ["MFLOPs", "params", "budgets", "front"]:
         table.add_column(col, overflow="fold")
     front = {r["arch"] for r in summary["pareto"]}
-    for r in read_jsonl(run_dir / "evaluations.jsonl"):
-        style = "bold green" if summary["best"] and r["arch"] == summary["best"]["arch"] else None
-        table.add_row(str(r["iteration"]), r["arch"], f"{r['metric']:.2f}", f"{r['latency_ms']:.4g}",
-                      f"{r['flops'] / 1e6:.2f}", f"{r['params']:,}", "met" if r["meets_budgets"] else "missed",
-                      "*" if r["arch"] in front else "", style=style)
-    console.print(table)
-    if summary["device"]["is_estimate"]:
+    for r in records:
+        style = "bold green" if best and r["arch"] == best["arch"] else None
+        here = [figures.sig(r["measured_latency_ms"]) if r.get("measured_latency_ms") is not None else "-"]
+        cells = [str(r["iteration"]), r["arch"], f"{r['metric']:.2f}", figures.sig(r["latency_ms"])] + \
+            (here if measured else []) + [figures.mflops(r["flops"]), f"{r['params']:,}",
+                                          _short_verdict(r), "*" if r["arch"] in front else ""]
+        table.add_row(*(Text(c) for c in cells), style=style)  # Text: nothing recorded is read as markup
+    console.print(table if records else "no architecture was evaluated", markup=False)
+    if device["is_estimate"]:
         console.print("~ latency is a roofline ESTIMATE, not a measurement", markup=False)
-    if summary["best"]:
-        console.print(f"best: [bold]{escape(summary['best']['arch'])}[/bold] "
-                      f"({escape(summary['best']['arch_explicit'])}); summary {escape(str(run_dir / 'summary.json'))}, "
-                      f"plot {escape(str(run_dir / 'pareto.png'))}")
+    console.print(f"proposer: {summary['proposer']} ({summary['proposer_choice']['why']})", markup=False,
+                  highlight=False)
+    if best:
+        test = (f"; {best['test_metric_name']} {best['test_metric']:.2f}" if "test_metric" in best else "")
+        console.print(f"best: {best['arch']} ({best['arch_explicit']}): {best['metric_name']} {best['metric']:.2f}"
+                      f"{test}, latency {figures.ms(best['latency_ms'], device['is_estimate'])}; summary "
+                      f"{run_dir / 'summary.json'}, plot {run_dir / 'pareto.png'}", markup=False, highlight=False)
     else:
-        console.print("[yellow]no evaluated architecture met every budget[/yellow]")
+        console.print("no evaluated architecture met every budget", markup=False, style="yellow")
+
+
+def _short_verdict(record: dict) -> str:
+    if record["meets_budgets"]:
+        return "met"
+    missed = [k for k, ok in record.get("budgets_met", {}).items() if not ok]
+    return "over " + " and ".join(missed) if missed else "rejected"
 
 
 COMMANDS = (search,)

@@ -47,14 +47,16 @@ def retrain(
                                  help="start from fresh weights, not the inherited ones"),
     seed: int = setting(RetrainConfig, "seed"),
     device: str = setting(RetrainConfig, "device", help="auto, cpu or cuda"),
+    skip_bad: bool = setting(RetrainConfig, "skip_bad", "--skip-bad"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Retrain the extracted subnet; best epoch by val, test read once at the end. Resumable."""
+    """Retrain the extracted subnet; best epoch by val, test read once at the end. Resumable (with the same
+    settings and subnet only)."""
     from pathnas.pipeline.stages import stage_retrain
 
     cfg = build(RetrainConfig, data=data, epochs=epochs, batch_size=batch_size, lr=lr, mixup_alpha=mixup_alpha,
-                cutmix_alpha=cutmix_alpha, from_scratch=from_scratch, seed=seed, device=device)
+                cutmix_alpha=cutmix_alpha, from_scratch=from_scratch, seed=seed, device=device, skip_bad=skip_bad)
     summary = stage_retrain(_layout(run_dir), cfg, force)
     if as_json:
         print_json(summary)
@@ -66,27 +68,40 @@ def retrain(
 
 def quantize(
     run_dir: Path = typer.Option(..., help=RUN_HELP),
-    data: Path = typer.Option(..., help="calibration images come from its TRAIN split"),
+    data: Path = typer.Option(..., help="calibration images come from its TRAIN split, accuracy control uses VAL"),
     calibration_images: int = typer.Option(512, min=1),
-    quantize_first_conv: bool = typer.Option(False, "--quantize-first-conv", help="also quantize the first conv"),
-    quantize_classifier: bool = typer.Option(False, "--quantize-classifier", help="also quantize the classifier"),
+    keep_float: list[str] = typer.Option([], "--keep-float", help="keep this layer (ONNX node name) in float; "
+                                         "repeatable"),
+    accuracy_control: bool = typer.Option(True, "--accuracy-control/--no-accuracy-control",
+                                          help="keep the most sensitive layers in float until INT8 meets the "
+                                               "thresholds on val"),
     full_range_weights: bool = typer.Option(False, "--full-range-weights",
                                             help="8-bit weights (safe on VNNI CPUs and GPUs; AVX2-only CPUs saturate)"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (QDQ, per-channel)."""
+    """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (QDQ, per-channel),
+    calibrated on train; sensitive layers stay float until agreement and metric pass on val."""
     from pathnas.pipeline.stages import stage_quantize
 
     layout = _layout(run_dir)
-    info = stage_quantize(layout, data, calibration_images, not quantize_first_conv, not quantize_classifier,
-                          not full_range_weights, force)
+    info = stage_quantize(layout, data, calibration_images, tuple(keep_float), not full_range_weights,
+                          accuracy_control, force)
     if as_json:
         print_json(info)
-    else:
-        console.print(f"INT8 QDQ model: {layout.int8_onnx} ({info['size_mb']:.3f} MB, "
-                      f"{100 * info['size_mb'] / info['fp32_size_mb']:.0f}% of FP32; float nodes: "
-                      f"{info['float_nodes']})", markup=False)
+        return
+    console.print(f"INT8 QDQ model: {layout.int8_onnx} ({info['size_mb']:.3f} MB, "
+                  f"{100 * info['size_mb'] / info['fp32_size_mb']:.0f}% of FP32); "
+                  f"{info['quantizable_nodes'] - len(info['float_nodes'])} of {info['quantizable_nodes']} layers "
+                  f"quantized, kept float: {', '.join(info['float_nodes']) or 'none'}", markup=False)
+    control = info["accuracy_control"]
+    if control:
+        f = control["figures"]
+        console.print(f"on {control['images']} val images: top-1 agreement {f['top1_agreement_pct']:.2f}%, "
+                      f"{f['metric_name']} {f['metric_delta']:+.2f}, cosine {f['cosine']:.5f}, "
+                      f"max |delta| {f['max_abs_diff']:.3g}"
+                      + ("" if control["passed"] else f"; MISSES the INT8 thresholds: {control['reason']}"),
+                      markup=False, style=None if control["passed"] else "red")
 
 
 def export(
@@ -181,9 +196,15 @@ def pipeline(
     precision: str = typer.Option("auto", help="comma-separated fp32, fp16, int8; auto: FP32 plus the "
                                   "device profile's precision"),
     seed: int = typer.Option(0),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable images (listed in splits.json) and "
+                                  "report how many"),
+    sign_key: Optional[Path] = typer.Option(None, help="sign the bundle's manifest with this private key "
+                                                       "(`pathnas-edge keys new`)"),
 ) -> None:
     """Everything, on the embedded default unless told otherwise: data, supernet, latency table,
-    search, extract, retrain, quantize, export, validate. Stages already done are skipped."""
+    search, extract, retrain, quantize, export, validate, and a verified bundle for the device run once
+    without PyTorch. Stages already done are skipped; every setting is checked before the first stage;
+    one pipeline at a time per run directory."""
     from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
     from pathnas.io import read_json
     from pathnas.pipeline import run_pipeline
@@ -191,12 +212,22 @@ def pipeline(
     precisions = None if precision == "auto" else tuple(parse_list(precision, PRECISIONS, "--precision"))
     layout = _layout(run_dir)
     summary = run_pipeline(run_dir, data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
-                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")), precisions, seed)
+                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")), precisions, seed,
+                           skip_bad=skip_bad, sign_key=sign_key)
     print_report(read_json(layout.report, "validation report"))
     best = summary["search"]
     key = summary["retrain"]["metric_name"]
+    skipped = f" ({summary['skipped_files']} unusable file(s) skipped, listed in splits.json)" \
+        if summary.get("skipped_files") else ""
     console.print(f"searched {best['arch']} for {summary['device']}: retrained test {key} "
-                  f"{summary['retrain']['test'][key]:.2f}; everything is in {run_dir}", markup=False)
+                  f"{summary['retrain']['test'][key]:.2f}{skipped}; everything is in {run_dir}", markup=False)
+    if summary.get("bundle"):
+        console.print(f"bundle {summary['bundle']} ({'signed' if summary['signed'] else 'unsigned'}), verified and "
+                      f"run without PyTorch: smoke test {'passed' if summary['smoke_test_passed'] else 'FAILED'}",
+                      markup=False)
+        console.print(f"on the workstation: {summary['workstation_commands'][0]}", markup=False)
+    else:
+        console.print(summary["bundle_note"], markup=False)
     if not summary["validation_passed"]:
         raise typer.Exit(1)
 

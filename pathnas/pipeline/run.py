@@ -37,6 +37,7 @@ class _Plan:
     retrain: RetrainConfig
     formats: tuple[str, ...]
     precisions: tuple[str, ...]
+    sign_key: Path | None
 
 
 def _settings(model: type[BaseModel], what: str, **values) -> Any:
@@ -50,7 +51,7 @@ def _settings(model: type[BaseModel], what: str, **values) -> Any:
 def _plan(layout: RunLayout, data: Path, demo_data: bool, device: str, proposer: str, iterations: int,
           budget_ms: float | None, budget_mflops: float | None, pretrain_epochs: int, retrain_epochs: int,
           formats: tuple[str, ...], precisions: tuple[str, ...] | None, seed: int, space: dict,
-          skip_bad: bool) -> _Plan:
+          skip_bad: bool, sign_key: Path | None) -> _Plan:
     from pathnas.data import CLASSES, detect_task, list_classes, segmentation_classes
     from pathnas.export.artifacts import FORMATS, PRECISIONS
     from pathnas.profiling import load_profile
@@ -90,7 +91,11 @@ def _plan(layout: RunLayout, data: Path, demo_data: bool, device: str, proposer:
     search = _settings(SearchSettings, "search", **search_values)
     retrain = _settings(RetrainConfig, "retraining", data=data, epochs=retrain_epochs, batch_size=32, lr=0.01,
                         mixup_alpha=0, cutmix_alpha=0, warmup_epochs=0, seed=seed, skip_bad=skip_bad)
-    return _Plan(profile, config, pretrain, search, retrain, tuple(formats), tuple(precisions))
+    if sign_key is not None:
+        from pathnas.deploy.signing import key_fingerprint
+
+        key_fingerprint(sign_key)  # a missing or unreadable key is named now, not after the training
+    return _Plan(profile, config, pretrain, search, retrain, tuple(formats), tuple(precisions), sign_key)
 
 
 def run_pipeline(run: Path, data: Path | None = None, device: str = "cpu", proposer: str = "auto",
@@ -98,13 +103,14 @@ def run_pipeline(run: Path, data: Path | None = None, device: str = "cpu", propo
                  pretrain_epochs: int = 20, retrain_epochs: int = 10,
                  formats: tuple[str, ...] = ("onnx", "openvino", "tensorrt"),
                  precisions: tuple[str, ...] | None = None, seed: int = 0, progress: bool = True,
-                 space: dict | None = None, skip_bad: bool = False) -> dict:
-    """Data -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate."""
+                 space: dict | None = None, skip_bad: bool = False, sign_key: Path | None = None) -> dict:
+    """Data -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate
+    -> bundle for the device (signed with ``sign_key`` when given) -> torch-free smoke test of the bundle."""
     layout = RunLayout(Path(run))
     demo_data = data is None
     data = layout.data if demo_data else Path(data)
     plan = _plan(layout, data, demo_data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
-                 retrain_epochs, formats, precisions, seed, space or DEMO_SPACE, skip_bad)
+                 retrain_epochs, formats, precisions, seed, space or DEMO_SPACE, skip_bad, sign_key)
     layout.root.mkdir(parents=True, exist_ok=True)
     with RunLock(layout.root, "pipeline"):
         return _run(layout, plan, data, demo_data, seed, skip_bad, progress)
@@ -131,6 +137,22 @@ def _run(layout: RunLayout, plan: _Plan, data: Path, demo_data: bool, seed: int,
     skipped = read_json(Path(data) / "splits.json", "splits file").get("skipped", [])
     summary = {"run_dir": str(layout.root), "device": plan.profile.name,
                "search": read_json(layout.search_summary, "search summary")["best"],
-               "retrain": retrained, "validation_passed": report["passed"], "skipped_files": len(skipped)}
+               "retrain": retrained, "validation_passed": report["passed"], "skipped_files": len(skipped),
+               **_ship(layout, plan, data, report)}
     write_json_atomic(layout.summary, summary)
     return summary
+
+
+def _ship(layout: RunLayout, plan: _Plan, data: Path, report: dict) -> dict:
+    """The bundle for the device, verified and run once without PyTorch; or why there is none."""
+    from pathnas.deploy.bundle import RUNTIME_BACKENDS
+
+    if not report["passed"]:
+        return {"bundle": None, "bundle_note": f"no bundle: validation failed (see {layout.report_markdown})"}
+    if plan.profile.runtime not in RUNTIME_BACKENDS:
+        return {"bundle": None, "bundle_note": f"no bundle: {plan.profile.name} runs {plan.profile.runtime}, and "
+                                               f"bundles run without PyTorch"}
+    bundle = stages.stage_package(layout, plan.profile, sign_key=plan.sign_key)
+    smoke = stages.stage_smoke_test(layout, data, bundle, sign_key=plan.sign_key)
+    return {"bundle": str(bundle), "signed": smoke["signed"], "smoke_test_passed": smoke["passed"],
+            "workstation_commands": smoke["workstation_commands"]}

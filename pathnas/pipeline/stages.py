@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from pathnas.errors import MissingFileError
-from pathnas.io import read_json
+from pathnas.errors import MissingFileError, UserError
+from pathnas.io import read_json, write_json_atomic
 from pathnas.settings import PretrainConfig, RetrainConfig, SearchSettings
 
 from .layout import RunLayout
@@ -68,26 +68,34 @@ def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
 
 
 def latency_factory(settings: SearchSettings) -> Callable:
-    """The search's latency source for its settings: the device's table (or a labelled roofline estimate)."""
+    """The search's latency source for its settings: the device's table (or a labelled roofline estimate);
+    for a tabular space, the benchmark's column measured on the device (``--device`` names it)."""
+    if settings.tabular:
+        from pathnas.search.tabular import BenchmarkLatency
+
+        return BenchmarkLatency  # handed the benchmark table the search loaded
     from pathnas.profiling import load_profile, predictor_for
 
     profile = load_profile(settings.device)
     return lambda supernet: predictor_for(profile, supernet, settings.latency_source, settings.latency_table,
-                                          measure_here=settings.measure_local)
+                                          measure_here=settings.measure_local).checked_here()
 
 
 def stage_search(layout: RunLayout, settings: SearchSettings) -> dict:
-    from pathnas.errors import UserError
-    from pathnas.search import run_search
+    """The search into RUN/search (it resumes what it recorded: with other budgets it recomputes the
+    verdicts, with another supernet or data it refuses, naming what changed)."""
+    from pathnas.search import SearchStopped, run_search
 
     def search() -> None:
         summary = run_search(settings, latency_factory(settings))
         if summary["status"] != "completed":
-            raise UserError(f"search stopped: {summary['reason']}; fix it and re-run the pipeline (it resumes)")
+            raise SearchStopped(f"search stopped {summary['reason']}; everything so far is in {settings.run_dir}: "
+                                f"fix it and re-run the pipeline (it resumes)")
 
-    run_stage(layout, "search", {"supernet": settings.supernet,
-                                 "settings": settings.model_dump(mode="json", exclude={"resume"})},
-              [layout.search_summary], search)
+    inputs = {"settings": settings.model_dump(mode="json", exclude={"resume"})}
+    inputs.update({name: path for name, path in (("supernet", settings.supernet), ("benchmark", settings.benchmark))
+                   if path is not None})
+    run_stage(layout, "search", inputs, [layout.search_summary], search)
     return read_json(layout.search_summary, "search summary")
 
 
@@ -117,22 +125,22 @@ def stage_retrain(layout: RunLayout, cfg: RetrainConfig, force: bool = False) ->
     return read_json(layout.retrain_summary, "retrain summary")
 
 
-def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512, keep_first_conv: bool = True,
-                   keep_classifier: bool = True, reduce_range: bool = True, force: bool = False) -> dict:
-    """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx; returns the calibration record."""
+def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512, keep_float: tuple[str, ...] = (),
+                   reduce_range: bool = True, accuracy_control: bool = True, force: bool = False) -> dict:
+    """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (calibrated on train,
+    accuracy-controlled on val); returns the calibration record."""
     from pathnas.data import build_loaders
-    from pathnas.export.quantize import calibration_batches, quantize_int8, write_calibration_record
+    from pathnas.export.quantize import quantize_with_data, write_calibration_record
 
     source = _need(layout.onnx, "export --format onnx")
-    settings = {"calibration_images": calibration_images, "keep_first_conv": keep_first_conv,
-                "keep_classifier": keep_classifier, "reduce_range": reduce_range}
+    settings = {"calibration_images": calibration_images, "keep_float": list(keep_float),
+                "reduce_range": reduce_range, "accuracy_control": accuracy_control}
 
     def quantize() -> None:
         preprocess = read_json(layout.preprocess, "preprocessing record")
         loaders = build_loaders(data, preprocess["input_size"], 16)
-        info = quantize_int8(source, layout.int8_onnx, calibration_batches(loaders.calib, calibration_images),
-                             keep_first_conv, keep_classifier, calibration_images, reduce_range=reduce_range)
-        write_calibration_record(layout.calibration_record, info)
+        write_calibration_record(layout.calibration_record, quantize_with_data(
+            source, layout.int8_onnx, loaders, calibration_images, keep_float, reduce_range, accuracy_control))
 
     run_stage(layout, "quantize", {"onnx": source, "data": Path(data), "settings": settings},
               [layout.int8_onnx, layout.calibration_record], quantize, force)
@@ -154,7 +162,7 @@ def stage_export(layout: RunLayout, data: Path, formats: list[str], precisions: 
     def export() -> None:
         model, meta = load_subnet(model_path)
         loaders = build_loaders(data, meta["space_config"]["input_size"], 16)
-        export_artifacts(layout.root, layout.export_dir, layout.quantize_dir, model, meta, loaders.calib, formats,
+        export_artifacts(layout.root, layout.export_dir, layout.quantize_dir, model, meta, loaders, formats,
                          precisions, calibration_images, dataset=dataset_summary(data))
 
     run_stage(layout, "export", {"model": model_path, "formats": list(formats), "precisions": list(precisions),
@@ -167,7 +175,7 @@ def stage_validate(layout: RunLayout, data: Path, threads: int | None = None, ma
     """Every exported artifact against PyTorch on the validation split: RUN/validate/report.{json,md}."""
     from pathnas.data import build_loaders
     from pathnas.export.report import save_report
-    from pathnas.export.validate import validate
+    from pathnas.export.validate import int8_notes, validate
     from pathnas.subnet import load_subnet
 
     record = _need(layout.export_record, "export")
@@ -178,7 +186,7 @@ def stage_validate(layout: RunLayout, data: Path, threads: int | None = None, ma
         loaders = build_loaders(data, meta["space_config"]["input_size"], 16)
         report = validate(layout.root, model, exported["artifacts"], loaders.val, meta["task"], loaders.num_classes,
                           threads, max_images)
-        report["notes"] = _int8_note(report)
+        report["notes"] = int8_notes(report)
         save_report(report, layout.validate_dir)
 
     run_stage(layout, "validate", {"export": record, "threads": threads, "max_images": max_images},
@@ -186,31 +194,152 @@ def stage_validate(layout: RunLayout, data: Path, threads: int | None = None, ma
     return read_json(layout.report, "validation report")
 
 
-def _int8_note(report: dict) -> list[str]:
-    """Say plainly when INT8 is slower than FP32 on this CPU (AVX2 without VNNI)."""
-    notes = []
-    for backend in ("onnxruntime", "openvino"):
-        rows = {r["precision"]: r for r in report["rows"] if r["backend"] == backend and r.get("latency_p50_ms")}
-        if "fp32" in rows and "int8" in rows:
-            ratio = rows["int8"]["latency_p50_ms"] / rows["fp32"]["latency_p50_ms"]
-            if ratio > 1:
-                notes.append(f"{backend}: INT8 is {ratio:.2f}x the FP32 latency on this CPU (no VNNI): the CPU "
-                             f"profiles keep FP32.")
-            else:
-                notes.append(f"{backend}: INT8 runs at {ratio:.2f}x the FP32 latency on this CPU.")
-    return notes
+def stage_package(layout: RunLayout, profile, out: Path | None = None, measure_latency: bool = True,
+                  force: bool = False, sign_key: Path | None = None) -> Path:
+    """A verified bundle of the validated artifacts for ``profile`` at ``out`` (and ``out``.zip), with the
+    latency reference model and, when this machine runs the profile, the latency baseline; the manifest
+    signed with ``sign_key`` when given. ``out`` defaults to RUN/bundle, which a re-run replaces when its
+    inputs changed; any other ``out`` that exists is refused."""
+    import dataclasses
+    import tempfile
 
+    from pathnas.deploy.bundle import PackageInputs, package, zip_path
+    from pathnas.deploy.signing import key_fingerprint
 
-def stage_package(layout: RunLayout, profile, out: Path, measure_latency: bool = True, force: bool = False) -> Path:
-    """A verified bundle of the validated artifacts for ``profile`` at ``out`` (and ``out``.zip)."""
-    from pathnas.deploy.bundle import PackageInputs, package
+    from .reference_model import write_reference_model
 
+    out = Path(out) if out is not None else layout.bundle
     inputs = PackageInputs(root=layout.root, report=_need(layout.report, "validate"),
                            export=_need(layout.export_record, "export"), preprocess=layout.preprocess,
                            labels=layout.labels, retrain_summary=layout.retrain_summary)
     measure = measure_latency and profile.runs_here()
     reason = "--no-latency" if not measure_latency else f"this machine cannot run {profile.name}"
-    run_stage(layout, "package", {"report": inputs.report, "export": inputs.export, "profile": profile.name,
-                                  "out": str(out), "measure_latency": measure}, [Path(out)],
-              lambda: package(inputs, profile, out, measure, reason), force)
-    return Path(out)
+    signer = key_fingerprint(sign_key) if sign_key is not None else None  # the public half only, never the key
+
+    def build() -> None:
+        with tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
+            reference = write_reference_model(Path(tmp) / "latency_reference.onnx")
+            package(dataclasses.replace(inputs, reference=reference), profile, out, measure, reason,
+                    sign_key=sign_key, replace=out.absolute() == layout.bundle.absolute())
+
+    settings = profile.model_dump(mode="json") if hasattr(profile, "model_dump") else profile.name
+    run_stage(layout, "package", {"report": inputs.report, "export": inputs.export, "preprocess": inputs.preprocess,
+                                  "labels": inputs.labels, "profile": settings, "out": layout.relative(out),
+                                  "measure_latency": measure, "signed_by": signer}, [out, zip_path(out)], build, force)
+    return out
+
+
+class SmokeTestError(UserError):
+    """The torch-free runtime's outputs differ from the validated PyTorch model's."""
+
+    exit_code = 1
+
+
+# How close the runtime must come to PyTorch on the same files (its Pillow resize is not torchvision's
+# antialiased one bit for bit; validation holds the ONNX file itself to cosine >= 0.99999).
+SMOKE_PROB_ATOL = 5e-3
+SMOKE_MIN_PIXEL_AGREEMENT = 0.99
+
+
+def stage_smoke_test(layout: RunLayout, data: Path, bundle: Path | None = None, images: int = 8,
+                     sign_key: Path | None = None, force: bool = False) -> dict:
+    """Run the bundle through `pathnas-infer` exactly as a workstation would (a fresh process in which
+    torch cannot be imported; the bundle verified first, its signature against ``sign_key``'s public half
+    when given) on the first ``images`` validation images, and check its outputs equal the PyTorch
+    model's that validation compared every artifact with: the same class and probabilities within
+    SMOKE_PROB_ATOL (segmentation: >= 99% of mask pixels alike). Writes RUN/smoke_test.json;
+    SmokeTestError when they differ. Returns the record, with the commands to run on the workstation."""
+    import tempfile
+
+    from pathnas.deploy.signing import key_fingerprint, public_key_pem
+
+    bundle = Path(bundle) if bundle is not None else layout.bundle
+    manifest = _need(bundle / "manifest.json", "package")
+
+    def run() -> None:
+        with tempfile.TemporaryDirectory(prefix="pathnas-trust-") as tmp:
+            trusted = None
+            if sign_key is not None:
+                trusted = Path(tmp) / f"{Path(sign_key).name}.pub"
+                trusted.write_bytes(public_key_pem(sign_key))
+            record = _smoke_test(layout, Path(data), bundle, images, trusted)
+        write_json_atomic(layout.smoke_test, record)
+        if not record["passed"]:
+            raise SmokeTestError(f"smoke test of {bundle}: {record['problem']} (details in {layout.smoke_test})")
+
+    run_stage(layout, "smoke_test", {"manifest": manifest, "model": layout.model_for_export(), "images": images,
+                                     "signed_by": key_fingerprint(sign_key) if sign_key else None},
+              [layout.smoke_test], run, force)
+    return read_json(layout.smoke_test, "smoke test record")
+
+
+# pathnas-infer with the toolchain made unimportable: proof that the bundle runs without it.
+_TORCH_FREE = ("import runpy, sys\n"
+               "for name in ('torch', 'torchvision', 'timm', 'pathnas.train', 'pathnas.data', 'pathnas.spaces'):\n"
+               "    sys.modules[name] = None\n"
+               "sys.argv[0] = 'pathnas-infer'\n"
+               "runpy.run_module('pathnas.deploy.toolkit', run_name='__main__')\n")
+
+
+def _smoke_test(layout: RunLayout, data: Path, bundle: Path, images: int, trusted_key: Path | None) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pathnas.data import ImageClassificationFolder, SegmentationFolder, build_transforms, segmentation_classes
+    from pathnas.deploy.signing import SIGNATURE
+    from pathnas.subnet import load_subnet
+
+    model, meta = load_subnet(layout.model_for_export())
+    task, size = meta["task"], meta["space_config"]["input_size"]
+    transform = build_transforms(task, size, train=False)
+    dataset = ImageClassificationFolder(data, "val", transform) if task == "classify" else \
+        SegmentationFolder(data, "val", transform, num_classes=len(segmentation_classes(data)))
+    picked = list(range(min(images, len(dataset))))
+    paths = [dataset.samples[i][0] for i in picked]
+    with torch.no_grad():
+        expected = model.eval()(torch.stack([dataset[i][0] for i in picked])).softmax(1).numpy()
+    signed = (bundle / SIGNATURE).exists()
+    with tempfile.TemporaryDirectory(prefix="pathnas-smoke-") as tmp:
+        tmp = Path(tmp)
+        command = [sys.executable, "-c", _TORCH_FREE, "predict", str(bundle), *map(str, paths), "--out",
+                   str(tmp / "out.json"), "--tile", "never", "--mask-dir", str(tmp / "masks")]
+        if trusted_key is not None:
+            command += ["--trusted-key", str(trusted_key)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        record = {"bundle": str(bundle), "signed": signed, "images": [str(p) for p in paths], "task": task,
+                  "returncode": result.returncode, "stderr_tail": result.stderr[-2000:]}
+        if result.returncode != 0:
+            return {**record, "passed": False, "problem": f"pathnas-infer exited {result.returncode}: "
+                                                          f"{result.stderr.strip().splitlines()[-1:]}"}
+        rows = {r["input"]: r for r in read_json(tmp / "out.json", "pathnas-infer output")["results"]}
+        got = [rows[str(p)] for p in paths]
+        if task == "classify":
+            labels = meta["classes"]
+            probs = np.array([[float(r[f"prob_{c}"]) for c in labels] for r in got])
+            diff = float(np.abs(probs - expected).max())
+            same = float((probs.argmax(1) == expected.argmax(1)).mean())
+            record.update(max_abs_prob_diff=diff, top1_agreement=same,
+                          passed=bool(same == 1.0 and diff <= SMOKE_PROB_ATOL))
+        else:
+            agree = []
+            for r, p in zip(got, expected):
+                mask = np.asarray(Image.open(r["mask"]))
+                ref = Image.fromarray(p.argmax(0).astype(np.uint8)).resize(mask.shape[::-1], Image.NEAREST)
+                agree.append(float((np.asarray(ref) == mask).mean()))
+            record.update(pixel_agreement=min(agree), passed=bool(min(agree) >= SMOKE_MIN_PIXEL_AGREEMENT))
+    if not record["passed"]:
+        record["problem"] = ("its outputs differ from the PyTorch model's: " +
+                             (f"top-1 agreement {record['top1_agreement']:.0%}, max |delta p| "
+                              f"{record['max_abs_prob_diff']:.2g} (allowed {SMOKE_PROB_ATOL})" if task == "classify"
+                              else f"mask pixel agreement {record['pixel_agreement']:.2%}"))
+    trust = f" --trusted-key {trusted_key.name}" if trusted_key is not None else (" --trusted-key KEY.pub" if signed
+                                                                                  else "")
+    record["signature_checked"] = trusted_key is not None
+    record["workstation_commands"] = [f"pathnas-infer verify {bundle.name}{trust}",
+                                      f"pathnas-infer {bundle.name} SLIDES_OR_IMAGES... --out results.csv{trust}"]
+    return record

@@ -1,42 +1,52 @@
 """The hardware-aware search loop (Pathology-NAS Algorithm 1, with latency fed back).
 
-Each iteration: a proposal, validated; evaluated with inherited supernet weights after BN
-recalibration (optionally fine-tuned for N epochs, as the paper does); its FLOPs, params,
-predicted latency on the target device (and measured latency when that device is this
-machine) and budget verdicts recorded; all of it fed back to the proposer. The best
-architecture is the most accurate one that meets every budget; the Pareto front of accuracy
-against latency is kept too. Everything lands in the run directory as it happens, so a
-crashed search resumes without re-evaluating anything.
+Each iteration: a proposal, validated and checked against the budgets before anything is
+evaluated (latency, FLOPs and params are free); evaluated (a supernet path with inherited
+weights after BN recalibration, optionally fine-tuned; or a look-up in a tabular benchmark);
+its FLOPs, params, latency on the target device (and the latency measured here when the
+device is this machine) and budget verdicts recorded; all of it fed back to the proposer. The
+best architecture is the most accurate one that meets every budget (ties: the earliest, or a
+benchmark's lowest index); the Pareto front of accuracy against latency is kept too.
+Everything lands in the run directory as it happens, so a crashed search resumes without
+re-evaluating anything, and a second search on the same directory is refused (RunLock).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
-import torch
-
+from pathnas.errors import MissingFileError, UserError
 from pathnas.io import append_jsonl, read_jsonl, write_json_atomic
+from pathnas.lock import RunLock
+from pathnas.settings import SearchSettings
 
-from pathnas.errors import AlreadyExistsError, ConfigError, MissingFileError
-
-from pathnas.settings import PROPOSERS, SearchSettings
-
-from .latency import LatencyFactory, LatencyModel
-from .llm import ChatClient, LLMUnavailable, ReplayClient, Transcript
-from .proposers import EvolutionProposer, LLMProposer, LLMRankProposer, NoProposal, RandomProposer, SearchContext
+from . import figures
+from .bo import PriorGuidedProposer
+from .latency import LatencyFactory, LatencyModel, source_note
+from .llm import ChatClient, LLMUnavailable, ReplayClient, Transcript, safe_url
+from .proposers import (EvolutionProposer, LLMProposer, LLMRankProposer, NoProposal, RandomProposer,
+                        SearchContext)
+from .runfile import FORMAT, HEADER, open_evaluations, refuse_existing, repair_torn_tail
 
 log = logging.getLogger("pathnas.search")
 
+EVALUATIONS, TRANSCRIPT, SUMMARY, PARETO = "evaluations.jsonl", "transcript.jsonl", "summary.json", "pareto.png"
+OFFLINE_DEFAULT = PriorGuidedProposer.name
+
+
+class SearchStopped(UserError):
+    """A search that could not go on; everything done so far is saved and --resume continues it."""
+
+    exit_code = 3
 
 
 class Budgets:
     def __init__(self, latency_ms: float | None, mflops: float | None):
         self.latency_ms, self.mflops = latency_ms, mflops
 
-    def verdicts(self, latency_ms: float, flops: int) -> dict[str, bool]:
+    def check(self, latency_ms: float, flops: int) -> dict[str, bool]:
         out = {}
         if self.latency_ms is not None:
             out["latency"] = latency_ms <= self.latency_ms
@@ -44,12 +54,22 @@ class Budgets:
             out["flops"] = flops / 1e6 <= self.mflops
         return out
 
-    def describe(self, label_latency) -> str:
+    def misses(self, latency_ms: float, flops: int, is_estimate: bool) -> list[str]:
+        """Each budget missed, with the figure and the budget."""
+        met = self.check(latency_ms, flops)
+        out = []
+        if not met.get("latency", True):
+            out.append(f"latency {figures.ms(latency_ms, is_estimate)} > budget {figures.ms(self.latency_ms)}")
+        if not met.get("flops", True):
+            out.append(f"{figures.mflops(flops)} MFLOPs > budget {figures.sig(self.mflops)} MFLOPs")
+        return out
+
+    def describe(self, is_estimate: bool) -> str:
         parts = []
         if self.latency_ms is not None:
-            parts.append(f"latency on the device at most {label_latency(self.latency_ms)}")
+            parts.append(f"latency on the device at most {figures.ms(self.latency_ms, is_estimate)}")
         if self.mflops is not None:
-            parts.append(f"at most {self.mflops:g} MFLOPs (fvcore: one multiply-add = one flop)")
+            parts.append(f"at most {figures.sig(self.mflops)} MFLOPs (one multiply-add = one flop)")
         return "; ".join(parts) or "none (maximize accuracy)"
 
     def as_dict(self) -> dict:
@@ -70,213 +90,254 @@ def pareto_front(records: list[dict]) -> list[dict]:
     return sorted(front, key=lambda r: r["latency_ms"])
 
 
-def space_notes(supernet) -> str:
-    c = supernet.config
-    if c.space == "shufflenet":
-        strided, pos = [], 0
-        for repeats in c.stage_repeats:
-            strided.append(pos)
-            pos += repeats
-        return (f"Each decision is the depthwise kernel of a ShuffleNetV2 unit with squeeze-excitation. 'id' skips the "
-                f"layer, except at the stride-2 layers (positions {', '.join(map(str, strided))}), where it is a 1x1 "
-                f"stride-2 projection. Input {c.input_size}x{c.input_size}, width multiplier {c.width_mult}.")
-    if c.space == "unet":
-        return (f"Each decision is the kernel of a VGG double-conv block with squeeze-excitation (4 encoder blocks, "
-                f"then 4 decoder blocks); 'id' is a 1x1 conv with BN. Input {c.input_size}x{c.input_size}.")
-    return (f"Decision 0 is the depth; then for each block its number of heads (each head {c.head_width} wide) and "
-            f"its MLP ratio of the {c.dim}-wide embedding. Blocks beyond the depth do not apply: write \"-\" there. "
-            f"Input {c.input_size}x{c.input_size}, patch {c.patch_size}.")
+def best_of(history: list[dict]) -> dict | None:
+    """The most accurate evaluation that meets every budget; ties: the lowest benchmark index, else the earliest."""
+    feasible = [r for r in history if r["meets_budgets"]]
+    if not feasible:
+        return None
+    return max(feasible, key=lambda r: (r["metric"], -r.get("index", r["iteration"])))
 
 
-def describe_dataset(data, root: Path) -> str:
-    sizes = {s: len(getattr(data, s).dataset) for s in ("train", "val", "test")}
-    text = (f"{data.task} into {data.num_classes} classes ({', '.join(data.classes)}); "
-            f"{sizes['train']} training, {sizes['val']} validation and {sizes['test']} test images.")
-    marker = root / "dataset.json"
-    if marker.exists():
-        description = json.loads(marker.read_text()).get("description")
-        if description:
-            text += f" {description}."
-    return text
+def _device_line(described: dict) -> str:
+    details = [f"{label} {described[key]}" for key, label in (("runtime", "runtime"), ("precision", "precision"),
+                                                             ("batch_size", "batch size")) if described.get(key)]
+    return described["device"] + (f": {', '.join(details)}" if details else "")
 
 
-class Evaluator:
-    """Accuracy with inherited weights (+ optional fine-tuning), cost, and latency of one path."""
+class Search:
+    """One search's bookkeeping without files: free figures and verdicts of candidates, evaluations,
+    the proposers' context. ``run_search`` adds the run directory; benchmarks use it as it is."""
 
-    def __init__(self, supernet, data, predictor: LatencyModel, settings: SearchSettings, device: torch.device):
-        from pathnas.train import primary_metric
+    def __init__(self, target, predictor: LatencyModel, budgets: Budgets, seed: int = 0,
+                 measure_local: bool = False):
+        self.target, self.predictor, self.budgets = target, predictor, budgets
+        self.measure_local = measure_local
+        self.ctx = SearchContext(target.space, self.feasible, metric_name=target.metric_name, seed=seed,
+                                 assess=self.assess, capacity=target.capacity, maybe_feasible=self.maybe_feasible,
+                                 members=target.members)
+        described = predictor.describe()
+        self.ctx.prompt_facts = {**target.prompt_facts(), "device": _device_line(described),
+                                 "latency_source_note": source_note(predictor), "is_estimate": predictor.is_estimate,
+                                 "budgets": budgets.describe(predictor.is_estimate)}
 
-        self.supernet, self.data, self.predictor = supernet, data, predictor
-        self.settings, self.device = settings, device
-        self.metric_name = primary_metric(supernet.task)
-        self._flops: dict[str, tuple[int, int]] = {}
+    # -- free checks ----------------------------------------------------------------------
+    def verdict(self, problem: str | None, latency_ms: float | None, flops: int | None) -> str:
+        if problem:
+            return f"REJECTED: {problem}"
+        misses = self.budgets.misses(latency_ms, flops, self.predictor.is_estimate)
+        return "MISSED " + "; ".join(misses) if misses else "met"
 
-    def cost(self, arch) -> tuple[int, int]:
-        from pathnas.cost import measure_cost
-
-        if arch.code not in self._flops:
-            c = measure_cost(self.supernet.extract(arch), tuple(self.supernet.example_input().shape))
-            self._flops[arch.code] = (c.flops, c.params)
-        return self._flops[arch.code]
-
-    def _finetuned_metrics(self, arch) -> dict:
-        from pathnas.train import OptimConfig, build_training, evaluate, recalibrate_bn, train_epoch
-        from pathnas.train.distributed import DistContext
-
-        subnet = self.supernet.extract(arch).to(self.device)
-        recalibrate_bn(subnet, self.data.calib, self.settings.bn_images, self.device)
-        cfg = OptimConfig(epochs=self.settings.finetune_epochs, batch_size=self.settings.batch_size, lr=0.01,
-                          warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0)
-        parts = build_training(subnet, self.supernet.task, self.data.num_classes, cfg, len(self.data.train), self.device)
-        ctx = DistContext(0, 1, 0, self.device)
-        for epoch in range(cfg.epochs):
-            subnet.train()
-            train_epoch(lambda x, _step: subnet(x), self.data.train, parts, epoch, ctx)
-        return evaluate(subnet, self.data.val, self.supernet.task, self.data.num_classes, self.device)
-
-    def __call__(self, arch, iteration: int, proposer: str, budgets: Budgets) -> dict:
-        from pathnas.train import evaluate_architecture
-
-        start = time.perf_counter()
-        if self.settings.finetune_epochs:
-            metrics = self._finetuned_metrics(arch)
-        else:
-            metrics = evaluate_architecture(self.supernet, arch, self.data.calib, self.data.val,
-                                            self.data.num_classes, self.device, self.settings.bn_images)
-        flops, params = self.cost(arch)
+    def assess(self, arch) -> dict:
+        """Predicted latency, FLOPs, params and the verdict on the budgets: everything but accuracy."""
+        problem = self.target.problem(arch)
+        if not self.target.known(arch):  # a tabular benchmark without this architecture: no figures at all
+            return {"problem": problem, "budgets_met": {}, "meets_budgets": False, "latency_ms": None,
+                    "flops": None, "params": None, "verdict": self.verdict(problem, None, None)}
+        flops, params = self.target.cost(arch)
         latency = self.predictor.predict_ms(arch)
-        record = {
-            "iteration": iteration, "arch": arch.code, "arch_explicit": arch.explicit(), "proposer": proposer,
-            "metric_name": self.metric_name, "metric": metrics[self.metric_name], "metrics": metrics,
-            "finetune_epochs": self.settings.finetune_epochs,
-            "flops": flops, "params": params, "latency_ms": latency,
-            "latency_source": self.predictor.source, "latency_is_estimate": self.predictor.is_estimate,
-        }
-        if self.settings.measure_local:
+        met = self.budgets.check(latency, flops)
+        return {"problem": problem, "latency_ms": latency, "flops": flops, "params": params, "budgets_met": met,
+                "meets_budgets": problem is None and all(met.values()),
+                "verdict": self.verdict(problem, latency, flops)}
+
+    def maybe_feasible(self, arch) -> bool:
+        """False only when the architecture surely misses (cheap: no FLOPs count of the whole path)."""
+        if self.target.problem(arch):
+            return False
+        if self.budgets.latency_ms is not None and self.predictor.predict_ms(arch) > self.budgets.latency_ms:
+            return False
+        # capacity FLOPs never exceed the exact count, so over the budget here is over the budget there
+        return self.budgets.mflops is None or self.target.capacity(arch)[0] / 1e6 <= self.budgets.mflops
+
+    def feasible(self, arch) -> bool:
+        if not self.maybe_feasible(arch):
+            return False
+        return self.budgets.mflops is None or self.target.cost(arch)[0] / 1e6 <= self.budgets.mflops
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, arch, proposer: str) -> dict:
+        start = time.perf_counter()
+        result = self.target.evaluate(arch)
+        record = {"iteration": len(self.ctx.history), "arch": arch.code, "arch_explicit": arch.explicit(),
+                  "proposer": proposer, "metric_name": self.target.metric_name, **result}
+        seen = self.assess(arch)
+        record.update({k: seen[k] for k in ("flops", "params", "latency_ms")},
+                      latency_source=self.predictor.source, latency_is_estimate=self.predictor.is_estimate)
+        if self.measure_local:
             measured = self.predictor.measure_ms(arch)
             if measured is not None:
                 record["measured_latency_ms"] = measured
-        verdicts = budgets.verdicts(latency, flops)
-        record.update(budgets_met=verdicts, meets_budgets=all(verdicts.values()),
+        record.update(budgets_met=seen["budgets_met"], meets_budgets=seen["meets_budgets"], verdict=seen["verdict"],
                       seconds=round(time.perf_counter() - start, 3))
+        self.ctx.history.append(record)
         return record
 
+    def still_rejected(self, entries: list[dict]) -> list[dict]:
+        """Recorded rejections with this search's figures; those that meet the budgets now are dropped."""
+        out = []
+        for entry in entries:
+            try:
+                arch = self.target.space.decode(str(entry.get("arch")))
+            except UserError:
+                continue
+            seen = self.assess(arch)
+            if not seen["meets_budgets"]:
+                out.append({**entry, **{k: seen[k] for k in ("latency_ms", "flops", "params", "budgets_met",
+                                                              "problem", "verdict")}})
+        return out
 
-def _make_proposer(settings: SearchSettings, transcript: Transcript):
-    name = settings.proposer
-    if name == "auto":
-        configured = bool(settings.replay or settings.llm_base_url or os.environ.get("OPENAI_API_KEY")
-                          or os.environ.get("OPENAI_BASE_URL"))
-        name = "llm" if configured else "evolution"
-        log.info("proposer auto: %s (%s)", name,
-                 "an LLM is configured" if configured else "no OPENAI_API_KEY or base URL: offline evolution")
+    def rescore(self, record: dict, same_device: bool = True) -> dict:
+        """A recorded evaluation with this search's latency figures and verdicts (its FLOPs are exact)."""
+        arch = self.target.space.decode(record["arch"])
+        out = dict(record)
+        problem = self.target.problem(arch)
+        latency = self.predictor.predict_ms(arch)
+        met = self.budgets.check(latency, record["flops"])
+        out.update(latency_ms=latency, latency_source=self.predictor.source,
+                   latency_is_estimate=self.predictor.is_estimate, budgets_met=met,
+                   meets_budgets=problem is None and all(met.values()),
+                   verdict=self.verdict(problem, latency, record["flops"]))
+        if not same_device:
+            out.pop("measured_latency_ms", None)  # timed on this machine for another device
+        return out
+
+
+def _llm_configured(settings: SearchSettings) -> bool:
+    return bool(settings.replay or settings.llm_base_url or os.environ.get("OPENAI_API_KEY")
+                or os.environ.get("OPENAI_BASE_URL"))
+
+
+def choose_proposer(settings: SearchSettings) -> tuple[str, str]:
+    """The proposer to run, and why (``auto``: an LLM when one is configured, else the offline default)."""
+    if settings.proposer != "auto":
+        return settings.proposer, "asked for with --proposer"
+    if _llm_configured(settings):
+        return "llm", "auto: an LLM is configured (--replay, --llm-base-url, OPENAI_API_KEY or OPENAI_BASE_URL)"
+    return OFFLINE_DEFAULT, (f"auto: no LLM is configured (no OPENAI_API_KEY, OPENAI_BASE_URL or --llm-base-url), "
+                             f"so the offline default {OFFLINE_DEFAULT}: prior-guided Bayesian optimisation that uses "
+                             f"the free FLOPs, params and latency, with no random warm-up")
+
+
+def make_proposer(name: str, settings: SearchSettings, transcript: Transcript):
     if name == "random":
         return RandomProposer(settings.seed)
     if name == "evolution":
         return EvolutionProposer(settings.seed)
+    if name == OFFLINE_DEFAULT:
+        return PriorGuidedProposer(settings.seed)
     if settings.replay:
         client = ReplayClient(settings.replay, transcript)
     else:
         client = ChatClient(settings.llm_model, settings.llm_base_url, temperature=settings.temperature,
                             timeout_s=settings.llm_timeout_s, max_retries=settings.llm_retries,
                             backoff_s=settings.llm_backoff_s, transcript=transcript)
+    fallback = PriorGuidedProposer(settings.seed)
     if name == "llm":
-        return LLMProposer(client, settings.prompt)
-    return LLMRankProposer(client, seed=settings.seed)
+        return LLMProposer(client, settings.prompt, fallback=fallback)
+    return LLMRankProposer(client, seed=settings.seed, fallback=fallback)
+
+
+def open_target(settings: SearchSettings):
+    """What the settings search: a tabular benchmark, or a pretrained supernet and its data."""
+    if settings.tabular:
+        from .tabular import TabularTarget
+
+        return TabularTarget(settings.benchmark, settings.space, settings.dataset, settings.device)
+    from .targets import SupernetTarget
+
+    return SupernetTarget(settings)
+
+
+def _header(settings: SearchSettings, target, predictor: LatencyModel, budgets: Budgets) -> dict:
+    shown = settings.model_dump(mode="json", exclude={"resume"})
+    if shown.get("llm_base_url"):
+        shown["llm_base_url"] = safe_url(shown["llm_base_url"])[0]
+    return {"type": HEADER, "format": FORMAT, "identity": target.identity(), "device": predictor.describe()["device"],
+            "latency_source": predictor.source, "budgets": budgets.as_dict(), "settings": shown}
 
 
 def run_search(settings: SearchSettings, latency_model: LatencyFactory, on_evaluation=None) -> dict:
     """Run (or resume, or replay) a search; returns the summary also written to RUN_DIR/summary.json.
 
-    ``latency_model(supernet)`` gives the latency source for the target device (see latency.py).
+    ``latency_model(target.latency_subject)`` gives the latency source for the target device (see
+    latency.py): the supernet's device table or estimate, or a tabular benchmark's device column.
     """
-    from pathnas.data import build_loaders
-    from pathnas.train import load_supernet
-    from pathnas.train.distributed import resolve_device
-
     run_dir = Path(settings.run_dir)
-    evaluations_path = run_dir / "evaluations.jsonl"
-    if evaluations_path.exists() and not settings.resume:
-        raise AlreadyExistsError(f"{run_dir} already holds a search: pass --resume to continue it, or another --run-dir")
+    refuse_existing(run_dir / EVALUATIONS, settings.resume)  # before anything is loaded
     if settings.replay and not Path(settings.replay).is_file():
         raise MissingFileError(f"transcript {settings.replay} does not exist")
-    device = resolve_device(settings.torch_device)
-    supernet, ckpt = load_supernet(settings.supernet)
-    supernet.to(device).eval()
-    if settings.space and settings.space != supernet.config.space:
-        raise ConfigError(f"--space {settings.space} but {settings.supernet} is a {supernet.config.space} supernet")
-    predictor = latency_model(supernet)
-    target = predictor.describe()
-    data = build_loaders(settings.data, supernet.config.input_size, settings.batch_size, seed=settings.seed)
-    if data.num_classes != supernet.config.num_classes:
-        raise ConfigError(f"{settings.data} has {data.num_classes} classes; the supernet was trained for "
-                         f"{supernet.config.num_classes}")
+    target = open_target(settings)
+    predictor = latency_model(target.latency_subject)
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the settings are known to work
+    with RunLock(run_dir, "search"):
+        return _run(settings, target, predictor, run_dir, on_evaluation)
+
+
+def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Path, on_evaluation) -> dict:
     budgets = Budgets(settings.budget_ms, settings.budget_mflops)
-    evaluator = Evaluator(supernet, data, predictor, settings, device)
-    transcript = Transcript(run_dir / "transcript.jsonl")
-    proposer = _make_proposer(settings, transcript)
-
-    def feasible(arch) -> bool:
-        if budgets.latency_ms is not None and predictor.predict_ms(arch) > budgets.latency_ms:
-            return False
-        return budgets.mflops is None or evaluator.cost(arch)[0] / 1e6 <= budgets.mflops
-
-    history = read_jsonl(evaluations_path) if settings.resume else []
-    if history:
-        log.info("resuming: %d evaluation(s) already recorded in %s", len(history), evaluations_path)
-    ctx = SearchContext(supernet.space, feasible, history, metric_name=evaluator.metric_name, seed=settings.seed)
-    ctx.prompt_facts = {
-        "task": "classification" if supernet.task == "classify" else "segmentation",
-        "dataset": describe_dataset(data, Path(settings.data)), "space_notes": space_notes(supernet),
-        "device": target["device"], "runtime": target["runtime"], "precision": target["precision"],
-        "batch_size": target["batch_size"], "label_latency": predictor.label,
-        "latency_source_note": ("ROOFLINE ESTIMATES from published peak compute and bandwidth, not measurements."
-                                if predictor.is_estimate else "predicted from a latency table measured on the device."),
-        "budgets": budgets.describe(predictor.label), "has_inactive": supernet.config.space == "vit",
-    }
+    search = Search(target, predictor, budgets, settings.seed, settings.measure_local)
+    ctx = search.ctx
+    ctx.history = open_evaluations(run_dir / EVALUATIONS, _header(settings, target, predictor, budgets),
+                                   settings.resume, search.rescore)
+    transcript = Transcript(run_dir / TRANSCRIPT)
+    if settings.resume:
+        repair_torn_tail(transcript.path)
+        ctx.rejected = search.still_rejected(transcript.entries("rejected"))
+    elif transcript.path.exists() and not (settings.replay and Path(settings.replay).resolve() ==
+                                           transcript.path.resolve()):
+        # an earlier attempt that evaluated nothing: keep its calls aside, mix nothing of it in
+        os.replace(transcript.path, transcript.path.with_suffix(".jsonl.previous"))
+    if ctx.history:
+        log.info("resuming: %d evaluation(s) already recorded in %s", len(ctx.history), run_dir / EVALUATIONS)
+    name, why = choose_proposer(settings)
+    log.info("proposer %s (%s)", name, why)
+    proposer = make_proposer(name, settings, transcript)
     status, reason = "completed", None
-    for iteration in range(len(history), settings.iterations):
+    for iteration in range(len(ctx.history), settings.iterations):
         try:
             arch = proposer.propose(ctx)
         except (LLMUnavailable, NoProposal) as err:
-            status, reason = "stopped", str(err)
+            status, reason = "stopped", f"at iteration {iteration}: {err}"
             log.error("search stopped at iteration %d: %s (everything so far is saved)", iteration, err)
             break
-        record = evaluator(arch, iteration, proposer.name, budgets)
-        append_jsonl(evaluations_path, record)
-        history.append(record)
+        record = search.evaluate(arch, getattr(proposer, "last_source", proposer.name))
+        append_jsonl(run_dir / EVALUATIONS, record)
         if on_evaluation:
             on_evaluation(record)
-        log.info("iteration %d: %s %s=%.2f latency %s MFLOPs %.2f %s", iteration, arch.code, record["metric_name"],
-                 record["metric"], predictor.label(record["latency_ms"]), record["flops"] / 1e6,
-                 "meets budgets" if record["meets_budgets"] else "misses budgets")
-    summary = summarize(history, settings, ckpt, supernet, predictor, budgets, proposer.name, status, reason, transcript)
-    write_json_atomic(run_dir / "summary.json", summary)
-    if history:
-        plot_pareto(history, summary, run_dir / "pareto.png", predictor.is_estimate)
+        measured = (f" (measured here {figures.ms(record['measured_latency_ms'])})"
+                    if record.get("measured_latency_ms") is not None else "")
+        log.info("iteration %d: %s %s=%.2f latency %s%s MFLOPs %s %s", iteration, arch.code, record["metric_name"],
+                 record["metric"], figures.ms(record["latency_ms"], predictor.is_estimate), measured,
+                 figures.mflops(record["flops"]), record["verdict"])
+    summary = summarize(ctx.history, settings, target, predictor, budgets, (name, why), status, reason, transcript)
+    write_json_atomic(run_dir / SUMMARY, summary)
+    if ctx.history:
+        plot_pareto(ctx.history, summary, run_dir / PARETO, predictor)
     return summary
 
 
-def summarize(history, settings, ckpt, supernet, predictor, budgets, proposer_name, status, reason, transcript) -> dict:
-    feasible = [r for r in history if r["meets_budgets"]]
-    best = max(feasible, key=lambda r: r["metric"]) if feasible else None
+def summarize(history, settings, target, predictor, budgets, choice, status, reason, transcript) -> dict:
+    best = best_of(history)
+    if best is not None:
+        best = {**best, **target.best_extras(best)}
     calls = [r for r in read_jsonl(transcript.path) if r.get("type") == "llm_call"] if transcript.path.exists() else []
     costs = [r["cost_usd_estimate"] for r in calls if r.get("cost_usd_estimate") is not None]
     return {
-        "status": status, "reason": reason, "proposer": proposer_name, "iterations": settings.iterations,
-        "evaluations": len(history), "best": best, "pareto": pareto_front(history),
-        "budgets": budgets.as_dict(), "device": predictor.describe(),
-        "space_config": supernet.config.model_dump(mode="json"), "supernet": str(settings.supernet),
-        "classes": ckpt.get("classes"), "data": str(settings.data),
+        "status": status, "reason": reason, "proposer": choice[0],
+        "proposer_choice": {"asked": settings.proposer, "chosen": choice[0], "why": choice[1]},
+        "iterations": settings.iterations, "evaluations": len(history), "best": best, "pareto": pareto_front(history),
+        "budgets": budgets.as_dict(), "device": predictor.describe(), "search_space": target.describe(),
+        **target.summary_fields(),
         "llm": {"calls": len(calls), "failed_calls": sum(1 for r in calls if r.get("error")),
                 "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in calls),
                 "completion_tokens": sum(r.get("completion_tokens") or 0 for r in calls),
-                "cost_usd_estimate": round(sum(costs), 6) if costs else None},
+                "cost_usd_estimate": round(sum(costs), 6) if costs else None,
+                "rejected_proposals": len(transcript.entries("rejected")),
+                "fallback_iterations": len(transcript.entries("fallback"))},
     }
 
 
-def plot_pareto(history: list[dict], summary: dict, path: Path, is_estimate: bool) -> None:
+def plot_pareto(history: list[dict], summary: dict, path: Path, predictor: LatencyModel) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,7 +349,8 @@ def plot_pareto(history: list[dict], summary: dict, path: Path, is_estimate: boo
     ok = [r for r in history if r["meets_budgets"]]
     miss = [r for r in history if not r["meets_budgets"]]
     ax.scatter([r["latency_ms"] for r in ok], [r["metric"] for r in ok], c="tab:blue", label="meets budgets")
-    ax.scatter([r["latency_ms"] for r in miss], [r["metric"] for r in miss], c="tab:gray", marker="x", label="misses budgets")
+    ax.scatter([r["latency_ms"] for r in miss], [r["metric"] for r in miss], c="tab:gray", marker="x",
+               label="misses budgets")
     front = summary["pareto"]
     ax.plot([r["latency_ms"] for r in front], [r["metric"] for r in front], "-o", c="tab:orange", label="Pareto front")
     if summary["best"]:
@@ -296,7 +358,8 @@ def plot_pareto(history: list[dict], summary: dict, path: Path, is_estimate: boo
                    edgecolors="tab:red", label=f"best {summary['best']['arch']}")
     if summary["budgets"]["latency_ms"]:
         ax.axvline(summary["budgets"]["latency_ms"], ls="--", c="tab:red", label="latency budget")
-    kind = "roofline ESTIMATE" if is_estimate else "predicted from measured table"
+    kind = ("roofline ESTIMATE" if predictor.is_estimate else
+            "measured" if predictor.describe().get("column") else "predicted from measured table")
     ax.set_xlabel(f"latency on {summary['device']['device']} (ms, {kind})")
     ax.set_ylabel(history[0]["metric_name"])
     ax.legend(fontsize=8)
