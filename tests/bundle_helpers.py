@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_helpers import pathnas_edge
 
 SPACES = {
     "classify": ("shufflenet", dict(width_mult=0.5, input_size=32, num_classes=4, stage_repeats=(1, 1, 1, 1)), "3575"),
@@ -22,20 +23,12 @@ SPACES = {
 CLASSES = ("benign", "in_situ", "invasive", "normal")
 
 
-def cli(*args) -> tuple[int, str, str]:
-    """`pathnas-edge ARGS` in this process (a subprocess would re-import torch for every call)."""
-    from pathnas.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["pathnas-edge", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = argv
-    # rich wraps long lines at 80 columns when writing to a file
-    return exit_info.value.code, out.getvalue(), err.getvalue().replace("\n", "")
+
+def cli(*args) -> tuple[int, str, str]:
+    """`pathnas-edge ARGS` in this process; stderr with rich's line wrapping undone."""
+    code, out, err = pathnas_edge(*args)
+    return code, out, err.replace("\n", "")
 
 
 def run_infer_here(*args) -> tuple[int, str]:

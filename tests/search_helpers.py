@@ -2,7 +2,6 @@
 as the CLI and the pipeline build it, and running the CLI in-process."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 
@@ -37,13 +36,3 @@ def search(settings: SearchSettings, **kwargs) -> dict:
     """A search with the latency source its settings name (as the CLI and the pipeline build it)."""
     return run_search(settings, latency_factory(settings), **kwargs)
 
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`pathnas-edge ARGS` in this process: exit code, stdout, stderr."""
-    from pathnas.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err

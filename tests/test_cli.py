@@ -2,20 +2,11 @@
 from __future__ import annotations
 
 import io
-import sys
 
 import pytest
 from rich.console import Console
+from cli_helpers import pathnas_edge
 
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from pathnas.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_ctrl_c_prints_one_line_saying_what_is_saved_and_how_to_continue(monkeypatch, capsys, tmp_path):
@@ -28,7 +19,7 @@ def test_ctrl_c_prints_one_line_saying_what_is_saved_and_how_to_continue(monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pathnas.train, "pretrain", interrupted)
-    code, _, err = run_main(monkeypatch, capsys, "pretrain", "--data", str(tmp_path / "data"), "--run-dir",
+    code, _, err = pathnas_edge("pretrain", "--data", str(tmp_path / "data"), "--run-dir",
                             str(tmp_path / "run"), "--input-size", "32")
     assert code == 130
     lines = err.strip().splitlines()
@@ -37,10 +28,10 @@ def test_ctrl_c_prints_one_line_saying_what_is_saved_and_how_to_continue(monkeyp
 
 
 def test_a_user_error_is_one_line_with_exit_2(monkeypatch, capsys, tmp_path):
-    code, out, err = run_main(monkeypatch, capsys, "inspect", "--space", "shufflenet", "--arch", "3579")
+    code, out, err = pathnas_edge("inspect", "--space", "shufflenet", "--arch", "3579")
     assert code == 2 and out == ""
     assert err.startswith("error: shufflenet:") and len(err.strip().splitlines()) == 1
-    code, _, err = run_main(monkeypatch, capsys, "verify", str(tmp_path / "missing-bundle"))
+    code, _, err = pathnas_edge("verify", str(tmp_path / "missing-bundle"))
     assert code == 1 and "missing-bundle" in err and "Traceback" not in err
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,10 @@ from pathnas.spaces import space_config
 from pathnas.pipeline.record import run_stage
 from pathnas.subnet import load_subnet
 from pathnas.train import PretrainConfig, pretrain
+from cli_helpers import pathnas_edge
 
 TINY = dict(width_mult=0.25, input_size=32, stage_repeats=(1, 1, 1, 1))
 
-
-def cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """`pathnas-edge ARGS` in this process (a subprocess would re-import torch for each call)."""
-    from pathnas.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def make_run(root: Path, task: str) -> tuple[Path, Path]:
@@ -277,13 +266,13 @@ def test_quantize_command_keeps_named_layers_float(exported, tmp_path, capsys, m
     for name in ("model.onnx", "preprocess.json"):
         (tmp_path / "export" / name).write_bytes((run / "export" / name).read_bytes())
     first_conv = next(n.name for n in onnx.load(str(run / "export" / "model.onnx")).graph.node if n.op_type == "Conv")
-    code, out, _ = cli(capsys, monkeypatch, "quantize", "--run-dir", str(tmp_path), "--data", str(data),
+    code, out, _ = pathnas_edge("quantize", "--run-dir", str(tmp_path), "--data", str(data),
                        "--calibration-images", "16", "--keep-float", first_conv, "--no-accuracy-control", "--json")
     info = json.loads(out)
     assert code == 0 and info["float_nodes"] == [first_conv] and info["calibration_images"] == 16
     assert info["accuracy_control"] is None and info["forced_float_nodes"] == [first_conv]
     assert info["size_mb"] < info["fp32_size_mb"] and (tmp_path / "quantize" / "calibration.json").exists()
-    code, _, err = cli(capsys, monkeypatch, "quantize", "--run-dir", str(tmp_path), "--data", str(data),
+    code, _, err = pathnas_edge("quantize", "--run-dir", str(tmp_path), "--data", str(data),
                        "--keep-float", "no_such_layer", "--force")
     assert code == 2 and "--keep-float no_such_layer: no quantizable layer of that name; allowed: " in err
     assert first_conv in err
@@ -291,7 +280,7 @@ def test_quantize_command_keeps_named_layers_float(exported, tmp_path, capsys, m
 
 def test_validation_reports_every_backend_and_precision(exported, capsys, monkeypatch):
     run, data, _ = exported
-    code, out, _ = cli(capsys, monkeypatch, "validate", "--run-dir", str(run), "--data", str(data), "--json")
+    code, out, _ = pathnas_edge("validate", "--run-dir", str(run), "--data", str(data), "--json")
     report = json.loads(out)
     rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
     fp32 = rows[("onnxruntime", "fp32")]
@@ -321,7 +310,7 @@ def test_a_perturbed_model_fails_fp32_validation_and_says_by_how_much(exported, 
     (bad / "export" / "export.json").write_text(json.dumps({"artifacts": [
         {"format": "onnx", "backend": "onnxruntime", "precision": "fp32", "path": "export/model.onnx",
          "status": "exported", "reason": None}]}))
-    code, out, _ = cli(capsys, monkeypatch, "validate", "--run-dir", str(bad), "--data", str(data), "--json")
+    code, out, _ = pathnas_edge("validate", "--run-dir", str(bad), "--data", str(data), "--json")
     assert code == 1
     report = json.loads(out)
     assert not report["passed"] and json.loads((bad / "validate" / "report.json").read_text()) == report
@@ -341,7 +330,7 @@ def test_segmentation_validation_reports_pixel_agreement_and_dice(tmp_path):
 
 def test_bad_format_and_precision_lists_are_refused(classify_run, capsys, monkeypatch):
     run, data = classify_run
-    code, _, err = cli(capsys, monkeypatch, "export", "--run-dir", str(run), "--data", str(data), "--format", "onnx,coreml")
+    code, _, err = pathnas_edge("export", "--run-dir", str(run), "--data", str(data), "--format", "onnx,coreml")
     assert code == 2 and "allowed values are onnx, openvino, tensorrt" in err
-    code, _, err = cli(capsys, monkeypatch, "export", "--run-dir", str(run), "--data", str(data), "--precision", "int4")
+    code, _, err = pathnas_edge("export", "--run-dir", str(run), "--data", str(data), "--precision", "int4")
     assert code == 2 and "allowed values are fp32, fp16, int8" in err

@@ -29,6 +29,7 @@ from pathnas.profiling import (
 from pathnas.profiling.profiles import read_profile
 from pathnas.profiling.tables import SCHEMA, config_digest
 from pathnas.spaces import build_supernet, space_config
+from cli_helpers import pathnas_edge
 
 TINY = dict(width_mult=0.25, input_size=32, num_classes=4, stage_repeats=(1, 1, 1, 1))
 CLI = [sys.executable, "-m", "pathnas.cli"]
@@ -265,37 +266,26 @@ def run_cli(*args):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
 
 
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """`pathnas-edge ARGS` in this process, so that monkeypatched timings apply."""
-    from pathnas.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pathnas-edge", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
 
 def test_regress_passes_against_its_own_baseline_and_fails_on_a_slowdown(onnx_model, tmp_path, monkeypatch, capsys):
     baseline = tmp_path / "baseline.json"
     given_samples(monkeypatch, 1.0)
-    code, _, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--update-baseline")
+    code, _, err = pathnas_edge("regress", onnx_model, "--baseline", baseline, "--update-baseline")
     assert code == 0, err
     data = json.loads(baseline.read_text())
     assert data["device"] == "x86-cpu-ort" and data["runtime"] == "onnxruntime-cpu"
     assert data["samples_ms"] == [round(v, 6) for v in STEADY_MS]
-    code, out, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--json")
+    code, out, err = pathnas_edge("regress", onnx_model, "--baseline", baseline, "--json")
     assert code == 0, err
     assert json.loads(out)["passed"] is True
     given_samples(monkeypatch, 1.0, machine=1.4)  # the whole machine is slower today, the model is not
-    code, out, err = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--json")
+    code, out, err = pathnas_edge("regress", onnx_model, "--baseline", baseline, "--json")
     assert code == 0, err
     assert json.loads(out)["passed"] is True
 
     given_samples(monkeypatch, 1.5)  # the model is now 50 % slower than its baseline
     junit = tmp_path / "latency.xml"
-    code, _, _ = cli(monkeypatch, capsys, "regress", onnx_model, "--baseline", baseline, "--junit", junit)
+    code, _, _ = pathnas_edge("regress", onnx_model, "--baseline", baseline, "--junit", junit)
     assert code == 1
     xml = junit.read_text()
     assert 'failures="1"' in xml and "<failure" in xml and "model.onnx@x86-cpu-ort" in xml
@@ -454,13 +444,13 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
              "--option", "stage_repeats=[1,1,1,1]"]
     table_path = tmp_path / "table.json"
     # `profile --device ...` without a subcommand still measures, as before `profile` became a group
-    code, out, err = cli(monkeypatch, capsys, "profile", "--device", "cpu", *knobs, "--subnets", "4",
+    code, out, err = pathnas_edge("profile", "--device", "cpu", *knobs, "--subnets", "4",
                          "--fit-subnets", "3", "--rounds", "1", "--out", table_path, "--json")
     assert code == 0, err
     assert json.loads(out)["table"] == str(table_path)
     table = load_table(table_path)
     out_path = tmp_path / "calibrated.json"
-    code, out, err = cli(monkeypatch, capsys, "profile", "calibrate", "--device", "cpu", *knobs, "--table",
+    code, out, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *knobs, "--table",
                          table_path, "--out", out_path, "--subnets", "4", "--rounds", "1", "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -474,5 +464,5 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
     predictor = predictor_for(load_profile("cpu"), tiny, table_path=out_path)  # search --latency-table uses it
     for r in record["subnets"]:
         assert predictor.predict_ms(r["arch"]) == pytest.approx(r["predicted_after_ms"])
-    code, _, err = cli(monkeypatch, capsys, "profile", "calibrate", "--device", "jetson", *knobs, "--out", out_path)
+    code, _, err = pathnas_edge("profile", "calibrate", "--device", "jetson", *knobs, "--out", out_path)
     assert code == 2 and "this machine cannot measure jetson-orin-nano" in err

@@ -11,7 +11,8 @@ import pytest
 from pathnas.io import read_jsonl
 from pathnas.search import read_evaluations
 from pathnas.settings import SearchSettings
-from search_helpers import bench, run_main, search, server_factory  # noqa: F401 (fixtures)
+from search_helpers import bench, search, server_factory  # noqa: F401 (fixtures)
+from cli_helpers import pathnas_edge
 
 SECRET = "sk-test-SECRET-0123456789"
 
@@ -106,7 +107,7 @@ def test_a_server_that_keeps_failing_stops_cleanly_and_resume_continues(bench, s
     args = ["search", "--space", "nb201", "--benchmark", str(bench["path"]), "--dataset", "tissue", "--device",
             "edge_a", "--proposer", "llm", "--iterations", "3", "--run-dir", str(tmp_path / "run"),
             "--llm-retries", "1", "--llm-backoff", "0"]
-    code, out, err = run_main(monkeypatch, capsys, *args, "--llm-base-url", failing.url)
+    code, out, err = pathnas_edge(*args, "--llm-base-url", failing.url)
     assert code == 3 and len(failing.requests) == 3  # one good call, then one try and one retry
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"the LLM server at {failing.url} failed 2 times in a row" in errors[0]
@@ -116,7 +117,7 @@ def test_a_server_that_keeps_failing_stops_cleanly_and_resume_continues(bench, s
     assert saved["status"] == "stopped" and saved["best"]["arch"] == "333123"
 
     working = server_factory([{"reply": proposal(c)} for c in ("313103", "323103")])
-    code, out, err = run_main(monkeypatch, capsys, *args, "--llm-base-url", working.url, "--resume")
+    code, out, err = pathnas_edge(*args, "--llm-base-url", working.url, "--resume")
     assert code == 0, err
     assert [r["arch"] for r in read_evaluations(tmp_path / "run" / "evaluations.jsonl")] == ["333123", "313103",
                                                                                              "323103"]
@@ -126,14 +127,14 @@ def test_reply_text_is_never_markup_and_a_stop_message_shows_redacted_literally(
                                                                                 monkeypatch, capsys):
     markup = json.dumps({"configuration": ["[/red]", "[bold]x", "none", "none", "none", "none"]})
     server = server_factory([{"reply": markup}] * 3)
-    code, out, err = run_main(monkeypatch, capsys, "search", "--space", "nb201", "--benchmark", str(bench["path"]),
+    code, out, err = pathnas_edge("search", "--space", "nb201", "--benchmark", str(bench["path"]),
                               "--dataset", "tissue", "--device", "edge_a", "--proposer", "llm", "--llm-base-url",
                               server.url, "--run-dir", str(tmp_path / "a"))
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 3 and len(errors) == 1 and "'[/red]' is not allowed" in errors[0]
 
     echo = server_factory([{"status": 401, "echo_auth": "upper"}])  # the key echoed, in another case
-    code, out, err = run_main(monkeypatch, capsys, "--verbose", "search", "--space", "nb201", "--benchmark",
+    code, out, err = pathnas_edge("--verbose", "search", "--space", "nb201", "--benchmark",
                               str(bench["path"]), "--dataset", "tissue", "--device", "edge_a", "--proposer", "llm",
                               "--llm-base-url", echo.url, "--run-dir", str(tmp_path / "b"))
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -146,7 +147,7 @@ def test_credentials_in_the_base_url_are_never_logged_or_recorded(bench, server_
                                                                   capsys):
     server = server_factory([{"status": 503}] * 3)
     url = f"http://alice:hunter2-pass@127.0.0.1:{server.port}/v1?api-key=q-SECRET-77&deployment=x"
-    code, out, err = run_main(monkeypatch, capsys, "--verbose", "search", "--space", "nb201", "--benchmark",
+    code, out, err = pathnas_edge("--verbose", "search", "--space", "nb201", "--benchmark",
                               str(bench["path"]), "--dataset", "tissue", "--device", "edge_a", "--proposer", "llm",
                               "--llm-base-url", url, "--llm-retries", "1", "--llm-backoff", "0",
                               "--run-dir", str(tmp_path / "run"))

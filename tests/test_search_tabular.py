@@ -17,7 +17,8 @@ from pathnas.search import (Budgets, EvolutionProposer, PriorGuidedProposer, Ran
                             SearchMismatchError, read_evaluations)
 from pathnas.search.tabular import BenchmarkLatency, TabularTarget
 from pathnas.settings import SearchSettings
-from search_helpers import bench, run_main, search  # noqa: F401 (fixtures)
+from cli_helpers import pathnas_edge
+from search_helpers import bench, search  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def median_latency(bench, device="edge_a") -> float:
 
 def test_the_tabular_search_command_prints_the_summary_as_json(bench, tmp_path, monkeypatch, capsys):
     budget = median_latency(bench)
-    code, out, err = run_main(monkeypatch, capsys, "search", "--space", "nb201", "--benchmark", str(bench["path"]),
+    code, out, err = pathnas_edge("search", "--space", "nb201", "--benchmark", str(bench["path"]),
                               "--dataset", "tissue", "--device", "edge_a", "--budget-ms", str(budget),
                               "--iterations", "10", "--run-dir", str(tmp_path / "run"), "--json")
     assert code == 0, err
@@ -63,7 +64,7 @@ def test_the_tabular_search_command_prints_the_summary_as_json(bench, tmp_path, 
 def test_columns_that_are_not_there_are_named_with_those_that_are(bench, tmp_path, monkeypatch, capsys, option, value,
                                                                   named):
     args = {"--dataset": "tissue", "--device": "edge_a", option: value}
-    code, out, err = run_main(monkeypatch, capsys, "search", "--space", "nb201", "--benchmark", str(bench["path"]),
+    code, out, err = pathnas_edge("search", "--space", "nb201", "--benchmark", str(bench["path"]),
                               *[x for kv in args.items() for x in kv], "--run-dir", str(tmp_path / "run"))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
@@ -76,16 +77,16 @@ def test_columns_that_are_not_there_are_named_with_those_that_are(bench, tmp_pat
     (["--skip-bad"], "--skip-bad: applies to supernet spaces only"),
 ])
 def test_supernet_options_are_refused_for_a_tabular_space(bench, tmp_path, monkeypatch, capsys, extra, named):
-    code, _, err = run_main(monkeypatch, capsys, "search", "--space", "nb201", "--benchmark", str(bench["path"]),
+    code, _, err = pathnas_edge("search", "--space", "nb201", "--benchmark", str(bench["path"]),
                             "--dataset", "tissue", "--device", "edge_a", "--run-dir", str(tmp_path), *extra)
     assert code == 2 and named in err and "Traceback" not in err
 
 
 def test_tabular_options_are_refused_for_a_supernet_space(tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "search", "--device", "cpu", "--supernet", "s.pt", "--data", "d",
+    code, _, err = pathnas_edge("search", "--device", "cpu", "--supernet", "s.pt", "--data", "d",
                             "--benchmark", "b.csv", "--run-dir", str(tmp_path))
     assert code == 2 and "--benchmark: applies to tabular spaces only" in err
-    code, _, err = run_main(monkeypatch, capsys, "search", "--space", "nb201", "--device", "edge_a",
+    code, _, err = pathnas_edge("search", "--space", "nb201", "--device", "edge_a",
                             "--benchmark", "b.csv", "--run-dir", str(tmp_path))
     assert code == 2 and "--dataset: --space nb201 is a tabular space: give --dataset" in err
 
