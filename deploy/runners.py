@@ -199,11 +199,18 @@ def cuda_device_count() -> int:
     return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
+
+
 def require_backend(backend: str) -> None:
     """ProviderError naming the missing extra when ``backend``'s runtime is not installed."""
     if backend not in BACKEND_MODULES:
         raise ConfigError(f"backend {backend!r}: allowed values are {', '.join(BACKEND_MODULES)}")
-    if any(importlib.util.find_spec(module) is None for module in BACKEND_MODULES[backend]):
+    if not all(_installed(module) for module in BACKEND_MODULES[backend]):
         raise ProviderError(f"this model runs on {backend}, which is not installed here: {BACKEND_EXTRAS[backend]}")
 
 

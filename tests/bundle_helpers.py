@@ -137,12 +137,13 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# Runs a module's main (pathnas-infer) with torch, timm and the training code made unimportable,
-# then prints the distributions of every third-party module the run imported.
+# Runs a module's main (pathnas-infer) with torch, timm and the training code made unimportable (and
+# whatever PATHNAS_TEST_BLOCK names, comma-separated), then prints the distributions of every
+# third-party module the run imported.
 BLOCKED_RUN = textwrap.dedent("""
-    import importlib.abc, json, runpy, sys
+    import importlib.abc, json, os, runpy, sys
     BLOCKED = ("torch", "torchvision", "timm", "fvcore", "pathnas.train", "pathnas.spaces", "pathnas.search",
-               "pathnas.data", "pathnas.cli")
+               "pathnas.data", "pathnas.cli") + tuple(filter(None, os.environ.get("PATHNAS_TEST_BLOCK", "").split(",")))
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name in BLOCKED or name.startswith(tuple(b + "." for b in BLOCKED)):

@@ -173,6 +173,28 @@ def test_inference_runs_without_torch(classify_run, bundle, tmp_path, device, ru
     assert all(r["prediction"] == ("benign", "in_situ", "invasive", "normal")[i] for r, i in zip(rows, probs.argmax(1)))
 
 
+def test_verify_runs_without_torch(bundle):
+    from pathnas.deploy.footprint import declared_requirements, requirement_closure
+
+    result = infer("verify", bundle)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"OK {bundle}")
+    assert imported_distributions(result) <= requirement_closure(declared_requirements(("runtime",))) | {"pathnas-edge"}
+
+
+def test_an_openvino_bundle_on_the_onnxruntime_only_install_names_the_missing_extra(classify_run, tmp_path):
+    import os
+
+    run, data = classify_run
+    assert cli("package", run, "--device", "x86-cpu-openvino", "--out", tmp_path / "b", "--no-latency")[0] == 0
+    image = sorted((data / "invasive").iterdir())[0]
+    result = infer(tmp_path / "b", image, "--out", tmp_path / "r.csv", env={**os.environ, "PATHNAS_TEST_BLOCK": "openvino"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "openvino" in errors[0] and "pip install 'pathnas-edge[runtime]'" in errors[0]
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_inference_matches_the_toolchain_preprocessing_and_model(bundle, classify_run, tmp_path):
     """The runtime's numpy/Pillow preprocessing feeds the model what the torch pipeline validated."""
     import torch
