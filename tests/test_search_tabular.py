@@ -229,3 +229,13 @@ def test_offline_proposers_never_propose_over_the_budget_or_twice(bench, name):
     records = s.ctx.history
     assert len({r["arch"] for r in records}) == 30
     assert all(r["latency_ms"] <= budget and r["flops"] <= 60e6 and r["meets_budgets"] for r in records)
+
+
+def test_the_search_table_fits_80_columns(bench, tmp_path):
+    code, out, err = pathnas_edge("search", "--space", "nb201", "--benchmark", str(bench["path"]),
+                                  "--dataset", "tissue", "--device", "edge_a", "--budget-ms",
+                                  str(median_latency(bench)), "--iterations", "6", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    table = [line for line in out.splitlines() if line[:1] in "┏┃┡│└"]
+    assert len(table) >= 6 + 4 and all(len(line) <= 80 for line in table)  # 6 rows, header and rules
+    assert "…" not in out and "best: " in out
