@@ -57,7 +57,11 @@ def load_checkpoint(path: str | os.PathLike, expected_format: str, kind: str, ma
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)  # data only: never unpickle code
     except Exception as err:  # torch raises several types for a damaged or truncated file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "Weights only load failed" in str(err):
+            # torch's own advice (load with weights_only=False) would execute whatever the file holds
+            raise InvalidFileError(f"{kind} checkpoint {path} is damaged or not one of this project's: it does not "
+                                   f"hold plain data (tensors, numbers, strings), so it is not loaded") from None
+        reason = (str(err).splitlines()[0] if str(err) else type(err).__name__)[:160]
         raise InvalidFileError(f"{kind} checkpoint {path} is damaged or truncated ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
         raise InvalidFileError(f"{path}: not a pathnas {kind} checkpoint (expected format {expected_format})")
