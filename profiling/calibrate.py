@@ -66,7 +66,9 @@ def fit_calibration(parts_sum_ms, predicted_before_ms, measured_ms, overhead: di
     if n < 3:
         raise ConfigError(f"{n} calibration subnets: at least 3 are needed (one is left out in turn)")
     if not (np.all(measured > 0) and np.all(before > 0)):
-        raise ConfigError("calibration needs positive measured and predicted latencies")
+        raise ConfigError("the table predicts a latency of zero or less for some of these paths (its overhead fit "
+                          "is broken); measure a new table with `pathnas-edge profile measure` instead of "
+                          "recalibrating this one")
     # The linear model needs spread in the sums of parts and at least 3 paths to fit on.
     models = [m for m in MODELS if m == "scale" or (n >= 4 and np.ptp(parts_sum) > 0)]
     loo: dict[str, list[float]] = {}

@@ -448,6 +448,9 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
                          "--fit-subnets", "3", "--rounds", "1", "--out", table_path, "--json")
     assert code == 0, err
     assert json.loads(out)["table"] == str(table_path)
+    # calibrate a table of known figures: a table measured from 3 fitting subnets on a busy machine
+    # can predict nonsense, and this test must not depend on the machine's speed
+    table_path = save_table(hand_made_table(tiny), tmp_path / "hand_made.json")
     table = load_table(table_path)
     out_path = tmp_path / "calibrated.json"
     code, out, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *knobs, "--table",
@@ -460,7 +463,7 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
     record = calibrated["calibration"]
     assert calibrated["parts"] == table["parts"] and record["previous_overhead"] == table["overhead"]
     # calibration paths are new: none was measured end to end by the table
-    assert not {r["arch"] for r in record["subnets"]} & {r["arch"] for r in table["end_to_end"]}
+    assert not {r["arch"] for r in record["subnets"]} & {r["arch"] for r in table.get("end_to_end", [])}
     predictor = predictor_for(load_profile("cpu"), tiny, table_path=out_path)  # search --latency-table uses it
     for r in record["subnets"]:
         assert predictor.predict_ms(r["arch"]) == pytest.approx(r["predicted_after_ms"])
