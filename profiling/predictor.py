@@ -67,7 +67,8 @@ class LatencyPredictor:
 
     def label(self, latency_ms: float) -> str:
         """The figure as it should be shown: estimates say so."""
-        return f"~{latency_ms:.3f} ms (roofline estimate)" if self.is_estimate else f"{latency_ms:.3f} ms"
+        figure = f"{latency_ms:.3g}"  # significant digits: 0.0099 and 0.0096 ms stay apart
+        return f"~{figure} ms (roofline estimate)" if self.is_estimate else f"{figure} ms"
 
     def describe(self) -> dict:
         return {"device": self.profile.name, "runtime": self.profile.runtime, "precision": self.profile.precision,
