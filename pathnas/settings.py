@@ -8,12 +8,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pathnas.errors import ConfigError
+
 SPACES = ("shufflenet", "unet", "vit")  # the supernet spaces (pathnas.spaces.SUPERNETS), named without importing torch
-# The offline default is "prior-bo"; "auto" picks an LLM when one is configured, else prior-bo.
-PROPOSERS = ("llm", "llm-rank", "prior-bo", "evolution", "random", "auto")
+
+# The proposers, named once: the CLI's allowed values and help come from here, and
+# pathnas.search.factory builds one for each name (a test checks the two agree).
+PROPOSERS: dict[str, str] = {
+    "llm": "the Pathology-NAS loop: an LLM proposes from the history",
+    "llm-rank": "LM-Searcher: an LLM picks among feasible candidates shown as NCodes",
+    "prior-bo": "prior-guided Bayesian optimisation, the offline default",
+    "evolution": "population 50, then children of the top 10",
+    "random": "random feasible paths",
+    "auto": "an LLM when one is configured, else prior-bo",
+}
+OFFLINE_PROPOSER = "prior-bo"
+ProposerName = Literal[tuple(PROPOSERS)]  # type: ignore[valid-type]
+PROPOSER_HELP = "; ".join(f"{name}: {text}" for name, text in PROPOSERS.items())
+
+# Export formats and precisions (pathnas.export builds each; the pipeline and the CLI check against these).
+FORMATS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def validated(model: type[BaseModel], what: str | None = None, **values):
+    """``model(**values)``, or one ConfigError naming each option at fault (``--batch-size: ...``) and the
+    allowed values, instead of pydantic's report."""
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise config_error(err, f"{what} settings" if what else "settings") from None
+
+
+def config_error(err: ValidationError, what: str, name=None) -> ConfigError:
+    """The one place a pydantic ValidationError becomes a user error: a line per field at fault, named by
+    ``name(loc)`` (default: as the option that sets it)."""
+    name = name or option_name
+    lines = [f"{name(e['loc'])}: {e['msg']}" for e in err.errors()]
+    return ConfigError(f"invalid {what}:\n  " + "\n  ".join(lines))
+
+
+def option_name(loc: tuple) -> str:
+    """A settings field as the option that sets it: ``batch_size`` -> ``--batch-size``."""
+    return "--" + ".".join(map(str, loc)).replace("_", "-") if loc else "settings"
 
 
 class OptimConfig(BaseModel):
@@ -53,17 +93,20 @@ class PretrainConfig(OptimConfig):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
+    sampler: Literal["uniform", "fair"] = Field(
+        "uniform", description="uniform: one random path per step (SPOS); fair: every choice of every layer "
+                               "once per step, gradients accumulated (FairNAS)")
 
 
 class RetrainConfig(OptimConfig):
-    data: Path
+    data: Path = Field(description="the data set (its saved splits are reused)")
     epochs: int = Field(30, ge=1)
     lr: float = Field(0.02, gt=0)
-    from_scratch: bool = False
+    from_scratch: bool = Field(False, description="start from fresh weights, not the inherited ones")
     bn_images: int = Field(256, ge=0)
     workers: int = Field(0, ge=0)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs")
     skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
 
 
@@ -97,9 +140,7 @@ class SearchSettings(BaseModel):
     budget_ms: float | None = Field(None, gt=0, description="latency budget on the device, ms per image")
     budget_mflops: float | None = Field(None, gt=0, description="FLOPs budget in MFLOPs (multiply-adds)")
     iterations: int = Field(10, ge=1, description="evaluations in all (a resumed search counts those done)")
-    proposer: Literal["llm", "llm-rank", "prior-bo", "evolution", "random", "auto"] = Field(
-        "auto", description="llm, llm-rank, prior-bo (offline default), evolution, random, or auto: an LLM when one "
-                            "is configured, else prior-bo")
+    proposer: ProposerName = Field("auto", description=PROPOSER_HELP)
     llm_model: str = "gpt-4o"
     llm_base_url: str | None = Field(None, description="OpenAI-compatible server (overrides OPENAI_BASE_URL)")
     temperature: float = Field(0.0, ge=0, le=2)
@@ -154,3 +195,82 @@ class SearchSettings(BaseModel):
                 refuse(field, f"a supernet search needs --{field} (or --space "
                               f"{' / '.join(self.TABULAR_SPACES)} with --benchmark and --dataset)")
         return self
+
+
+# The embedded default: CPU-sized, learns on the synthetic data in a few minutes on 2 cores. The paper's
+# ShuffleNet supernet at 32 px: the stem and four stride-2 stages take it to 16, 8, 4, 2 and 1 px.
+DEMO_SPACE = {"space": "shufflenet", "input_size": 32, "width_mult": 0.5, "stage_repeats": [1, 1, 2, 1]}
+DEMO_DATA = {"n_per_class": 200, "image_size": 64}
+
+
+def _choices(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma-separated string or a sequence, every item one of ``allowed`` (the error lists them)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise ValueError(f"{what} {', '.join(map(repr, bad)) or '(none)'}: allowed values are {', '.join(allowed)}")
+    return tuple(dict.fromkeys(items))
+
+
+class PipelineSettings(BaseModel):
+    """One `pathnas-edge pipeline`: data -> supernet -> latency table -> search -> extract -> retrain ->
+    export (+ quantize) -> validate -> bundle. The defaults are the embedded demo, sized for a CPU;
+    the training settings here are the pipeline's own (smaller batch, no mixing) and override those of
+    PretrainConfig / RetrainConfig, which the stage commands use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = Field(None, description="your data set (default: the synthetic histology set)")
+    device: str = Field("cpu", description="target hardware profile (name or alias, e.g. jetson, cpu)")
+    space: dict = Field(default_factory=lambda: dict(DEMO_SPACE),
+                        description="the space and its knobs (default: the paper's ShuffleNet at 32 px, width 0.5)")
+    proposer: ProposerName = Field("auto", description=PROPOSER_HELP)
+    iterations: int = Field(10, ge=1, description="architectures evaluated by the search")
+    budget_ms: float | None = Field(None, gt=0, description="latency budget on the device, ms per image")
+    budget_mflops: float | None = Field(None, gt=0, description="FLOPs budget in MFLOPs (multiply-adds)")
+    pretrain_epochs: int = Field(20, ge=1, description="supernet pretraining epochs")
+    retrain_epochs: int = Field(10, ge=1, description="retraining epochs of the chosen path")
+    batch_size: int = Field(32, ge=2, description="training batch of pretraining and retraining")
+    pretrain_lr: float = Field(0.02, gt=0, description="supernet learning rate")
+    retrain_lr: float = Field(0.01, gt=0, description="retraining learning rate (no warm-up: it starts from the "
+                                                      "inherited weights)")
+    mixup: bool = Field(False, description="timm mixup/cutmix in pretraining and retraining (off: on a few hundred "
+                                           "images per class the demo learns faster without)")
+    formats: tuple[str, ...] = Field(FORMATS, description=f"comma-separated: {', '.join(FORMATS)}")
+    precisions: tuple[str, ...] | None = Field(
+        None, description=f"comma-separated: {', '.join(PRECISIONS)} (default: FP32 plus the device profile's)")
+    seed: int = 0
+    skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
+    sign_key: Path | None = Field(None, description="sign the bundle's manifest with this private key "
+                                                    "(`pathnas-edge keys new`)")
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _formats(cls, value):
+        return _choices(value, FORMATS, "format")
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _precisions(cls, value):
+        return None if value in (None, "auto") else _choices(value, PRECISIONS, "precision")
+
+    def pretrain_config(self, data: Path, run_dir: Path) -> "PretrainConfig":
+        return validated(PretrainConfig, "pretraining", data=data, run_dir=run_dir, epochs=self.pretrain_epochs,
+                         batch_size=self.batch_size, lr=self.pretrain_lr, workers=0, seed=self.seed,
+                         skip_bad=self.skip_bad, **self._mixing(PretrainConfig))
+
+    def retrain_config(self, data: Path) -> "RetrainConfig":
+        return validated(RetrainConfig, "retraining", data=data, epochs=self.retrain_epochs,
+                         batch_size=self.batch_size, lr=self.retrain_lr, warmup_epochs=0, seed=self.seed,
+                         skip_bad=self.skip_bad, **self._mixing(RetrainConfig))
+
+    def search_settings(self, data: Path, supernet: Path, run_dir: Path) -> "SearchSettings":
+        return validated(SearchSettings, "search", device=self.device, supernet=supernet, data=data,
+                         run_dir=run_dir, budget_ms=self.budget_ms, budget_mflops=self.budget_mflops,
+                         iterations=self.iterations, proposer=self.proposer, seed=self.seed,
+                         skip_bad=self.skip_bad, resume=True)
+
+    def _mixing(self, model: type[BaseModel]) -> dict:
+        if self.mixup:
+            return {k: model.model_fields[k].default for k in ("mixup_alpha", "cutmix_alpha")}
+        return {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}

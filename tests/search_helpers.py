@@ -2,7 +2,6 @@
 as the CLI and the pipeline build it, and running the CLI in-process."""
 from __future__ import annotations
 
-
 import pytest
 
 from llm_server import ScriptedServer
@@ -10,6 +9,11 @@ from nb201_fixture import lookup, write_benchmark
 from pathnas.pipeline.stages import latency_factory
 from pathnas.search import run_search
 from pathnas.settings import SearchSettings
+
+# The LLM client's timeout in tests with a request that never answers: only that request may reach it, so it
+# is far beyond the time any answered request takes, even on a loaded machine (the script's replies must
+# meet the requests they were written for).
+HANG_TIMEOUT_S = 3.0
 
 
 @pytest.fixture

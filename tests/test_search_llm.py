@@ -11,7 +11,7 @@ import pytest
 from pathnas.io import read_jsonl
 from pathnas.search import read_evaluations
 from pathnas.settings import SearchSettings
-from search_helpers import bench, search, server_factory  # noqa: F401 (fixtures)
+from search_helpers import HANG_TIMEOUT_S, bench, search, server_factory  # noqa: F401 (fixtures)
 from cli_helpers import pathnas_edge
 
 SECRET = "sk-test-SECRET-0123456789"
@@ -164,7 +164,7 @@ def test_credentials_in_the_base_url_are_never_logged_or_recorded(bench, server_
 
 def test_a_request_that_never_answers_times_out_and_is_retried(bench, server_factory, tmp_path):
     server = server_factory([{"hang": True}, {"reply": proposal("333123")}])  # only the client's timeout ends it
-    summary = search(settings(bench, tmp_path / "run", server, iterations=1, llm_timeout_s=0.5))
+    summary = search(settings(bench, tmp_path / "run", server, iterations=1, llm_timeout_s=HANG_TIMEOUT_S))
     calls = read_jsonl(tmp_path / "run" / "transcript.jsonl")
     assert summary["status"] == "completed" and len(server.requests) == 2
     assert "Timeout" in calls[0]["error"] and calls[1]["reply"]

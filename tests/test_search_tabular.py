@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -180,22 +179,12 @@ def test_a_torn_last_line_is_repaired_on_resume(bench, tmp_path, caplog):
     assert "dropped a torn last line" in caplog.text
 
 
-def test_a_second_search_on_the_same_run_directory_is_refused(bench, tmp_path):
-    import subprocess
-
+def test_a_second_search_on_the_same_run_directory_is_refused(bench, tmp_path, locked):
     run = tmp_path / "run"
-    run.mkdir()  # RunLock is re-entrant within a process: another process holds it
-
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathnas.lock import RunLock\n"
-                               f"with RunLock({str(run)!r}, 'search'):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunLockedError, match="search"):
-            search(settings(bench, run, iterations=2))
-    finally:
-        holder.kill()
-        holder.wait()
+    run.mkdir()
+    pid = locked(run, "search")  # RunLock is re-entrant within a process: another process holds it
+    with pytest.raises(RunLockedError, match=f"PID {pid} \\(search\\)"):
+        search(settings(bench, run, iterations=2))
 
 
 # -- the offline default, through the search's own machinery ----------------------------------------

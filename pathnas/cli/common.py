@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console
 
 from pathnas.errors import ConfigError
-from pathnas.settings import SPACES
+from pathnas.settings import SPACES, validated
 
 console = Console()
 err_console = Console(stderr=True)
@@ -59,13 +59,7 @@ def setting(model: type[BaseModel], field: str, *param_decls: str, **kwargs) -> 
     return typer.Option(info.default, *param_decls, **kwargs)
 
 
-def build(model: type[BaseModel], **values) -> Any:
-    """``model(**values)``, with a ConfigError naming each option at fault instead of pydantic's report."""
-    try:
-        return model(**values)
-    except ValidationError as err:
-        lines = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors()]
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+build = validated  # ``build(Model, **option_values)``: the settings, or one error naming each option at fault
 
 
 def parse_options(options: list[str]) -> dict[str, Any]:

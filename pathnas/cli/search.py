@@ -2,71 +2,52 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from pathnas.settings import SearchSettings
 
-from .common import JSON_HELP, build, console, on_interrupt, print_json, setting
+from .common import JSON_HELP, console, on_interrupt, print_json
+from .options import settings_options
 
 S = SearchSettings
 SUPERNET = "Supernet spaces (shufflenet, unet, vit)"
 TABULAR = f"Tabular spaces ({', '.join(S.TABULAR_SPACES)})"
 LLM = "LLM proposers (llm, llm-rank)"
+_PANELS = {SUPERNET: S.SUPERNET_ONLY, TABULAR: S.TABULAR_ONLY,
+           LLM: ("llm_model", "llm_base_url", "temperature", "prompt", "llm_timeout_s", "llm_retries",
+                 "llm_backoff_s", "replay")}
+_KIND = {SUPERNET: "supernet spaces", TABULAR: "tabular spaces", LLM: "LLM proposers"}
 
 
-def of_kind(panel: str, field: str, *decls: str):
-    """An option of one kind of search: its help says which (an option of the other kind is refused)."""
-    described = S.model_fields[field].description or ""
-    prefix = {SUPERNET: "supernet spaces", TABULAR: "tabular spaces", LLM: "LLM proposers"}[panel]
-    text = described if described.startswith(prefix) else f"{prefix}: {described}".rstrip(": ")
-    return setting(S, field, *decls, help=text, rich_help_panel=panel)
+def _search_options() -> dict[str, dict]:
+    """How the search's options differ from their fields: which kind of search each belongs to (its help
+    says so; an option of the other kind is refused), and a few shorter spellings."""
+    options: dict[str, dict] = {
+        "run_dir": {"default": Path("runs/search"), "help": "where the transcript, evaluations and summary go"},
+        "resume": {"help": "continue a stopped search without re-evaluating"},
+        "llm_timeout_s": {"decls": ("--llm-timeout",)},
+        "llm_backoff_s": {"decls": ("--llm-backoff",)},
+    }
+    for panel, fields in _PANELS.items():
+        for field in fields:
+            described = S.model_fields[field].description or ""
+            text = described if described.startswith(_KIND[panel]) else f"{_KIND[panel]}: {described}".rstrip(": ")
+            options.setdefault(field, {}).update(help=text, rich_help_panel=panel)
+    return options
 
 
-def search(
-    device: str = typer.Option(..., help=S.model_fields["device"].description),
-    space: Optional[str] = setting(S, "space"),
-    budget_ms: Optional[float] = setting(S, "budget_ms"),
-    budget_mflops: Optional[float] = setting(S, "budget_mflops"),
-    iterations: int = setting(S, "iterations"),
-    proposer: str = setting(S, "proposer"),
-    run_dir: Path = typer.Option(Path("runs/search"), help="where the transcript, evaluations and summary go"),
-    resume: bool = typer.Option(False, "--resume", help="continue a stopped search without re-evaluating"),
-    seed: int = setting(S, "seed"),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    supernet: Optional[Path] = of_kind(SUPERNET, "supernet"),
-    data: Optional[Path] = of_kind(SUPERNET, "data"),
-    finetune_epochs: int = of_kind(SUPERNET, "finetune_epochs"),
-    bn_images: int = of_kind(SUPERNET, "bn_images"),
-    skip_bad: bool = of_kind(SUPERNET, "skip_bad", "--skip-bad"),
-    latency_source: str = of_kind(SUPERNET, "latency_source"),
-    latency_table: Optional[Path] = of_kind(SUPERNET, "latency_table"),
-    benchmark: Optional[Path] = of_kind(TABULAR, "benchmark"),
-    dataset: Optional[str] = of_kind(TABULAR, "dataset"),
-    llm_model: str = of_kind(LLM, "llm_model"),
-    llm_base_url: Optional[str] = of_kind(LLM, "llm_base_url"),
-    temperature: float = of_kind(LLM, "temperature"),
-    prompt: str = of_kind(LLM, "prompt"),
-    llm_timeout: float = of_kind(LLM, "llm_timeout_s"),
-    llm_retries: int = of_kind(LLM, "llm_retries"),
-    llm_backoff: float = of_kind(LLM, "llm_backoff_s"),
-    replay: Optional[Path] = of_kind(LLM, "replay"),
-) -> None:
+@settings_options(SearchSettings, options=_search_options())
+def search(settings: SearchSettings, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Hardware-aware architecture search: on a pretrained supernet (--supernet, --data) or on a tabular
     benchmark (--space nb201 --benchmark FILE --dataset NAME), with an LLM or offline proposer."""
     from pathnas.pipeline.stages import latency_factory
     from pathnas.search import SearchStopped, run_search
 
-    settings = build(
-        SearchSettings, device=device, supernet=supernet, data=data, benchmark=benchmark, dataset=dataset,
-        run_dir=run_dir, space=space, budget_ms=budget_ms, budget_mflops=budget_mflops, iterations=iterations,
-        proposer=proposer, llm_model=llm_model, llm_base_url=llm_base_url, temperature=temperature, prompt=prompt,
-        llm_timeout_s=llm_timeout, llm_retries=llm_retries, llm_backoff_s=llm_backoff,
-        finetune_epochs=finetune_epochs, bn_images=bn_images, latency_source=latency_source,
-        latency_table=latency_table, skip_bad=skip_bad, resume=resume, replay=replay, seed=seed,
-    )
-    on_interrupt(f"every finished evaluation is saved in {run_dir / 'evaluations.jsonl'}; continue with the same "
+    from pathnas.search.runfile import EVALUATIONS_FILE
+
+    run_dir = settings.run_dir
+    on_interrupt(f"every finished evaluation is saved in {run_dir / EVALUATIONS_FILE}; continue with the same "
                  f"command and --resume")
     summary = run_search(settings, latency_factory(settings))
     if as_json:
@@ -84,10 +65,10 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     from rich.text import Text
 
     from pathnas.search import figures
-    from pathnas.search.runfile import read_evaluations
+    from pathnas.search.runfile import EVALUATIONS_FILE, PARETO_FILE, SUMMARY_FILE, read_evaluations
 
     device = summary["device"]
-    records = read_evaluations(run_dir / "evaluations.jsonl")
+    records = read_evaluations(run_dir / EVALUATIONS_FILE)
     measured = any(r.get("measured_latency_ms") is not None for r in records)
     best = summary["best"]
     table = Table(title=f"search on {device['device']}: {summary['evaluations']} evaluations, proposer "
@@ -113,7 +94,7 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         test = (f"; {best['test_metric_name']} {best['test_metric']:.2f}" if "test_metric" in best else "")
         console.print(f"best: {best['arch']} ({best['arch_explicit']}): {best['metric_name']} {best['metric']:.2f}"
                       f"{test}, latency {figures.ms(best['latency_ms'], device['is_estimate'])}; summary "
-                      f"{run_dir / 'summary.json'}, plot {run_dir / 'pareto.png'}", markup=False, highlight=False)
+                      f"{run_dir / SUMMARY_FILE}, plot {run_dir / PARETO_FILE}", markup=False, highlight=False)
     else:
         console.print("no evaluated architecture met every budget", markup=False, style="yellow")
 

@@ -6,9 +6,10 @@ from typing import Optional
 
 import typer
 
-from pathnas.settings import RetrainConfig
+from pathnas.settings import PipelineSettings, RetrainConfig
 
-from .common import JSON_HELP, RUN_HELP, build, console, on_interrupt, print_json, setting
+from .common import JSON_HELP, RUN_HELP, console, on_interrupt, print_json
+from .options import settings_options
 
 FORCE_HELP = "run the stage even if RUN/stages.json says it is up to date"
 STATUS_STYLE = {"passed": "green", "failed-validation": "red", "failed": "red", "skipped": "yellow"}
@@ -35,19 +36,11 @@ def extract(
     print_json(info) if as_json else console.print(f"extracted {info['arch']} -> {info['path']}", markup=False)
 
 
+@settings_options(RetrainConfig, ("data", "epochs", "batch_size", "lr", "mixup_alpha", "cutmix_alpha", "from_scratch",
+                                  "seed", "device", "skip_bad"), what="retraining")
 def retrain(
+    cfg: RetrainConfig,
     run_dir: Path = typer.Option(..., help=RUN_HELP),
-    data: Path = typer.Option(..., help="the data set (its saved splits are reused)"),
-    epochs: int = setting(RetrainConfig, "epochs"),
-    batch_size: int = setting(RetrainConfig, "batch_size"),
-    lr: float = setting(RetrainConfig, "lr"),
-    mixup_alpha: float = setting(RetrainConfig, "mixup_alpha"),
-    cutmix_alpha: float = setting(RetrainConfig, "cutmix_alpha"),
-    from_scratch: bool = setting(RetrainConfig, "from_scratch", "--from-scratch",
-                                 help="start from fresh weights, not the inherited ones"),
-    seed: int = setting(RetrainConfig, "seed"),
-    device: str = setting(RetrainConfig, "device", help="auto, cpu or cuda"),
-    skip_bad: bool = setting(RetrainConfig, "skip_bad", "--skip-bad"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -55,8 +48,6 @@ def retrain(
     settings and subnet only)."""
     from pathnas.pipeline.stages import stage_retrain
 
-    cfg = build(RetrainConfig, data=data, epochs=epochs, batch_size=batch_size, lr=lr, mixup_alpha=mixup_alpha,
-                cutmix_alpha=cutmix_alpha, from_scratch=from_scratch, seed=seed, device=device, skip_bad=skip_bad)
     summary = stage_retrain(_layout(run_dir), cfg, force)
     if as_json:
         print_json(summary)
@@ -182,38 +173,22 @@ def print_report(report: dict) -> None:
     console.print("[green]all artifacts passed[/green]" if report["passed"] else "[red]validation FAILED[/red]")
 
 
+@settings_options(PipelineSettings, tuple(f for f in PipelineSettings.model_fields if f != "space"),
+                  what="pipeline", options={"formats": {"decls": ("--formats", "--format")},
+                                            "precisions": {"decls": ("--precisions", "--precision")}})
 def pipeline(
+    settings: PipelineSettings,
     run_dir: Path = typer.Option(Path("runs/demo"), help="the run directory (re-running resumes it)"),
-    data: Optional[Path] = typer.Option(None, help="your data set (default: the synthetic histology set)"),
-    device: str = typer.Option("cpu", help="target hardware profile"),
-    proposer: str = typer.Option("auto", help="llm, llm-rank, evolution, random or auto"),
-    iterations: int = typer.Option(10, min=1),
-    budget_ms: Optional[float] = typer.Option(None, help="latency budget on the device (ms per image)"),
-    budget_mflops: Optional[float] = typer.Option(None),
-    pretrain_epochs: int = typer.Option(20, min=1),
-    retrain_epochs: int = typer.Option(10, min=1),
-    format: str = typer.Option("onnx,openvino,tensorrt"),
-    precision: str = typer.Option("auto", help="comma-separated fp32, fp16, int8; auto: FP32 plus the "
-                                  "device profile's precision"),
-    seed: int = typer.Option(0),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable images (listed in splits.json) and "
-                                  "report how many"),
-    sign_key: Optional[Path] = typer.Option(None, help="sign the bundle's manifest with this private key "
-                                                       "(`pathnas-edge keys new`)"),
 ) -> None:
     """Everything, on the embedded default unless told otherwise: data, supernet, latency table,
     search, extract, retrain, quantize, export, validate, and a verified bundle for the device run once
     without PyTorch. Stages already done are skipped; every setting is checked before the first stage;
     one pipeline at a time per run directory."""
-    from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
     from pathnas.io import read_json
     from pathnas.pipeline import run_pipeline
 
-    precisions = None if precision == "auto" else tuple(parse_list(precision, PRECISIONS, "--precision"))
     layout = _layout(run_dir)
-    summary = run_pipeline(run_dir, data, device, proposer, iterations, budget_ms, budget_mflops, pretrain_epochs,
-                           retrain_epochs, tuple(parse_list(format, FORMATS, "--format")), precisions, seed,
-                           skip_bad=skip_bad, sign_key=sign_key)
+    summary = run_pipeline(run_dir, settings)
     print_report(read_json(layout.report, "validation report"))
     best = summary["search"]
     key = summary["retrain"]["metric_name"]

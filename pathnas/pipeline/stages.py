@@ -8,6 +8,7 @@ crashed pipeline resumes where it stopped and a finished one re-runs in seconds.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -201,7 +202,6 @@ def stage_package(layout: RunLayout, profile, out: Path | None = None, measure_l
     signed with ``sign_key`` when given. ``out`` defaults to RUN/bundle, which a re-run replaces when its
     inputs changed; any other ``out`` that exists is refused."""
     import dataclasses
-    import tempfile
 
     from pathnas.deploy.bundle import PackageInputs, package, zip_path
     from pathnas.deploy.signing import key_fingerprint
@@ -249,8 +249,6 @@ def stage_smoke_test(layout: RunLayout, data: Path, bundle: Path | None = None, 
     model's that validation compared every artifact with: the same class and probabilities within
     SMOKE_PROB_ATOL (segmentation: >= 99% of mask pixels alike). Writes RUN/smoke_test.json;
     SmokeTestError when they differ. Returns the record, with the commands to run on the workstation."""
-    import tempfile
-
     from pathnas.deploy.signing import key_fingerprint, public_key_pem
 
     bundle = Path(bundle) if bundle is not None else layout.bundle
@@ -273,73 +271,23 @@ def stage_smoke_test(layout: RunLayout, data: Path, bundle: Path | None = None, 
     return read_json(layout.smoke_test, "smoke test record")
 
 
-# pathnas-infer with the toolchain made unimportable: proof that the bundle runs without it.
-_TORCH_FREE = ("import runpy, sys\n"
-               "for name in ('torch', 'torchvision', 'timm', 'pathnas.train', 'pathnas.data', 'pathnas.spaces'):\n"
-               "    sys.modules[name] = None\n"
-               "sys.argv[0] = 'pathnas-infer'\n"
-               "runpy.run_module('pathnas.deploy.toolkit', run_name='__main__')\n")
-
-
 def _smoke_test(layout: RunLayout, data: Path, bundle: Path, images: int, trusted_key: Path | None) -> dict:
-    import subprocess
-    import sys
-    import tempfile
-
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from pathnas.data import ImageClassificationFolder, SegmentationFolder, build_transforms, segmentation_classes
     from pathnas.deploy.signing import SIGNATURE
-    from pathnas.subnet import load_subnet
 
-    model, meta = load_subnet(layout.model_for_export())
-    task, size = meta["task"], meta["space_config"]["input_size"]
-    transform = build_transforms(task, size, train=False)
-    dataset = ImageClassificationFolder(data, "val", transform) if task == "classify" else \
-        SegmentationFolder(data, "val", transform, num_classes=len(segmentation_classes(data)))
-    picked = list(range(min(images, len(dataset))))
-    paths = [dataset.samples[i][0] for i in picked]
-    with torch.no_grad():
-        expected = model.eval()(torch.stack([dataset[i][0] for i in picked])).softmax(1).numpy()
+    from .smoke import compare_outputs, reference_outputs, run_torch_free, workstation_commands
+
+    reference = reference_outputs(layout.model_for_export(), data, images)
     signed = (bundle / SIGNATURE).exists()
+    record = {"bundle": str(bundle), "signed": signed, "images": [str(p) for p in reference.paths],
+              "task": reference.task}
     with tempfile.TemporaryDirectory(prefix="pathnas-smoke-") as tmp:
-        tmp = Path(tmp)
-        command = [sys.executable, "-c", _TORCH_FREE, "predict", str(bundle), *map(str, paths), "--out",
-                   str(tmp / "out.json"), "--tile", "never", "--mask-dir", str(tmp / "masks")]
-        if trusted_key is not None:
-            command += ["--trusted-key", str(trusted_key)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        record = {"bundle": str(bundle), "signed": signed, "images": [str(p) for p in paths], "task": task,
-                  "returncode": result.returncode, "stderr_tail": result.stderr[-2000:]}
-        if result.returncode != 0:
-            return {**record, "passed": False, "problem": f"pathnas-infer exited {result.returncode}: "
-                                                          f"{result.stderr.strip().splitlines()[-1:]}"}
-        rows = {r["input"]: r for r in read_json(tmp / "out.json", "pathnas-infer output")["results"]}
-        got = [rows[str(p)] for p in paths]
-        if task == "classify":
-            labels = meta["classes"]
-            probs = np.array([[float(r[f"prob_{c}"]) for c in labels] for r in got])
-            diff = float(np.abs(probs - expected).max())
-            same = float((probs.argmax(1) == expected.argmax(1)).mean())
-            record.update(max_abs_prob_diff=diff, top1_agreement=same,
-                          passed=bool(same == 1.0 and diff <= SMOKE_PROB_ATOL))
+        run = run_torch_free(bundle, reference.paths, trusted_key, Path(tmp))
+        record.update(returncode=run.returncode, stderr_tail=run.stderr[-2000:])
+        if run.returncode != 0:
+            record.update(passed=False, problem=f"pathnas-infer exited {run.returncode}: "
+                                                f"{run.stderr.strip().splitlines()[-1:]}")
         else:
-            agree = []
-            for r, p in zip(got, expected):
-                mask = np.asarray(Image.open(r["mask"]))
-                ref = Image.fromarray(p.argmax(0).astype(np.uint8)).resize(mask.shape[::-1], Image.NEAREST)
-                agree.append(float((np.asarray(ref) == mask).mean()))
-            record.update(pixel_agreement=min(agree), passed=bool(min(agree) >= SMOKE_MIN_PIXEL_AGREEMENT))
-    if not record["passed"]:
-        record["problem"] = ("its outputs differ from the PyTorch model's: " +
-                             (f"top-1 agreement {record['top1_agreement']:.0%}, max |delta p| "
-                              f"{record['max_abs_prob_diff']:.2g} (allowed {SMOKE_PROB_ATOL})" if task == "classify"
-                              else f"mask pixel agreement {record['pixel_agreement']:.2%}"))
-    trust = f" --trusted-key {trusted_key.name}" if trusted_key is not None else (" --trusted-key KEY.pub" if signed
-                                                                                  else "")
+            record.update(compare_outputs(reference, run.rows, SMOKE_PROB_ATOL, SMOKE_MIN_PIXEL_AGREEMENT))
     record["signature_checked"] = trusted_key is not None
-    record["workstation_commands"] = [f"pathnas-infer verify {bundle.name}{trust}",
-                                      f"pathnas-infer {bundle.name} SLIDES_OR_IMAGES... --out results.csv{trust}"]
+    record["workstation_commands"] = workstation_commands(bundle, trusted_key, signed)
     return record

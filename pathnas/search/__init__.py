@@ -5,7 +5,8 @@ from pathnas.settings import PROPOSERS, SearchSettings
 from .bo import PriorGuidedProposer
 from .latency import LatencyFactory, LatencyModel
 from .llm import ChatClient, LLMUnavailable, ReplayClient, Transcript
-from .loop import Budgets, Search, SearchStopped, best_of, choose_proposer, open_target, pareto_front, run_search
+from .factory import FACTORIES, choose_proposer, make_proposer
+from .loop import Budgets, Search, SearchStopped, best_of, open_target, pareto_front, run_search
 from .parse import ProposalError, extract_json, ncode, parse_choice, parse_proposal
 from .proposers import EvolutionProposer, LLMProposer, LLMRankProposer, NoProposal, RandomProposer, SearchContext
 from .runfile import SearchMismatchError, read_evaluations
@@ -15,5 +16,5 @@ __all__ = [
     "Transcript", "Budgets", "Search", "SearchStopped", "best_of", "choose_proposer", "open_target", "pareto_front",
     "run_search", "ProposalError", "extract_json", "ncode", "parse_choice", "parse_proposal", "EvolutionProposer",
     "LLMProposer", "LLMRankProposer", "NoProposal", "RandomProposer", "SearchContext", "SearchMismatchError",
-    "read_evaluations", "PROPOSERS", "SearchSettings",
+    "read_evaluations", "PROPOSERS", "SearchSettings", "FACTORIES", "make_proposer",
 ]

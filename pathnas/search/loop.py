@@ -23,17 +23,16 @@ from pathnas.lock import RunLock
 from pathnas.settings import SearchSettings
 
 from . import figures
-from .bo import PriorGuidedProposer
+from .factory import choose_proposer, make_proposer
 from .latency import LatencyFactory, LatencyModel, source_note
-from .llm import ChatClient, LLMUnavailable, ReplayClient, Transcript, safe_url
-from .proposers import (EvolutionProposer, LLMProposer, LLMRankProposer, NoProposal, RandomProposer,
-                        SearchContext)
-from .runfile import FORMAT, HEADER, open_evaluations, refuse_existing, repair_torn_tail
+from .llm import LLMUnavailable, Transcript, safe_url
+from .plot import plot_pareto
+from .proposers import NoProposal, SearchContext
+from .runfile import (EVALUATIONS_FILE, FORMAT, HEADER, PARETO_FILE, SUMMARY_FILE, TRANSCRIPT_FILE, open_evaluations,
+                      refuse_existing, repair_torn_tail)
 
 log = logging.getLogger("pathnas.search")
 
-EVALUATIONS, TRANSCRIPT, SUMMARY, PARETO = "evaluations.jsonl", "transcript.jsonl", "summary.json", "pareto.png"
-OFFLINE_DEFAULT = PriorGuidedProposer.name
 
 
 class SearchStopped(UserError):
@@ -202,41 +201,6 @@ class Search:
         return out
 
 
-def _llm_configured(settings: SearchSettings) -> bool:
-    return bool(settings.replay or settings.llm_base_url or os.environ.get("OPENAI_API_KEY")
-                or os.environ.get("OPENAI_BASE_URL"))
-
-
-def choose_proposer(settings: SearchSettings) -> tuple[str, str]:
-    """The proposer to run, and why (``auto``: an LLM when one is configured, else the offline default)."""
-    if settings.proposer != "auto":
-        return settings.proposer, "asked for with --proposer"
-    if _llm_configured(settings):
-        return "llm", "auto: an LLM is configured (--replay, --llm-base-url, OPENAI_API_KEY or OPENAI_BASE_URL)"
-    return OFFLINE_DEFAULT, (f"auto: no LLM is configured (no OPENAI_API_KEY, OPENAI_BASE_URL or --llm-base-url), "
-                             f"so the offline default {OFFLINE_DEFAULT}: prior-guided Bayesian optimisation that uses "
-                             f"the free FLOPs, params and latency, with no random warm-up")
-
-
-def make_proposer(name: str, settings: SearchSettings, transcript: Transcript):
-    if name == "random":
-        return RandomProposer(settings.seed)
-    if name == "evolution":
-        return EvolutionProposer(settings.seed)
-    if name == OFFLINE_DEFAULT:
-        return PriorGuidedProposer(settings.seed)
-    if settings.replay:
-        client = ReplayClient(settings.replay, transcript)
-    else:
-        client = ChatClient(settings.llm_model, settings.llm_base_url, temperature=settings.temperature,
-                            timeout_s=settings.llm_timeout_s, max_retries=settings.llm_retries,
-                            backoff_s=settings.llm_backoff_s, transcript=transcript)
-    fallback = PriorGuidedProposer(settings.seed)
-    if name == "llm":
-        return LLMProposer(client, settings.prompt, fallback=fallback)
-    return LLMRankProposer(client, seed=settings.seed, fallback=fallback)
-
-
 def open_target(settings: SearchSettings):
     """What the settings search: a tabular benchmark, or a pretrained supernet and its data."""
     if settings.tabular:
@@ -263,7 +227,7 @@ def run_search(settings: SearchSettings, latency_model: LatencyFactory, on_evalu
     latency.py): the supernet's device table or estimate, or a tabular benchmark's device column.
     """
     run_dir = Path(settings.run_dir)
-    refuse_existing(run_dir / EVALUATIONS, settings.resume)  # before anything is loaded
+    refuse_existing(run_dir / EVALUATIONS_FILE, settings.resume)  # before anything is loaded
     if settings.replay and not Path(settings.replay).is_file():
         raise MissingFileError(f"transcript {settings.replay} does not exist")
     target = open_target(settings)
@@ -277,9 +241,9 @@ def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Pat
     budgets = Budgets(settings.budget_ms, settings.budget_mflops)
     search = Search(target, predictor, budgets, settings.seed, settings.measure_local)
     ctx = search.ctx
-    ctx.history = open_evaluations(run_dir / EVALUATIONS, _header(settings, target, predictor, budgets),
+    ctx.history = open_evaluations(run_dir / EVALUATIONS_FILE, _header(settings, target, predictor, budgets),
                                    settings.resume, search.rescore)
-    transcript = Transcript(run_dir / TRANSCRIPT)
+    transcript = Transcript(run_dir / TRANSCRIPT_FILE)
     if settings.resume:
         repair_torn_tail(transcript.path)
         ctx.rejected = search.still_rejected(transcript.entries("rejected"))
@@ -288,7 +252,7 @@ def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Pat
         # an earlier attempt that evaluated nothing: keep its calls aside, mix nothing of it in
         os.replace(transcript.path, transcript.path.with_suffix(".jsonl.previous"))
     if ctx.history:
-        log.info("resuming: %d evaluation(s) already recorded in %s", len(ctx.history), run_dir / EVALUATIONS)
+        log.info("resuming: %d evaluation(s) already recorded in %s", len(ctx.history), run_dir / EVALUATIONS_FILE)
     name, why = choose_proposer(settings)
     log.info("proposer %s (%s)", name, why)
     proposer = make_proposer(name, settings, transcript)
@@ -301,7 +265,7 @@ def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Pat
             log.error("search stopped at iteration %d: %s (everything so far is saved)", iteration, err)
             break
         record = search.evaluate(arch, getattr(proposer, "last_source", proposer.name))
-        append_jsonl(run_dir / EVALUATIONS, record)
+        append_jsonl(run_dir / EVALUATIONS_FILE, record)
         if on_evaluation:
             on_evaluation(record)
         measured = (f" (measured here {figures.ms(record['measured_latency_ms'])})"
@@ -310,9 +274,9 @@ def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Pat
                  record["metric"], figures.ms(record["latency_ms"], predictor.is_estimate), measured,
                  figures.mflops(record["flops"]), record["verdict"])
     summary = summarize(ctx.history, settings, target, predictor, budgets, (name, why), status, reason, transcript)
-    write_json_atomic(run_dir / SUMMARY, summary)
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
     if ctx.history:
-        plot_pareto(ctx.history, summary, run_dir / PARETO, predictor)
+        plot_pareto(ctx.history, summary, run_dir / PARETO_FILE, predictor)
     return summary
 
 
@@ -335,36 +299,3 @@ def summarize(history, settings, target, predictor, budgets, choice, status, rea
                 "rejected_proposals": len(transcript.entries("rejected")),
                 "fallback_iterations": len(transcript.entries("fallback"))},
     }
-
-
-def plot_pareto(history: list[dict], summary: dict, path: Path, predictor: LatencyModel) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pathnas.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ok = [r for r in history if r["meets_budgets"]]
-    miss = [r for r in history if not r["meets_budgets"]]
-    ax.scatter([r["latency_ms"] for r in ok], [r["metric"] for r in ok], c="tab:blue", label="meets budgets")
-    ax.scatter([r["latency_ms"] for r in miss], [r["metric"] for r in miss], c="tab:gray", marker="x",
-               label="misses budgets")
-    front = summary["pareto"]
-    ax.plot([r["latency_ms"] for r in front], [r["metric"] for r in front], "-o", c="tab:orange", label="Pareto front")
-    if summary["best"]:
-        ax.scatter([summary["best"]["latency_ms"]], [summary["best"]["metric"]], s=160, facecolors="none",
-                   edgecolors="tab:red", label=f"best {summary['best']['arch']}")
-    if summary["budgets"]["latency_ms"]:
-        ax.axvline(summary["budgets"]["latency_ms"], ls="--", c="tab:red", label="latency budget")
-    kind = ("roofline ESTIMATE" if predictor.is_estimate else
-            "measured" if predictor.describe().get("column") else "predicted from measured table")
-    ax.set_xlabel(f"latency on {summary['device']['device']} (ms, {kind})")
-    ax.set_ylabel(history[0]["metric_name"])
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -24,6 +24,12 @@ log = logging.getLogger("pathnas.search")
 HEADER = "search"
 FORMAT = 2
 
+# The files of a search's run directory (pathnas.pipeline.RunLayout builds on these names).
+EVALUATIONS_FILE = "evaluations.jsonl"
+TRANSCRIPT_FILE = "transcript.jsonl"  # every LLM request and reply (pathnas.search.llm.Transcript)
+SUMMARY_FILE = "summary.json"
+PARETO_FILE = "pareto.png"
+
 # How a changed identity field is named to the user.
 _NAMES = {
     "kind": "the kind of search", "space": "the space (--space)", "space_config": "the supernet's space configuration",

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter, ValidationError
 
 from ..errors import ConfigError
+from ..settings import config_error
 from .base import INACTIVE, Architecture, ArchitectureError, Decision, Option, SearchSpace
 from .shufflenet import ShuffleNetConfig, ShuffleNetSupernet
 from .supernet import SpaceConfig, Supernet
@@ -32,8 +33,7 @@ def config_from_dict(data: dict) -> SpaceConfig:
     try:
         return _config_adapter.validate_python(data)
     except ValidationError as err:
-        lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError("invalid space configuration:\n  " + "\n  ".join(lines)) from None
+        raise config_error(err, "space configuration", lambda loc: ".".join(map(str, loc)) or "config") from None
 
 
 def build_supernet(config: SpaceConfig) -> Supernet:

@@ -1,0 +1,86 @@
+"""Command options generated from the settings models, so that a default, its help and its allowed
+values are declared once (in pathnas.settings) and every command that sets them agrees.
+
+``@settings_options(Model, ...)`` gives a command one option per field of ``Model`` (or the fields
+named), each with the field's default and description; allowed values of a ``Literal`` field are
+listed in its help. The command receives the validated model as its first argument (a bad value is
+one ConfigError naming the option) and its own remaining options as keyword arguments.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from pydantic import BaseModel
+
+from pathnas.settings import validated
+
+
+def _cli_type(annotation: Any) -> tuple[Any, tuple[str, ...]]:
+    """The type typer parses for a field, and the allowed values when the field lists them.
+
+    Literals are read as text (pydantic checks them and names the allowed values); sequences as one
+    comma-separated text (the models split it), so that `--formats onnx,openvino` reads as it did."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner, allowed = _cli_type(next(a for a in args if a is not type(None)))
+        return Optional[inner], allowed
+    if origin is typing.Literal:
+        return str, tuple(map(str, args))
+    if origin in (tuple, list):
+        return str, ()
+    if annotation in (int, float, bool, str, Path):
+        return annotation, ()
+    raise TypeError(f"no command-line form for a field of type {annotation!r}")  # a programming error
+
+
+def settings_option(model: type[BaseModel], field: str, *decls: str, **overrides) -> inspect.Parameter:
+    """One typer option for ``model.field``: its default and help from the model."""
+    info = model.model_fields[field]
+    annotation, allowed = _cli_type(info.annotation)
+    default = ... if info.is_required() else info.get_default(call_default_factory=True)
+    default = overrides.pop("default", default)
+    if isinstance(default, (tuple, list)):
+        default = ",".join(map(str, default))
+    help_text = overrides.pop("help", info.description or "")
+    if allowed and not any(a in help_text for a in allowed):
+        help_text = f"{help_text} ({', '.join(allowed)})".strip()
+    if annotation is bool and not decls:
+        flag = "--" + field.replace("_", "-")
+        decls = (flag,) if default is False else (f"{flag}/--no-{flag[2:]}",)
+    option = typer.Option(default, *decls, help=help_text, **overrides)
+    return inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def settings_options(model: type[BaseModel], fields: tuple[str, ...] | None = None, *, what: str | None = None,
+                     options: dict[str, dict] | None = None) -> Callable:
+    """Decorate ``command(settings, **own_options)``: the model's fields (or ``fields``) become options.
+
+    ``options`` maps a field to what its option changes: ``decls`` (other spellings), ``help``,
+    ``rich_help_panel``, ``min``/``max``..."""
+    names = tuple(fields) if fields is not None else tuple(model.model_fields)
+    options = options or {}
+
+    def decorate(command: Callable) -> Callable:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+        generated = [settings_option(model, f, *options.get(f, {}).get("decls", ()),
+                                     **{k: v for k, v in options.get(f, {}).items() if k != "decls"})
+                     for f in names]
+
+        @functools.wraps(command)
+        def wrapper(**values):
+            settings = validated(model, what, **{f: values.pop(f) for f in names})
+            return command(settings, **values)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
+        wrapper.__signature__ = inspect.Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # typer must read the generated signature, not the command's own
+        return wrapper
+
+    return decorate
