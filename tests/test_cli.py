@@ -60,3 +60,52 @@ def test_the_validation_table_fits_the_terminal(monkeypatch, width):
     assert "…" not in text  # no cell truncated to an ellipsis
     for figure in ("100.00", "0.137", "1.235", "skipped"):
         assert figure in text
+
+
+# -- options come from the settings models ---------------------------------------------------------
+
+def _options_of(command: str) -> dict:
+    """The click parameters of ``pathnas-edge COMMAND`` by name."""
+    import typer.main
+
+    from pathnas.cli import app
+
+    group = typer.main.get_command(app)
+    return {p.name: p for p in group.commands[command].params}
+
+
+@pytest.mark.parametrize("command, model, left_out", [
+    ("pipeline", "PipelineSettings", {"space"}),
+    ("search", "SearchSettings", set()),
+])
+def test_every_setting_is_an_option_with_the_models_default(command, model, left_out):
+    import pathnas.settings as settings
+
+    fields = getattr(settings, model).model_fields
+    options = _options_of(command)
+    for name, info in fields.items():
+        if name in left_out:
+            assert name not in options
+            continue
+        assert name in options, f"{command} has no option for {model}.{name}"
+        if not info.is_required() and name != "run_dir":  # the search's run directory has a CLI default
+            default = info.get_default(call_default_factory=True)
+            default = ",".join(default) if isinstance(default, tuple) else default
+            assert options[name].default == default, name
+
+
+def test_a_bad_setting_names_the_option_and_its_allowed_values(tmp_path):
+    code, _, err = pathnas_edge("pipeline", "--run-dir", tmp_path / "run", "--proposer", "genetic",
+                                "--formats", "onnx,tflite")
+    assert code == 2 and "Traceback" not in err
+    assert "--proposer: Input should be 'llm', 'llm-rank', 'prior-bo', 'evolution', 'random' or 'auto'" in err
+    assert "format 'tflite': allowed values are onnx, openvino, tensorrt" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_each_proposer_named_in_the_settings_is_built_by_the_search():
+    from pathnas.search import FACTORIES
+    from pathnas.settings import PROPOSERS
+
+    assert set(FACTORIES) == set(PROPOSERS) - {"auto"}
+    assert all(f"{name}:" in _options_of("search")["proposer"].help for name in PROPOSERS)
