@@ -17,6 +17,13 @@ from .errors import ConfigError, InvalidFileError, MissingFileError, UserError
 from .io import atomic_path
 
 
+# The files a training run (supernet pretraining, retraining) writes into its folder; the run layout
+# (pathnas.pipeline.layout) builds on these names.
+LAST_CHECKPOINT = "last.pt"  # written after every epoch: what --resume continues
+BEST_CHECKPOINT = "best.pt"  # the epoch with the best validation metric
+METRICS_LOG = "metrics.jsonl"  # one line per finished epoch
+
+
 class DiskFullError(UserError):
     """No space left to write a checkpoint; the previous one is kept."""
 
@@ -80,13 +87,14 @@ _WHY = {
     "epochs": "the learning-rate schedule is laid out over every epoch, so a run cannot be lengthened or cut",
     "max_steps_per_epoch": "the learning-rate schedule is laid out over every step",
     "warmup_epochs": "the learning-rate schedule is laid out over every step",
+    "sampler": "a supernet is trained by one path sampler from start to end (--sampler)",
 }
 
 
 def resume_training(path: str | os.PathLike, expected_format: str, kind: str, model, parts,
                     metrics_path: Path | None, expected: dict[str, Any], settings: dict[str, Any],
                     map_location="cpu") -> Resumed:
-    """Load a training checkpoint (``last.pt``) into ``model`` and ``parts`` (optimizer, scheduler,
+    """Load a training checkpoint (``LAST_CHECKPOINT``) into ``model`` and ``parts`` (optimizer, scheduler,
     scaler) and cut ``metrics_path`` (None: leave it, e.g. on DDP ranks that do not write it) back
     to the epochs it holds.
 

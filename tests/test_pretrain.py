@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pathnas.data import generate
-from pathnas.spaces import space_config
+from pathnas.spaces import build_supernet, space_config
 from pathnas.train import PretrainConfig, load_supernet, pretrain
 import pathnas.train.spos as spos
 
@@ -126,3 +126,77 @@ def test_ddp_ranks_train_the_same_paths_and_end_identical(classify_data, tmp_pat
     assert r0["state"].keys() == r1["state"].keys()
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
+
+
+# -- fair sampling (FairNAS strict fairness) -------------------------------------------------
+
+@pytest.mark.parametrize("space_name", ["shufflenet", "unet"])
+def test_fair_paths_use_every_choice_of_every_layer_exactly_once(space_name):
+    space = build_supernet(space_config(space_name, width_mult=0.25, input_size=32)).space
+    for step in range(5):
+        paths = spos.fair_paths(space, spos.path_generator(0, 0, step))
+        assert len(paths) == spos.fair_path_count(space) == 4
+        for pos, decision in enumerate(space.decisions):
+            assert sorted(map(str, (p.values[pos] for p in paths))) == sorted(map(str, decision.values)), pos
+    again = spos.fair_paths(space, spos.path_generator(0, 0, 4))
+    assert [p.code for p in again] == [p.code for p in paths]  # a function of (seed, epoch, step)
+    assert [p.code for p in spos.fair_paths(space, spos.path_generator(0, 1, 4))] != [p.code for p in paths]
+
+
+def test_fair_paths_in_a_conditional_space_train_every_choice_at_least_once():
+    space = build_supernet(space_config("vit", embed_dim=48, input_size=32, patch_size=8)).space
+    paths = spos.fair_paths(space, spos.path_generator(0, 0, 0))
+    assert len(paths) == 4
+    depth = 0  # the depth decision comes first; every depth appears
+    assert {p.values[depth] for p in paths} == set(space.decisions[depth].values)
+    for p in paths:  # each is a valid member of the space (blocks beyond its depth left out)
+        assert space.decode(p.code) == p
+
+
+def test_fair_pretraining_trains_each_step_on_a_fair_set_of_paths(classify_data, tmp_path):
+    space = space_config("shufflenet", **TINY_SHUFFLE)
+    cfg = settings(classify_data, tmp_path / "run", epochs=1, max_steps_per_epoch=3, eval_paths=0, sampler="fair")
+    result = pretrain(space, cfg, progress=False)
+    net = result.supernet
+    assert len(result.sampled_paths) == 3 * 4
+    for step in range(3):
+        group = [net.space.decode(c) for c in result.sampled_paths[4 * step: 4 * step + 4]]
+        assert [a.code for a in group] == [a.code for a in spos.fair_paths(net.space, spos.path_generator(0, 0, step))]
+        for pos, decision in enumerate(net.space.decisions):
+            assert len({a.values[pos] for a in group}) == len(decision.options)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["sampler"] == "fair"
+
+
+def test_a_resume_with_the_other_sampler_is_refused(classify_data, tmp_path):
+    space = space_config("shufflenet", **TINY_SHUFFLE)
+    cfg = settings(classify_data, tmp_path / "run", epochs=2, max_steps_per_epoch=1, eval_paths=0)
+    pretrain(space, cfg, progress=False)
+    with pytest.raises(ValueError, match=r"sampler 'uniform' -> 'fair'.*one path sampler"):
+        pretrain(space, cfg.model_copy(update={"sampler": "fair"}), resume=True, progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2  # untouched
+
+
+def _fair_ddp_worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)
+    cfg = settings(Path(data), Path(out) / "run", epochs=1, max_steps_per_epoch=2, eval_paths=0, sampler="fair")
+    result = pretrain(space_config("shufflenet", **TINY_SHUFFLE), cfg, progress=False)
+    torch.save({"state": result.supernet.state_dict(), "paths": result.sampled_paths}, Path(out) / f"rank{rank}.pt")
+
+
+def test_ddp_ranks_agree_on_the_fair_paths_and_end_identical(classify_data, tmp_path):
+    """Gradients of the first passes are accumulated without all-reduce (no_sync); the last pass's
+    all-reduce must still bring every parameter, used in any pass, to the same value on both ranks."""
+    mp.spawn(_fair_ddp_worker, args=(2, _free_port(), str(classify_data), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["paths"] == r1["paths"] and len(r0["paths"]) == 2 * 4
+    start = build_supernet(space_config("shufflenet", **TINY_SHUFFLE)).state_dict()
+    moved = 0
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+        moved += not torch.equal(r0["state"][key], start[key]) if "weight" in key else 0
+    assert moved > 0

@@ -207,28 +207,6 @@ def test_orphaned_temporaries_are_swept_when_a_run_starts(data, tmp_path):
 
 # -- one writer per run directory -----------------------------------------------------------------
 
-HOLD_LOCK = ("import sys\nfrom pathnas.lock import RunLock\n"
-             "with RunLock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
-
-
-@pytest.fixture
-def locked(tmp_path):
-    """Lock a folder from another process (as a second `pipeline` would find it) until the test ends."""
-    holders = []
-
-    def lock(folder: Path, command: str = "pipeline") -> int:
-        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), command], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        holders.append(proc)
-        assert proc.stdout.readline().strip() == "held"  # no sleeping: the holder says when it holds the lock
-        return proc.pid
-
-    yield lock
-    for proc in holders:
-        proc.stdin.close()
-        proc.wait(timeout=60)
-
-
 def test_a_second_pretrain_on_the_same_directory_refuses_naming_the_holder(data, tmp_path, locked):
     run = tmp_path / "run"
     pid = locked(run, "pretrain")
@@ -258,20 +236,21 @@ def test_a_stage_takes_the_run_directory_lock(tmp_path, locked):
 
 @pytest.mark.parametrize("overrides, fragment", [
     (dict(device="jetsn"), "unknown device 'jetsn'"),
-    (dict(proposer="genetic"), "proposer: Input should be"),
-    (dict(budget_ms=-1.0), "budget_ms: Input should be greater than 0"),
+    (dict(proposer="genetic"), "--proposer: Input should be"),
+    (dict(budget_ms=-1.0), "--budget-ms: Input should be greater than 0"),
     (dict(formats=("onnx", "tflite")), "format 'tflite': allowed values are onnx, openvino, tensorrt"),
-    (dict(precisions=("fp64",)), "precision 'fp64': allowed values are fp32, fp16, int8"),
-    (dict(pretrain_epochs=0), "epochs: Input should be greater than or equal to 1"),
+    (dict(precisions="fp64"), "precision 'fp64': allowed values are fp32, fp16, int8"),
+    (dict(pretrain_epochs=0), "--pretrain-epochs: Input should be greater than or equal to 1"),
     (dict(space={"space": "unet", "input_size": 40}), "space 'unet' is for segment data"),
     (dict(space={"space": "shufflenet", "stage_channels": [8]}), "stage_channels has 1 entries"),
 ])
 def test_the_pipeline_validates_every_setting_before_its_first_stage(tmp_path, overrides, fragment):
     from pathnas.errors import UserError
     from pathnas.pipeline import run_pipeline
+    from pathnas.settings import PipelineSettings, validated
 
     with pytest.raises(UserError) as err:
-        run_pipeline(tmp_path / "run", progress=False, **overrides)
+        run_pipeline(tmp_path / "run", validated(PipelineSettings, "pipeline", **overrides), progress=False)
     assert fragment in str(err.value)
     assert not (tmp_path / "run").exists()
 
@@ -398,3 +377,36 @@ def test_loaded_supernet_keeps_the_checkpoint_settings(data, tmp_path):
     pretrain(SPACE, settings(data, run, epochs=1, max_steps_per_epoch=1, eval_paths=0), progress=False)
     supernet, ckpt = load_supernet(run / "last.pt")
     assert supernet.config == SPACE and ckpt["settings"]["mixup_alpha"] == 0.8
+
+
+# -- fair sampling: same seed, same result; a kill in the middle of an epoch ------------------------
+
+def killed_mid_epoch(monkeypatch, cfg: PretrainConfig, epoch: int, step: int) -> None:
+    """A pretraining killed inside epoch ``epoch`` (0-based) as step ``step`` starts: the steps before it
+    changed the weights in memory only."""
+    original = spos.train_epoch
+
+    def dies(forward, loader, parts, e, *args, **kwargs):
+        def forward_until(x, s, *rest):
+            if e == epoch and s == step:
+                raise KeyboardInterrupt("killed")
+            return forward(x, s, *rest)
+        return original(forward_until, loader, parts, e, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spos, "train_epoch", dies)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(SPACE, cfg, progress=False)
+
+
+def test_fair_sampling_is_reproducible_and_resumes_exactly_after_a_kill_mid_epoch(data, tmp_path, monkeypatch):
+    fair = dict(epochs=2, max_steps_per_epoch=3, eval_paths=1, sampler="fair")
+    first = pretrain(SPACE, settings(data, tmp_path / "first", **fair), progress=False)
+    second = pretrain(SPACE, settings(data, tmp_path / "second", **fair), progress=False)
+    assert max_delta(first.supernet.state_dict(), second.supernet.state_dict()) == 0
+    killed_mid_epoch(monkeypatch, settings(data, tmp_path / "killed", **fair), epoch=1, step=1)
+    resumed = pretrain(SPACE, settings(data, tmp_path / "killed", **fair), resume=True, progress=False)
+    assert max_delta(resumed.supernet.state_dict(), first.supernet.state_dict()) == 0
+    assert (without_timing(read_jsonl(tmp_path / "killed" / "metrics.jsonl"))
+            == without_timing(read_jsonl(tmp_path / "first" / "metrics.jsonl")))
+    assert resumed.sampled_paths == first.sampled_paths[len(first.sampled_paths) // 2:]

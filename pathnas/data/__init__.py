@@ -3,6 +3,7 @@ from .datasets import (
     IMAGE_EXTENSIONS,
     NORMALIZE_MEAN,
     NORMALIZE_STD,
+    SPLITS_FILE,
     DataBundle,
     DataError,
     ImageClassificationFolder,
@@ -21,7 +22,7 @@ from .seeding import EpochShuffle, derive_seed
 from .synth import CLASSES, GENERATOR_VERSION, SEGMENT_CLASSES, generate
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "DataBundle", "DataError", "ImageClassificationFolder",
+    "IMAGE_EXTENSIONS", "NORMALIZE_MEAN", "NORMALIZE_STD", "SPLITS_FILE", "DataBundle", "DataError", "ImageClassificationFolder",
     "SegmentationFolder", "build_loaders", "build_transforms", "data_fingerprint", "dataset_summary", "detect_task",
     "list_classes",
     "load_or_create_splits", "segmentation_classes", "set_epoch", "EpochShuffle", "derive_seed",

@@ -28,11 +28,11 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..deploy.images import IMAGE_EXTENSIONS  # the runtime reads the same kinds of image files
 from ..errors import ConfigError, UserError
 from ..io import write_json_atomic
 from .seeding import EpochShuffle, derive_seed, generator
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # The models start from ImageNet-style stems; exported preprocessing files repeat these numbers.
 NORMALIZE_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
 NORMALIZE_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)

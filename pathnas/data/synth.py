@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..io import write_bytes_atomic, write_json_atomic
 from ..errors import ConfigError
-from .datasets import DataError
+from .datasets import MARKER_FILE, DataError
 
 # Bump whenever the pixels change, so an existing data set is never mistaken for a new one.
 # /2: the nucleus count no longer scales with the image size (sizes other than 64 were too sparse).
@@ -165,7 +165,7 @@ def generate(
     out = Path(out_dir)
     params = {"generator": GENERATOR_VERSION, "task": task, "n_per_class": n_per_class,
               "image_size": image_size, "seed": seed}
-    marker = out / "dataset.json"
+    marker = out / MARKER_FILE
     if marker.exists():
         try:
             existing = json.loads(marker.read_text())

@@ -7,8 +7,9 @@ function (a supernet forward on a sampled path, or a plain model).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 from timm.data import Mixup
@@ -82,35 +83,52 @@ def build_training(
 
 
 def train_epoch(
-    forward: Callable[[torch.Tensor, int], torch.Tensor],
+    forward: Callable[..., torch.Tensor],
     loader: Iterable,
     parts: TrainingParts,
     epoch: int,
     ctx: DistContext,
     progress=None,
     description: str = "",
+    passes: int = 1,
+    no_sync: Callable[[], ContextManager] | None = None,
 ) -> dict:
-    """One epoch. ``forward(images, step)`` returns logits (the supernet picks its path from ``step``)."""
+    """One epoch. ``forward(images, step)`` returns logits (the supernet picks its path from ``step``).
+
+    With ``passes`` > 1 (fair sampling) every batch goes through ``forward(images, step, k)`` for
+    k = 0..passes-1, each pass's gradients are added up and the optimiser steps once (FairNAS sums,
+    not averages: each choice of a layer is in exactly one pass, so its gradient keeps the scale of a
+    single-path step). ``no_sync`` (DDP's) skips the gradient all-reduce of every pass but the last.
+    A loader whose data set has a ``device_transform`` (packed shards) hands over uint8 batches that
+    are augmented and normalised here, on the training device.
+    """
     if hasattr(loader, "sampler"):  # a DataLoader of build_loaders: this epoch's order and augmentation
         set_epoch(loader, epoch)
+    device_transform = getattr(getattr(loader, "dataset", None), "device_transform", None)
     task_id = progress.add_task(description, total=parts.steps_per_epoch) if progress else None
     loss_sum, images, start = 0.0, 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
         if step >= parts.steps_per_epoch:
             break
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        if device_transform is not None:
+            x, y = device_transform(x, y, epoch, step, ctx.rank)
         if parts.mixup is not None:
             x, y = parts.mixup(x, y)
-        with torch.autocast(ctx.device.type, dtype=parts.amp_dtype, enabled=parts.amp_dtype is not None):
-            loss = parts.criterion(forward(x, step), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
         parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
+        loss_value = 0.0
+        for k in range(passes):
+            last = k == passes - 1
+            with (nullcontext() if last or no_sync is None else no_sync()):
+                with torch.autocast(ctx.device.type, dtype=parts.amp_dtype, enabled=parts.amp_dtype is not None):
+                    loss = parts.criterion(forward(x, step) if passes == 1 else forward(x, step, k), y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
+                parts.scaler.scale(loss).backward()
+            loss_value += loss.item() / passes
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         parts.scheduler.step_update(epoch * parts.steps_per_epoch + step + 1)
-        loss_value = loss.item()
         loss_sum += loss_value * x.shape[0]
         images += x.shape[0]
         if progress:

@@ -1,9 +1,12 @@
-"""SPOS supernet pretraining: one uniformly sampled path per step.
+"""Supernet pretraining: one uniformly sampled path per step (SPOS), or fair sampling (FairNAS).
 
-Every rank draws the path of step s of epoch e from a generator seeded by
-(seed, e, s), so all ranks train the same path at every step without communicating
+Every rank draws the path(s) of step s of epoch e from a generator seeded by
+(seed, e, s), so all ranks train the same paths at every step without communicating
 (the reference code let ranks diverge), and a resumed run draws the same paths as an
-uninterrupted one.
+uninterrupted one. With ``sampler="fair"`` a step trains m paths on the same batch that
+together use every choice of every layer exactly once (FairNAS's strict fairness), their
+gradients added up before one update; the checkpoint records the sampler and a resume with
+the other one is refused.
 
 Same seed, same result: the weights are initialised from the seed, the data order and
 augmentation are functions of (seed, epoch) (pathnas.data), and the global random streams
@@ -24,13 +27,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import disk_full_guard, load_checkpoint, resume_training, save_checkpoint, settings_hash
-from ..data import build_loaders, data_fingerprint, load_or_create_splits
+from ..checkpoint import (BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG, disk_full_guard, load_checkpoint,
+                          resume_training, save_checkpoint, settings_hash)
+from ..data import SPLITS_FILE, build_loaders, data_fingerprint, load_or_create_splits
 from ..errors import AlreadyExistsError, ConfigError
 from ..io import append_jsonl, read_jsonl, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
 from ..settings import PretrainConfig
-from ..spaces import SpaceConfig, Supernet, build_supernet, config_from_dict
+from ..spaces import Architecture, SearchSpace, SpaceConfig, Supernet, build_supernet, config_from_dict
 from .distributed import DistContext, barrier, broadcast_buffers, distributed_session
 from .evaluate import evaluate_architecture, primary_metric
 from .loop import build_training, train_epoch
@@ -39,6 +43,7 @@ from .rng import rng_state, seed_everything, set_rng_state
 log = logging.getLogger("pathnas.pretrain")
 
 CHECKPOINT_FORMAT = "pathnas-supernet/1"
+RUN_CONFIG = "config.json"  # what a pretraining ran with (space, settings, world size, device)
 
 
 @dataclass
@@ -52,6 +57,33 @@ class PretrainResult:
 def path_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     digest = hashlib.sha256(f"spos-path:{seed}:{epoch}:{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def fair_path_count(space: SearchSpace) -> int:
+    """How many paths a fair step trains: the most options any decision has."""
+    return max(len(d.options) for d in space.decisions)
+
+
+def fair_paths(space: SearchSpace, generator: torch.Generator) -> list[Architecture]:
+    """FairNAS's strict fairness: m paths that together use every option of every decision exactly
+    once, m being the number of options (4 in the ShuffleNet and U-Net spaces).
+
+    Each decision's options are put in a random order of their own, and path k takes the k-th of
+    every decision. Where decisions have fewer options than m (ViT: depth 3, heads 4, MLP ratio 3),
+    some of their options are drawn twice, so every option is still trained at least once per step;
+    a decision that does not apply to a path (a ViT block beyond its depth) is left out of it.
+    """
+    m = fair_path_count(space)
+    columns = []
+    for decision in space.decisions:
+        n = len(decision.options)
+        column = list(range(n)) + torch.randint(n, (m - n,), generator=generator).tolist()
+        columns.append([column[i] for i in torch.randperm(m, generator=generator).tolist()])
+    paths = []
+    for k in range(m):
+        values: list = [d.options[col[k]].value for d, col in zip(space.decisions, columns)]
+        paths.append(space.from_values([v if on else None for v, on in zip(values, space.active(values))]))
+    return paths
 
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
@@ -113,6 +145,7 @@ class _Trainer:
     def checkpoint(self, epoch: int, metrics: dict, rng_states: list[dict]) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
+            "sampler": self.cfg.sampler,
             "space_config": self.supernet.config.model_dump(mode="json"),
             "train_config": self.cfg.model_dump(mode="json"),
             "task": self.task,
@@ -128,14 +161,15 @@ class _Trainer:
         }
 
     def resume(self) -> None:
-        path = self.run_dir / "last.pt"
+        path = self.run_dir / LAST_CHECKPOINT
         if not path.exists():
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
             return
         resumed = resume_training(
             path, CHECKPOINT_FORMAT, "supernet", self.supernet, self.parts,
-            self.run_dir / "metrics.jsonl" if self.ctx.is_main else None,
-            {"space_config": self.supernet.config.model_dump(mode="json")}, self.settings,
+            self.run_dir / METRICS_LOG if self.ctx.is_main else None,
+            {"space_config": self.supernet.config.model_dump(mode="json"), "sampler": self.cfg.sampler},
+            self.settings,
             map_location=self.ctx.device,
         )
         self.start_epoch, self.best_metric = resumed.epoch, resumed.best_metric
@@ -145,14 +179,24 @@ class _Trainer:
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int, progress) -> dict:
         self.model.train()
+        fair = self.cfg.sampler == "fair"
+        step_paths: dict[int, list[Architecture]] = {}
 
-        def forward(x: torch.Tensor, step: int) -> torch.Tensor:
-            arch = self.supernet.sample(path_generator(self.cfg.seed, epoch, step))
+        def forward(x: torch.Tensor, step: int, k: int = 0) -> torch.Tensor:
+            if step not in step_paths:  # drawn once per step: the same on every rank and in a resumed run
+                generator = path_generator(self.cfg.seed, epoch, step)
+                step_paths.clear()
+                step_paths[step] = (fair_paths(self.supernet.space, generator) if fair
+                                    else [self.supernet.sample(generator)])
+            arch = step_paths[step][k]
             self.sampled_paths.append(arch.code)
             return self.model(x, arch)
 
+        no_sync = self.model.no_sync if isinstance(self.model, DistributedDataParallel) else None
+        passes = fair_path_count(self.supernet.space) if fair else 1
         return train_epoch(
-            forward, self.data.train, self.parts, epoch, self.ctx, progress, f"epoch {epoch + 1}/{self.cfg.epochs}"
+            forward, self.data.train, self.parts, epoch, self.ctx, progress, f"epoch {epoch + 1}/{self.cfg.epochs}",
+            passes=passes, no_sync=no_sync,
         )
 
     def validate(self) -> dict:
@@ -193,13 +237,13 @@ class _Trainer:
                 # The commit order: the log line and best.pt, then last.pt. A kill before last.pt is
                 # replaced leaves the previous checkpoint, whose resume cuts the log back and redoes the epoch.
                 with disk_full_guard(self.run_dir):
-                    append_jsonl(self.run_dir / "metrics.jsonl", record)
+                    append_jsonl(self.run_dir / METRICS_LOG, record)
                 if improved or metric is None:
-                    save_checkpoint(ckpt, self.run_dir / "best.pt")
-                save_checkpoint(ckpt, self.run_dir / "last.pt")
+                    save_checkpoint(ckpt, self.run_dir / BEST_CHECKPOINT)
+                save_checkpoint(ckpt, self.run_dir / LAST_CHECKPOINT)
                 log.info("epoch %d: %s", epoch + 1, _summary(record))
             barrier(ctx)
-        return read_jsonl(self.run_dir / "metrics.jsonl") if ctx.is_main else []
+        return read_jsonl(self.run_dir / METRICS_LOG) if ctx.is_main else []
 
 
 def _summary(record: dict) -> str:
@@ -209,7 +253,7 @@ def _summary(record: dict) -> str:
 def pretrain(
     space_config: SpaceConfig, cfg: PretrainConfig, resume: bool = False, progress: bool = True
 ) -> PretrainResult:
-    """Train a supernet into ``cfg.run_dir`` (last.pt, best.pt, metrics.jsonl, config.json).
+    """Train a supernet into ``cfg.run_dir`` (LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG, RUN_CONFIG).
 
     Under torchrun every process calls this; rank 0 writes the files and holds the run directory's
     lock (RUN/.lock) for the whole run, so a second ``pretrain`` on it refuses, naming this process.
@@ -227,7 +271,7 @@ def _pretrain(space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext, 
               progress: bool) -> PretrainResult:
     run_dir = Path(cfg.run_dir)
     if ctx.is_main:
-        if (run_dir / "last.pt").exists() and not resume:
+        if (run_dir / LAST_CHECKPOINT).exists() and not resume:
             raise AlreadyExistsError(
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir"
             )
@@ -238,9 +282,9 @@ def _pretrain(space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext, 
         trainer.resume()
     if trainer.data.skipped and ctx.is_main:
         log.warning("skipped %d unusable file(s); they are listed in %s", len(trainer.data.skipped),
-                    Path(cfg.data) / "splits.json")
+                    Path(cfg.data) / SPLITS_FILE)
     if ctx.is_main:
-        write_json_atomic(run_dir / "config.json", {
+        write_json_atomic(run_dir / RUN_CONFIG, {
             "space_config": space_config.model_dump(mode="json"),
             "train_config": cfg.model_dump(mode="json"),
             "world_size": ctx.world_size,
