@@ -27,9 +27,12 @@ import torch
 
 from latency_predictor import CONFIGS
 from pathnas.profiling import load_profile, load_table
-from pathnas.profiling.calibrate import calibrate_table, spearman
+from pathnas.profiling.calibrate import calibrate_table
+from pathnas.profiling.fitting import accuracy_figures, spearman
+from pathnas.profiling.measure import time_items
+from pathnas.profiling.pack import net_items, sample_archs
 from pathnas.profiling.predictor import TablePredictor
-from pathnas.profiling.tables import accuracy_figures, find_table, sample_archs, time_modules
+from pathnas.profiling.tables import find_table
 from pathnas.spaces import build_supernet, space_config
 
 CHECK_SEED = 4243  # the check paths: another seed than the table's and the calibration's
@@ -37,10 +40,9 @@ CHECK_SEED = 4243  # the check paths: another seed than the table's and the cali
 
 def time_paths(supernet, profile, archs, rounds: int) -> np.ndarray:
     """Each path's latency now, with the tables' protocol (interleaved rounds, fastest kept)."""
-    shape = tuple(supernet.example_input().shape)
-    results, _ = time_modules(profile, [(a.code, lambda a=a: supernet.extract(a), shape) for a in archs], rounds,
-                              CHECK_SEED)
-    return np.array([results[a.code]["median_ms"] for a in archs])
+    _, timings = time_items(profile, supernet, net_items(supernet, archs, lambda j: "check"), rounds,
+                            seed=CHECK_SEED)
+    return np.array([timings["results"][f"net:{a.code}"]["median_ms"] for a in archs])
 
 
 def figures(measured: np.ndarray, predicted: np.ndarray) -> dict:

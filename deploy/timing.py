@@ -49,15 +49,7 @@ def time_callable(
     if repeats < 3:
         raise ValueError(f"repeats {repeats}: at least 3 samples are needed for a median and p90")
     sync = sync or (lambda: None)
-    # Warm-up: at least warmup_runs calls AND at least warmup_s seconds (caches, JIT, clocks).
-    start = time.perf_counter()
-    runs = 0
-    while runs < warmup_runs or time.perf_counter() - start < warmup_s:
-        fn()
-        runs += 1
-    sync()
-    single_s = max((time.perf_counter() - start) / runs, 1e-9)
-    inner = int(min(max_inner, max(1, np.ceil(min_sample_s / single_s))))
+    inner = calls_per_sample(fn, warmup_runs, warmup_s, min_sample_s, max_inner, sync)
     samples = np.empty(repeats)
     for i in range(repeats):
         sync()
@@ -81,6 +73,30 @@ def time_callable(
     )
 
 
+def calls_per_sample(fn: Callable[[], object], warmup_runs: int = 10, warmup_s: float = 0.2,
+                     min_sample_s: float = 0.002, max_inner: int = 1000,
+                     sync: Callable[[], None] | None = None) -> int:
+    """Warm ``fn`` up (at least ``warmup_runs`` calls AND ``warmup_s`` seconds) and return how many
+    back-to-back calls make one sample last at least ``min_sample_s``."""
+    sync = sync or (lambda: None)
+    start, runs = time.perf_counter(), 0
+    while runs < warmup_runs or time.perf_counter() - start < warmup_s:
+        fn()
+        runs += 1
+    sync()
+    # The call's time from the fastest of a few short bursts after the warm-up: the warm-up's own
+    # average carries its first slow calls and any preemption, and would give too few calls per sample.
+    batch, best = max(1, runs // 10), float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / batch)
+    single_s = max(best, 1e-9)
+    return int(min(max_inner, max(1, np.ceil(min_sample_s / single_s))))
+
+
 def time_interleaved(
     fns: Sequence[Callable[[], object]],
     repeats: int = 100,
@@ -88,31 +104,80 @@ def time_interleaved(
     warmup_s: float = 0.2,
     min_sample_s: float = 0.002,
     max_inner: int = 1000,
+    sync: Callable[[], None] | None = None,
+    inner: Sequence[int] | None = None,
+    advance: Callable[[], None] | None = None,
 ) -> list[list[float]]:
     """Per-call latency samples (ms) of several callables timed in alternation, one list per callable.
 
     Sample i of every callable is taken back to back (the order rotates so none always goes
     first), so a change of the machine's speed during the run touches all of them alike: the
     ratio of sample i of one to sample i of another is free of it. Each callable is warmed up
-    and gets its own ``inner`` call count, as in ``time_callable``.
+    and gets its own ``inner`` call count, as in ``time_callable`` (or the counts given).
+    ``advance`` is called after each pass over all callables (a progress bar).
     """
     if repeats < 3:
         raise ValueError(f"repeats {repeats}: at least 3 samples are needed for a median and p90")
-    inner = []
-    for fn in fns:
-        start, runs = time.perf_counter(), 0
-        while runs < warmup_runs or time.perf_counter() - start < warmup_s:
-            fn()
-            runs += 1
-        single_s = max((time.perf_counter() - start) / runs, 1e-9)
-        inner.append(int(min(max_inner, max(1, np.ceil(min_sample_s / single_s)))))
+    sync = sync or (lambda: None)
+    if inner is None:
+        inner = [calls_per_sample(fn, warmup_runs, warmup_s, min_sample_s, max_inner, sync) for fn in fns]
     samples = [[0.0] * repeats for _ in fns]
     for i in range(repeats):
         for k in range(len(fns)):
             j = (i + k) % len(fns)
             fn, n = fns[j], inner[j]
+            sync()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
+            sync()
             samples[j][i] = (time.perf_counter() - t0) / n * 1e3
+        if advance:
+            advance()
     return samples
+
+
+def time_in_rounds(
+    fns: dict[str, Callable[[], object]],
+    rounds: int = 3,
+    repeats: int = 10,
+    seed: int = 0,
+    min_sample_s: float = 0.005,
+    warmup_s: float = 0.05,
+    sync: Callable[[], None] | None = None,
+    advance: Callable[[], None] | None = None,
+) -> dict[str, dict]:
+    """The protocol of latency tables: every callable timed in ``rounds`` interleaved passes
+    (``time_interleaved``), each pass in a new shuffled order, ``repeats`` samples per pass.
+
+    A sample lasts at least ``min_sample_s`` (5 ms by default: a 0.01 ms part is called hundreds of
+    times per sample, so the clock and the scheduler's tick are a small share of it). Each
+    callable's figure is its fastest round's median: interference (other load, a slower spell of
+    the machine) only ever adds time, so the least disturbed round is the best estimate.
+    ``advance`` is called once per warm-up and once per pass over all callables.
+    """
+    import random
+
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds}: at least 1")
+    names = list(fns)
+    inner = {}
+    for name in names:
+        inner[name] = calls_per_sample(fns[name], warmup_s=warmup_s, min_sample_s=min_sample_s, sync=sync)
+        if advance:
+            advance()
+    shuffler, per_round = random.Random(seed), {name: [] for name in names}
+    for _ in range(rounds):
+        order = names[:]
+        shuffler.shuffle(order)
+        samples = time_interleaved([fns[n] for n in order], repeats=repeats, sync=sync,
+                                   inner=[inner[n] for n in order], advance=advance)
+        for name, s in zip(order, samples):
+            per_round[name].append(s)
+    out = {}
+    for name in names:
+        medians = [float(np.median(s)) for s in per_round[name]]
+        best = per_round[name][int(np.argmin(medians))]
+        out[name] = {"median_ms": min(medians), "p90_ms": float(np.percentile(best, 90)),
+                     "rounds_median_ms": [round(m, 6) for m in medians], "runs": len(best), "inner": inner[name]}
+    return out

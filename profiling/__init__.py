@@ -5,10 +5,12 @@ timing protocol and the runners it uses live in the torch-free runtime, ``pathna
 """
 from .predictor import LatencyPredictor, RooflinePredictor, TablePredictor, UnknownShapeError, predictor_for
 from .profiles import HardwareProfile, ProfileError, UnknownDeviceError, list_profiles, load_profile
-from .tables import NoLatencyTableError, load_table, measure_model_latency, measure_table, save_table
+from .measure import assemble_table, measure_table
+from .tables import NoLatencyTableError, load_table, save_table
+from .timed import measure_model_latency
 
 __all__ = [
     "LatencyPredictor", "RooflinePredictor", "TablePredictor", "UnknownShapeError", "predictor_for",
     "HardwareProfile", "ProfileError", "UnknownDeviceError", "list_profiles", "load_profile",
-    "NoLatencyTableError", "load_table", "measure_model_latency", "measure_table", "save_table",
+    "NoLatencyTableError", "load_table", "measure_model_latency", "measure_table", "save_table", "assemble_table",
 ]

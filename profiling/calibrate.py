@@ -28,20 +28,17 @@ import numpy as np
 from pathnas.errors import ConfigError
 
 from .profiles import HardwareProfile
-from .tables import accuracy_figures, machine_metadata, sample_archs, time_modules
+from .fitting import accuracy_figures, spearman
+from .machine import machine_metadata
+from .pack import sample_archs
 
 # Paths for calibration are drawn with another seed than measure_table's, and never one the
 # table already measured end to end.
 CALIBRATION_SEED = 1009
 MODELS = ("scale", "linear")
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (continuous timings: no ties to treat)."""
-    if a.size < 2:
-        return float("nan")
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+# A recalibrated table is called fit to use when at least this share of the paths it did not see
+# (leave-one-out) is predicted within ±10 %; below, the parts themselves do not rank like this device.
+USABLE_WITHIN_10_PCT = 80.0
 
 
 def _fit(model: str, parts_sum: np.ndarray, before: np.ndarray, measured: np.ndarray, overhead: dict) -> dict:
@@ -87,10 +84,17 @@ def fit_calibration(parts_sum_ms, predicted_before_ms, measured_ms, overhead: di
 
 
 def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: int = 8, rounds: int = 3,
-                    seed: int = CALIBRATION_SEED, table_path: Path | None = None, progress=None) -> dict:
-    """A copy of ``table`` whose overhead model is refitted to ``subnets`` paths timed on this
-    machine now (none of them a path the table measured), with a ``calibration`` record: the
-    paths, the before / after figures (after: leave-one-out), the time it took."""
+                    seed: int = CALIBRATION_SEED, table_path: Path | None = None, progress=None,
+                    remote=None) -> dict:
+    """A copy of ``table`` whose overhead model is refitted to ``subnets`` paths timed on the device
+    now (here, or on ``remote``; none of them a path the table measured), with a ``calibration``
+    record: the paths, the before / after figures (after: leave-one-out), the time it took.
+
+    ``table`` may come from another device (few-shot transfer, as HELP and LitePred do): its parts
+    are kept as the other device timed them and only the overhead model is fitted to this one; the
+    record says where the parts come from and whether the fit is good enough to use."""
+    from .measure import time_items
+    from .pack import net_items
     from .predictor import TablePredictor
 
     if subnets < 3:
@@ -99,13 +103,13 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
         raise ConfigError(f"rounds {rounds}: at least 1")
     start = time.perf_counter()
     supernet = supernet.eval()
-    predictor = TablePredictor(profile, supernet, table, table_path)  # checks device and configuration
+    source_device = table["profile"]
+    table = {**table, "profile": profile.name}  # a transfer: the other device's parts, this device's fit
+    predictor = TablePredictor(profile, supernet, table, table_path)  # checks the configuration
     archs = sample_archs(supernet, subnets, seed, {r["arch"] for r in table.get("end_to_end", [])})
-    task = progress.add_task(f"calibrating {profile.name}", total=subnets * (rounds + 1)) if progress else None
-    shape = tuple(supernet.example_input().shape)
-    results, providers = time_modules(profile, [(a.code, lambda a=a: supernet.extract(a), shape) for a in archs],
-                                      rounds, seed, (lambda: progress.advance(task)) if progress else None)
-    measured = np.array([results[a.code]["median_ms"] for a in archs])
+    manifest, timings = time_items(profile, supernet, net_items(supernet, archs, lambda j: "calibration"),
+                                   rounds, seed=seed, progress=progress, remote=remote)
+    measured = np.array([timings["results"][f"net:{a.code}"]["median_ms"] for a in archs])
     parts_sum = np.array([predictor.parts_sum_ms(a) for a in archs])
     before = np.array([predictor.predict_ms(a) for a in archs])
     fit = fit_calibration(parts_sum, before, measured, table["overhead"])
@@ -115,11 +119,16 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
     calibrated["overhead"] = {"model": table["overhead"].get("model", "linear"), "scale": fit["scale"],
                               "offset_ms": fit["offset_ms"], "fit_subnets": table["overhead"].get("fit_subnets"),
                               "calibrated_on_subnets": subnets}
+    after = {**accuracy_figures(measured, after_loo), "spearman": spearman(measured, after_loo)}
     calibrated["accuracy"] = {**accuracy_figures(measured, after_loo),
                               "method": "leave-one-out over the calibration subnets, timed in the calibration session"}
+    if source_device != profile.name:
+        calibrated["metadata"] = {**timings["metadata"], "parts_timed_on": {"device": source_device,
+                                                                           **table["metadata"]}}
     calibrated["calibration"] = {
-        "metadata": {**machine_metadata(profile), "execution_providers": providers, "timing_rounds": rounds},
+        "metadata": timings["metadata"],
         "source_table": str(table_path) if table_path else None,
+        "source_device": source_device,
         "seconds": round(seconds, 2),
         "seed": seed,
         "model": fit["model"],
@@ -128,7 +137,8 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
         "previous_overhead": table["overhead"],
         "previous_accuracy": table.get("accuracy"),
         "before": {**accuracy_figures(measured, before), "spearman": spearman(measured, before)},
-        "after": {**accuracy_figures(measured, after_loo), "spearman": spearman(measured, after_loo)},
+        "after": after,
+        "usable": after["within_10_pct"] >= USABLE_WITHIN_10_PCT,
         "subnets": [
             {"arch": a.code, "measured_median_ms": float(m), "parts_sum_ms": float(p), "predicted_before_ms": float(b),
              "predicted_after_loo_ms": float(lo), "predicted_after_ms": fit["scale"] * float(p) + fit["offset_ms"]}

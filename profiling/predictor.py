@@ -17,7 +17,8 @@ from typing import Literal
 from pathnas.errors import ConfigError, InvalidFileError, UserError
 
 from .profiles import HardwareProfile
-from .tables import calibrate_command, find_table, load_table, missing_table_error, profile_command, table_filename
+from .commands import calibrate_command, missing_table_error, profile_command
+from .tables import find_table, load_table, table_filename
 
 log = logging.getLogger("pathnas.profiling")
 
@@ -50,7 +51,7 @@ class LatencyPredictor:
         when this machine is not the device."""
         if not self.measures_here:
             return None
-        from .tables import measure_model_latency
+        from .timed import measure_model_latency
 
         shape = tuple(self.supernet.example_input().shape)
         return measure_model_latency(self.supernet.extract(arch), self.profile, shape, rounds=rounds)["median_ms"]
@@ -111,7 +112,7 @@ class TablePredictor(LatencyPredictor):
         """The path the drift check times: a fixed random one, if possible one the table did not measure
         end to end (a tiny space may have no other)."""
         from .calibrate import CALIBRATION_SEED
-        from .tables import sample_archs
+        from .pack import sample_archs
 
         measured = {r["arch"] for r in self.table.get("end_to_end", [])}
         try:

@@ -143,9 +143,12 @@ def test_a_device_without_a_table_says_what_to_run(tiny):
     with pytest.raises(NoLatencyTableError) as err:
         predictor_for(load_profile("jetson"), tiny)
     message = str(err.value)
-    assert ("pathnas-edge profile measure --device jetson-orin-nano --space shufflenet --input-size 32 --width-mult 0.25"
-            in message)
-    assert "stage_repeats=[1,1,1,1]" in message and "PATHNAS_LATENCY_TABLES/jetson-orin-nano/" in message
+    # one message: the three steps of a pack for a device without the toolchain, or one command over SSH
+    knobs = "--space shufflenet --input-size 32 --width-mult 0.25 --option 'stage_repeats=[1,1,1,1]'"
+    assert f"1. pathnas-edge profile pack --device jetson-orin-nano {knobs} --out " in message
+    assert "2. pathnas-infer profile " in message and "3. pathnas-edge profile assemble " in message
+    assert f"pathnas-edge profile measure --device jetson-orin-nano {knobs} --remote USER@DEVICE" in message
+    assert "PATHNAS_LATENCY_TABLES/jetson-orin-nano" in message and "roofline" in message
 
 
 def test_roofline_is_labelled_an_estimate(tiny):
@@ -303,24 +306,30 @@ def test_regress_refuses_a_baseline_from_another_device(onnx_model, tmp_path):
 # -- torch-cuda: PyTorch modules timed on a torch device (the same code runs here on the CPU) -----
 
 def test_torch_item_times_a_module_on_the_device_it_is_given(tiny):
-    from pathnas.profiling.tables import TorchItem
+    from pathnas.profiling.timed import TorchItem, time_torch_modules
 
     item = TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cpu", "fp32")
     assert item.sync is None and item.provider.startswith("torch ") and "CPU fp32" in item.provider
-    item.time_once()
-    item.time_once()
-    result = item.result(batch_size=1)
-    assert len(result["rounds_median_ms"]) == 2
+    item.call()
+    profile = load_profile("h100-torch-cuda").model_copy(update={"precision": "fp32"})
+    with pytest.MonkeyPatch.context() as mp:
+        from pathnas.profiling import timed
+
+        mp.setattr(timed, "TORCH_DEVICES", {"torch-cuda": "cpu"})
+        results, providers = time_torch_modules(profile, [("a", lambda: tiny.extract("3333"), (1, 3, 32, 32))],
+                                                rounds=2, seed=0, repeats=3)
+    result = results["a"]
+    assert len(result["rounds_median_ms"]) == 2 and providers[0].endswith("CPU fp32")
     assert result["median_ms"] == pytest.approx(min(result["rounds_median_ms"]), abs=1e-6)
     with pytest.raises(ValueError, match="PyTorch timing supports fp32, fp16"):
         TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cpu", "int8")
 
 
 def test_a_torch_cuda_table_is_measured_with_the_torch_timer(tiny, monkeypatch):
-    from pathnas.profiling import tables
+    from pathnas.profiling import timed
 
     profile = load_profile("h100-torch-cuda").model_copy(update={"precision": "fp32"})
-    monkeypatch.setattr(tables, "TORCH_DEVICES", {"torch-cuda": "cpu"})  # the GPU's code path, on this CPU
+    monkeypatch.setattr(timed, "TORCH_DEVICES", {"torch-cuda": "cpu"})  # the GPU's code path, on this CPU
     table = measure_table(tiny, profile, subnets=4, fit_subnets=3, rounds=1)
     assert table["profile"] == "h100-torch-cuda" and table["metadata"]["runtime"] == "torch-cuda"
     assert len(table["metadata"]["execution_providers"]) == 1
@@ -332,13 +341,12 @@ def test_a_torch_cuda_table_is_measured_with_the_torch_timer(tiny, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_torch_cuda_timing_on_the_gpu(tiny):
-    from pathnas.profiling.tables import TorchItem
+    from pathnas.profiling.timed import TorchItem
 
     item = TorchItem(tiny.extract("3333"), (1, 3, 32, 32), "cuda", "fp16")
     assert item.sync is torch.cuda.synchronize and "(CUDA graph) fp16" in item.provider and item.graph is not None
     assert next(item.module.parameters()).is_cuda and item.x.dtype == torch.float16
-    item.time_once()
-    assert item.result(batch_size=1)["median_ms"] > 0
+    item.call()
     profile = load_profile("h100-torch-cuda").model_copy(update={"gpu_match": None})  # any CUDA GPU
     result = measure_model_latency(tiny.extract("3333"), profile, (1, 3, 32, 32), rounds=1)
     assert "(CUDA graph) fp16" in result["provider"] and result["median_ms"] > 0

@@ -1,5 +1,8 @@
-"""`pathnas-edge profile measure | calibrate`: a device's latency table, measured on the device,
-and brought back in line with it in a later session."""
+"""`pathnas-edge profile measure | pack | assemble | calibrate`: a device's latency table.
+
+One way to measure: a pack of ONNX parts and probe subnets made here, timed on the device with
+the runtime install only (`pathnas-infer profile`), assembled here into the table. `measure` does
+the three steps in one process (the device half here, or over SSH with --remote)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,10 +26,15 @@ class _MeasureByDefault(TyperGroup):
 
 
 profile_app = typer.Typer(cls=_MeasureByDefault, no_args_is_help=True,
-                          help="Measure a device's latency table on the device, or recalibrate one in a later session.")
+                          help="Measure a device's latency table (here, over SSH, or through a pack), or "
+                               "recalibrate one.")
 
 DEVICE_HELP = "hardware profile name or alias (see hardware_profiles/)"
 SUPERNET_HELP = "take the space configuration from this checkpoint"
+REMOTE_HELP = "time on this device over SSH ([user@]host, as ssh takes it); pathnas-infer must be installed there"
+SSH_CONFIG_HELP = "an ssh_config file for --remote (default: yours)"
+REMOTE_INFER_HELP = "the pathnas-infer command on the remote device"
+REUSE_HELP = "reuse the parts of this table (same device) whose module and shape are unchanged (repeatable)"
 
 
 def _device_here(device: str, force: bool):
@@ -35,10 +43,19 @@ def _device_here(device: str, force: bool):
     hw = load_profile(device)
     if not hw.runs_here() and not force:
         raise ConfigError(
-            f"this machine cannot measure {hw.name} ({hw.description}): run the command on that device "
-            f"(--force measures anyway, and the table will say which machine it really ran on)"
+            f"this machine cannot measure {hw.name} ({hw.description}): run the command on that device, or "
+            f"add --remote USER@DEVICE, or use `pathnas-edge profile pack` and `pathnas-infer profile` there "
+            f"(--force measures here anyway, and the table will say which machine it really ran on)"
         )
     return hw
+
+
+def _remote(remote: Optional[str], ssh_config: Optional[Path], remote_infer: str):
+    if remote is None:
+        return None
+    from pathnas.profiling.remote import Remote
+
+    return Remote(remote, ssh_config, remote_infer)
 
 
 def _progress(as_json: bool):
@@ -53,6 +70,34 @@ def _accuracy_line(acc: dict) -> str:
             f"{acc['within_5_pct']:.0f}%, ±10% {acc['within_10_pct']:.0f}%, ±15% {acc['within_15_pct']:.0f}%")
 
 
+def _reused(hw, tables: list[Path]) -> dict:
+    from pathnas.profiling.tables import load_table
+
+    out: dict = {}
+    for path in tables:
+        table = load_table(path)
+        if table["profile"] != hw.name:
+            raise ConfigError(f"--reuse {path}: a table of device {table['profile']}, not {hw.name}")
+        for key, entry in table["parts"].items():
+            out.setdefault(key, {**entry, "reused_from": entry.get("reused_from") or str(path),
+                                 "timed_at": entry.get("timed_at") or table["metadata"].get("date")})
+    return out
+
+
+def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None = None) -> None:
+    acc, meta = table["accuracy"], table["metadata"]
+    if as_json:
+        print_json({"table": str(path), "profile": table["profile"], "parts": len(table["parts"]),
+                    "parts_timed": meta.get("parts_timed"), "parts_reused": meta.get("parts_reused"),
+                    "overhead": table["overhead"], "accuracy": acc, "seconds": seconds})
+        return
+    reused = f", {meta['parts_reused']} reused" if meta.get("parts_reused") else ""
+    console.print(f"latency table {path}: {len(table['parts'])} parts ({meta.get('parts_timed')} timed{reused}), "
+                  f"{len(table['end_to_end'])} subnets ({table['overhead']['fit_subnets']} fit the overhead)"
+                  + (f", {seconds:.0f} s" if seconds is not None else ""), markup=False)
+    console.print(f"held-out accuracy on {acc['subnets']} subnets: {_accuracy_line(acc)}", markup=False)
+
+
 @profile_app.command("measure")
 def measure(
     device: str = typer.Option(..., help=DEVICE_HELP),
@@ -62,31 +107,105 @@ def measure(
     width_mult: Optional[float] = typer.Option(None),
     num_classes: Optional[int] = typer.Option(None),
     option: list[str] = typer.Option([], help=OPTION_HELP),
-    subnets: int = typer.Option(40, min=4, help="random subnets measured end to end"),
-    fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
+    subnets: Optional[int] = typer.Option(None, min=4, help="random subnets measured end to end (default 40; 12 "
+                                                            "when every part but a few is reused)"),
+    fit_subnets: Optional[int] = typer.Option(None, min=1, help="of which fit the overhead model (default 10; 6 "
+                                                                "when reusing); the rest are held out"),
     rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (the fastest is kept)"),
-    out: Optional[Path] = typer.Option(None, help="table file (default: latency-tables/<device>/<space>-<digest>.json)"),
+    out: Optional[Path] = typer.Option(None, help="table file (default: the user's table folder, where the search "
+                                                  "finds it: $PATHNAS_LATENCY_TABLES/<device>/<space>-<digest>.json)"),
+    reuse: list[Path] = typer.Option([], help=REUSE_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="time every part, reusing none from earlier tables"),
+    remote: Optional[str] = typer.Option(None, help=REMOTE_HELP),
+    ssh_config: Optional[Path] = typer.Option(None, help=SSH_CONFIG_HELP),
+    remote_infer: str = typer.Option("pathnas-infer", help=REMOTE_INFER_HELP),
     force: bool = typer.Option(False, "--force", help="measure even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Measure a device's latency table. Run it ON the device (Jetson, workstation, GPU machine, this host)."""
-    from pathnas.profiling.tables import measure_table, save_table, table_filename
+    """Measure a device's latency table: pack, time (here, or on --remote over SSH), assemble.
+    Parts an earlier table of this machine timed are reused (--fresh times all)."""
+    import time
 
-    hw = _device_here(device, force)
+    from pathnas.profiling import load_profile
+    from pathnas.profiling.measure import INCREMENTAL_FIT, INCREMENTAL_SUBNETS, measure_table, reusable_parts
+    from pathnas.profiling.tables import save_table, table_filename, user_tables_dir
+
+    link = _remote(remote, ssh_config, remote_infer)
+    hw = load_profile(device) if link else _device_here(device, force)
     net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    parts = {} if fresh else {**(reusable_parts(hw) if link is None else {}), **_reused(hw, reuse)}
+    keys = {p.key for p in net.latency_parts()}
+    incremental = len(keys & set(parts)) >= len(keys) / 2
+    subnets = subnets or (INCREMENTAL_SUBNETS if incremental else 40)
+    fit_subnets = fit_subnets or (INCREMENTAL_FIT if incremental else 10)
     on_interrupt("nothing was written: a table is saved only once every part is measured")
+    start = time.perf_counter()
     with _progress(as_json) as bar:
-        table = measure_table(net, hw, subnets=subnets, fit_subnets=fit_subnets, rounds=rounds, progress=bar)
-    path = out or Path("latency-tables") / hw.name / table_filename(table["space_config"])
+        table = measure_table(net, hw, subnets=subnets, fit_subnets=fit_subnets, rounds=rounds, progress=bar,
+                              reuse=parts, remote=link)
+    path = out or user_tables_dir(hw) / table_filename(table["space_config"])
     save_table(table, path)
-    acc = table["accuracy"]
+    _report_table(table, path, as_json, time.perf_counter() - start)
+
+
+@profile_app.command("pack")
+def pack(
+    device: str = typer.Option(..., help=DEVICE_HELP),
+    out: Path = typer.Option(..., help="the pack folder to write (copy it to the device)"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
+    supernet: Optional[Path] = typer.Option(None, help=SUPERNET_HELP),
+    input_size: Optional[int] = typer.Option(None),
+    width_mult: Optional[float] = typer.Option(None),
+    num_classes: Optional[int] = typer.Option(None),
+    option: list[str] = typer.Option([], help=OPTION_HELP),
+    subnets: int = typer.Option(40, min=4, help="random subnets to time end to end"),
+    fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
+    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds the device runs (the fastest is kept)"),
+    reuse: list[Path] = typer.Option([], help=REUSE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Export every part and probe subnet as ONNX into a pack for the device (step 1 of 3; then
+    `pathnas-infer profile PACK` there, then `pathnas-edge profile assemble` here)."""
+    from pathnas.profiling import load_profile
+    from pathnas.profiling.pack import plan_table, write_pack
+
+    hw = load_profile(device)
+    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    items, reused = plan_table(net, subnets, fit_subnets, 0, _reused(hw, reuse))
+    on_interrupt("nothing was written: the pack appears only once every file is exported")
+    with _progress(as_json) as bar:
+        task = bar.add_task(f"exporting for {hw.name}", total=len(items))
+        write_pack(net, hw, items, out, reused, rounds=rounds, advance=lambda: bar.advance(task))
+    timings = out.parent / f"{out.name}.timings.json"
     if as_json:
-        print_json({"table": str(path), "profile": hw.name, "parts": len(table["parts"]),
-                    "overhead": table["overhead"], "accuracy": acc})
+        print_json({"pack": str(out), "profile": hw.name, "items": len(items), "parts_reused": len(reused)})
         return
-    console.print(f"[green]latency table[/green] {path}: {len(table['parts'])} parts, "
-                  f"{len(table['end_to_end'])} subnets ({table['overhead']['fit_subnets']} fit the overhead)")
-    console.print(f"held-out accuracy on {acc['subnets']} subnets: {_accuracy_line(acc)}")
+    console.print(f"pack {out}: {len(items)} ONNX files for {hw.name}"
+                  + (f" ({len(reused)} parts reused)" if reused else ""), markup=False)
+    console.print(f"next, on the device ({hw.description}):\n  pathnas-infer profile {out.name} --out {timings.name}\n"
+                  f"then here:\n  pathnas-edge profile assemble {out} {timings} --out TABLE.json", markup=False)
+
+
+@profile_app.command("assemble")
+def assemble(
+    pack_dir: Path = typer.Argument(..., metavar="PACK", help="the pack made by `profile pack`"),
+    timings: Path = typer.Argument(..., help="the timings `pathnas-infer profile` wrote on the device"),
+    out: Optional[Path] = typer.Option(None, help="table file (default: the user's table folder)"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The table from a pack and the device's timings, with its accuracy on held-out subnets (step 3 of 3)."""
+    from pathnas.profiling import load_profile
+    from pathnas.profiling.measure import assemble_files
+    from pathnas.profiling.tables import save_table, table_filename, user_tables_dir
+
+    table = assemble_files(pack_dir, timings)
+    path = out or user_tables_dir(load_profile(table["profile"])) / table_filename(table["space_config"])
+    save_table(table, path)
+    mismatch = table["metadata"].get("device_mismatch")
+    if mismatch and not as_json:
+        console.print(f"note: the timings come from a machine that differs from {table['profile']}: "
+                      f"{'; '.join(mismatch)}", markup=False)
+    _report_table(table, path, as_json)
 
 
 @profile_app.command("calibrate")
@@ -100,42 +219,63 @@ def calibrate(
     option: list[str] = typer.Option([], help=OPTION_HELP),
     table: Optional[Path] = typer.Option(None, help="the table to recalibrate (default: the device's installed "
                                                     "table for this configuration)"),
+    from_table: Optional[Path] = typer.Option(None, "--from", help="transfer: another device's table, whose parts "
+                                                                    "are fitted to this device from a few probes"),
     out: Path = typer.Option(..., help="the recalibrated table (use it with search --latency-table)"),
     subnets: int = typer.Option(8, min=3, help="unseen subnets timed end to end now"),
     rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (the fastest is kept)"),
+    remote: Optional[str] = typer.Option(None, help=REMOTE_HELP),
+    ssh_config: Optional[Path] = typer.Option(None, help=SSH_CONFIG_HELP),
+    remote_infer: str = typer.Option("pathnas-infer", help=REMOTE_INFER_HELP),
     force: bool = typer.Option(False, "--force", help="time even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Time a few unseen subnets now and refit the table's overhead model (few-shot, as HELP does);
-    reports the error before and after on paths the fit did not see. Run it ON the device."""
+    reports the error before and after on paths the fit did not see. With --from, a table of
+    another device is brought to this one the same way (LitePred's transfer)."""
+    from pathnas.profiling import load_profile
     from pathnas.profiling.calibrate import calibrate_table
-    from pathnas.profiling.tables import find_table, load_table, missing_table_error, save_table
+    from pathnas.profiling.commands import missing_table_error
+    from pathnas.profiling.tables import find_table, load_table, save_table
 
-    hw = _device_here(device, force)
+    if table and from_table:
+        raise ConfigError("give --table (this device's table) or --from (another device's), not both")
+    link = _remote(remote, ssh_config, remote_infer)
+    hw = load_profile(device) if link else _device_here(device, force)
     net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
     config = net.config.model_dump(mode="json")
-    source = find_table(hw, config, table)
+    source = from_table or find_table(hw, config, table)
     if source is None:
         raise missing_table_error(hw, config)
+    source_table = load_table(source)
+    if not from_table and source_table["profile"] != hw.name:
+        raise ConfigError(f"{source}: a table of device {source_table['profile']}, not {hw.name}; to fit another "
+                          f"device's table to this one, pass it with --from")
     on_interrupt("nothing was written: the recalibrated table is saved once every subnet is timed")
     with _progress(as_json) as bar:
-        calibrated = calibrate_table(load_table(source), net, hw, subnets=subnets, rounds=rounds, table_path=source,
-                                     progress=bar)
+        calibrated = calibrate_table(source_table, net, hw, subnets=subnets, rounds=rounds, table_path=source,
+                                     progress=bar, remote=link)
     save_table(calibrated, out)
     record = calibrated["calibration"]
     if as_json:
         print_json({"table": str(out), "source_table": str(source), "profile": hw.name,
-                    **{k: record[k] for k in ("seconds", "model", "factor", "loo_mape_pct", "before", "after",
-                                              "subnets")},
+                    **{k: record[k] for k in ("source_device", "seconds", "model", "factor", "loo_mape_pct", "before",
+                                              "after", "usable", "subnets")},
                     "overhead": calibrated["overhead"]})
         return
-    console.print(f"[green]recalibrated table[/green] {out} (from {source}): {subnets} unseen subnets timed in "
+    kind = f"transferred from {record['source_device']}" if record["source_device"] != hw.name else "recalibrated"
+    console.print(f"{kind} table {out} (from {source}): {subnets} unseen subnets timed in "
                   f"{record['seconds']:.0f} s; model {record['model']}"
                   + (f" (x{record['factor']:.3f})" if record["model"] == "scale" else ""), markup=False)
     console.print(f"before, on these subnets: {_accuracy_line(record['before'])}; Spearman "
                   f"{record['before']['spearman']:.2f}", markup=False)
     console.print(f"after (leave-one-out: each subnet predicted by a fit without it): "
                   f"{_accuracy_line(record['after'])}", markup=False)
+    if not record["usable"]:
+        console.print(f"this fit is too poor to use: only {record['after']['within_10_pct']:.0f}% of unseen subnets "
+                      f"within ±10%. Measure {hw.name}'s own table (pathnas-edge profile measure, or pack / "
+                      f"pathnas-infer profile / assemble)", markup=False)
+        return
     console.print(f"search with it: pathnas-edge search --device {hw.name} --latency-table {out} ...", markup=False)
 
 

@@ -1,0 +1,266 @@
+"""`pathnas-infer profile PACK --out TIMINGS`: the device half of measuring a latency table. Torch-free.
+
+The host (`pathnas-edge profile pack`) exports every distinct part of a supernet and a set of
+probe subnets as ONNX files into a pack, with a manifest naming the device profile, the file
+hashes and what each file is. Here, on the device (a Jetson, a hospital workstation: the
+runtime install only), every file is opened in the profile's runtime and timed with the
+tables' protocol (``timing.time_in_rounds``); the timings, with a record of this machine,
+go back to the host, which assembles the table (`pathnas-edge profile assemble`).
+
+A pack is data: its manifest is parsed and checked (types, paths inside the pack, SHA-256 of
+every file) before anything is opened, and nothing in it is executed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from pathnas.errors import MissingFileError, UserError
+from pathnas.io import read_json, sha256_file, write_json_atomic
+
+from .machine import cpu_flags, cpu_info, cpu_model, versions
+from .manifest import _safe_relative  # the bundle's rule: a relative POSIX path inside the folder
+
+PACK_SCHEMA = "pathnas-latency-pack/1"
+TIMINGS_SCHEMA = "pathnas-latency-timings/1"
+PACK_MANIFEST = "pack.json"  # the manifest at a pack's root
+TIMINGS_FILE = "timings.json"  # the default name of the timings a device writes
+ITEM_KINDS = ("part", "net")
+RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "tensorrt")  # the runtimes that time files
+# The distributions whose versions decide a runtime's latency.
+RUNTIME_DISTRIBUTIONS = {"onnxruntime-cpu": ("onnxruntime",), "openvino-cpu": ("openvino",),
+                         "tensorrt": ("onnxruntime", "tensorrt", "polygraphy"), "torch-cuda": ("torch",)}
+PROFILE_FIELDS = {"name": str, "runtime": str, "precision": str, "threads": int, "batch_size": int}
+
+
+class PackError(UserError):
+    """A pack or a timings file that cannot be used; the message names the file and the field."""
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name, from nvidia-smi (no CUDA library needed), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    return names[0] if names else None
+
+
+def machine_record(runtime: str, precision: str, threads: int, batch_size: int) -> dict:
+    """This machine as a table states it: CPU, OS, GPU, the runtime's versions, the timing settings."""
+    governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    gpu = gpu_name() if runtime in ("tensorrt", "torch-cuda") else None
+    return {
+        **({"gpu": gpu} if gpu else {}),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "frequency_governor": governor.read_text().strip() if governor.exists() else "not readable",
+        "runtime": runtime,
+        "precision": precision,
+        "threads": threads,
+        "batch_size": batch_size,
+        "versions": versions(RUNTIME_DISTRIBUTIONS.get(runtime, ())),
+    }
+
+
+def mismatches(profile: dict) -> list[str]:
+    """How this machine differs from the device a pack was made for (its profile's cpu_match and
+    gpu_match); empty when it is that device, as far as the profile can tell."""
+    out = []
+    match = profile.get("cpu_match") or {}
+    if match.get("arch") and match["arch"] != platform.machine():
+        out.append(f"CPU architecture {platform.machine()}, the profile wants {match['arch']}")
+    if match.get("vendor") and match["vendor"] != cpu_info().get("vendor_id"):
+        out.append(f"CPU vendor {cpu_info().get('vendor_id')}, the profile wants {match['vendor']}")
+    missing = sorted(set(match.get("flags") or ()) - cpu_flags())
+    if missing:
+        out.append(f"the CPU lacks {', '.join(missing)}")
+    if profile.get("gpu_match"):
+        name = gpu_name()
+        if name is None or profile["gpu_match"].lower() not in name.lower():
+            out.append(f"GPU {name or 'none found'}, the profile wants one named *{profile['gpu_match']}*")
+    return out
+
+
+def _shape(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(d, int) and d > 0 for d in value)
+
+
+def read_pack(root: str | Path, check_hashes: bool = True) -> dict:
+    """A pack's manifest, every field the device uses checked, and (``check_hashes``) every file's SHA-256."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"latency pack {root} does not exist (make one with `pathnas-edge profile pack`)")
+    path = root / PACK_MANIFEST
+    if not path.is_file():
+        raise PackError(f"{root}: no {PACK_MANIFEST}; not a latency pack (make one with `pathnas-edge profile pack`)")
+    manifest = read_json(path, "latency pack manifest")
+    if manifest.get("schema") != PACK_SCHEMA:
+        raise PackError(f"{path}: schema {manifest.get('schema')!r} is not {PACK_SCHEMA!r}")
+    profile = manifest.get("profile")
+    if not isinstance(profile, dict):
+        raise PackError(f"{path}: field 'profile' is missing or not a mapping")
+    for key, kind in PROFILE_FIELDS.items():
+        if not isinstance(profile.get(key), kind):
+            raise PackError(f"{path}: profile.{key} is missing or not a {kind.__name__}")
+    if profile["runtime"] not in RUNTIMES:
+        raise PackError(f"{path}: profile.runtime {profile['runtime']!r}: a pack is timed in "
+                        f"{', '.join(RUNTIMES)} (torch-cuda times PyTorch modules: use `profile measure` there)")
+    items = manifest.get("items")
+    if not isinstance(items, list) or not items:
+        raise PackError(f"{path}: field 'items' is missing or empty")
+    names = set()
+    for i, item in enumerate(items):
+        where = f"{path}: items[{i}]"
+        if not isinstance(item, dict):
+            raise PackError(f"{where} is not a mapping")
+        if not isinstance(item.get("name"), str) or item["name"] in names:
+            raise PackError(f"{where}.name is missing, not text, or used twice")
+        names.add(item["name"])
+        if item.get("kind") not in ITEM_KINDS:
+            raise PackError(f"{where}.kind {item.get('kind')!r}: allowed values are {', '.join(ITEM_KINDS)}")
+        if not _safe_relative(item.get("file")) or not item["file"].endswith(".onnx"):
+            raise PackError(f"{where}.file {item.get('file')!r}: a relative path to an .onnx file inside the pack")
+        if not _shape(item.get("input_shape")):
+            raise PackError(f"{where}.input_shape {item.get('input_shape')!r}: a list of positive integers")
+        if not isinstance(item.get("sha256"), str):
+            raise PackError(f"{where}.sha256 is missing")
+        file = root / item["file"]
+        if file.is_symlink() or not file.is_file():
+            raise PackError(f"{where}: {file} is missing (a pack holds plain files only)")
+        if check_hashes and sha256_file(file) != item["sha256"]:
+            raise PackError(f"{where}: {file} does not match its SHA-256 in the manifest (copied incompletely?)")
+    return manifest
+
+
+def manifest_digest(root: str | Path) -> str:
+    """The SHA-256 of a pack's manifest: timings name the pack they were made from by it."""
+    return hashlib.sha256((Path(root) / PACK_MANIFEST).read_bytes()).hexdigest()
+
+
+def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None = None, force: bool = False,
+              advance=None, warn=None) -> dict:
+    """Open every file of the pack in its profile's runtime here and time them all with the tables'
+    protocol. Returns the timings record (unsaved). ``warn(text)`` receives the device mismatch
+    (default: printed to stderr); ``advance`` is called once per warm-up and per timing pass."""
+    import numpy as np
+
+    from .runners import open_profile_runner
+    from .timing import time_in_rounds
+
+    root = Path(root)
+    manifest = read_pack(root)
+    profile, timing = manifest["profile"], manifest.get("timing") or {}
+    rounds = rounds or int(timing.get("rounds", 3))
+    repeats = repeats or int(timing.get("repeats", 10))
+    differs = mismatches(profile)
+    if differs:
+        text = (f"this machine is not the device the pack was made for ({profile['name']}: "
+                f"{profile.get('description', '')}): {'; '.join(differs)}. The timings say which machine they "
+                f"come from.")
+        (warn or (lambda t: print(f"warning: {t}", file=sys.stderr)))(text)
+    runners, fns, providers = {}, {}, set()
+    try:
+        for item in manifest["items"]:
+            runner = open_profile_runner(root / item["file"], profile["runtime"], profile["threads"],
+                                         profile["precision"])
+            runners[item["name"]] = runner
+            providers.add(runner.provider)
+            x = np.random.default_rng(0).standard_normal(runner.fixed_input_shape(profile["batch_size"]),
+                                                         dtype=np.float32)
+            fns[item["name"]] = (lambda r=runner, x=x: r.run(x))
+        results = time_in_rounds(fns, rounds=rounds, repeats=repeats, seed=int(manifest.get("seed", 0)),
+                                 advance=advance)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    batch = profile["batch_size"]
+    per_image = {name: {**r, "median_ms": r["median_ms"] / batch, "p90_ms": r["p90_ms"] / batch,
+                        "rounds_median_ms": [round(m / batch, 6) for m in r["rounds_median_ms"]]}
+                 for name, r in results.items()}
+    return {
+        "schema": TIMINGS_SCHEMA,
+        "pack_sha256": manifest_digest(root),
+        "profile": profile["name"],
+        "units": f"milliseconds per image at batch size {batch}",
+        "metadata": {**machine_record(profile["runtime"], profile["precision"], profile["threads"], batch),
+                     "execution_providers": sorted(providers), "timing_rounds": rounds, "timing_repeats": repeats,
+                     "device_mismatch": differs},
+        "results": per_image,
+    }
+
+
+def read_timings(path: str | Path, pack_root: str | Path | None = None) -> dict:
+    """A timings file, checked (and, given the pack, checked to come from that very pack)."""
+    path = Path(path)
+    timings = read_json(path, "latency timings", hint="time the pack on the device with `pathnas-infer profile`")
+    if timings.get("schema") != TIMINGS_SCHEMA:
+        raise PackError(f"{path}: schema {timings.get('schema')!r} is not {TIMINGS_SCHEMA!r}")
+    for key, kind in (("pack_sha256", str), ("metadata", dict), ("results", dict)):
+        if not isinstance(timings.get(key), kind):
+            raise PackError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    for name, r in timings["results"].items():
+        ok = isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and r[k] > 0
+                                         for k in ("median_ms", "p90_ms"))
+        if not ok:
+            raise PackError(f"{path}: results[{name!r}] needs positive median_ms and p90_ms")
+    if pack_root is not None and timings["pack_sha256"] != manifest_digest(pack_root):
+        raise PackError(f"{path}: these timings were made from another pack than {pack_root} "
+                        f"(its manifest's SHA-256 differs)")
+    return timings
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("pack", type=Path, help="a latency pack made by `pathnas-edge profile pack`")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write the timings (default: {TIMINGS_FILE} beside the pack)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: the pack's)")
+    parser.add_argument("--repeats", type=int, default=None, help="samples per item and round (default: the pack's)")
+    parser.add_argument("--json", action="store_true", help="print a summary as JSON")
+
+
+def run(args) -> int:
+    """Time the pack here and write the timings; prints where they are and what to run next."""
+    if args.rounds is not None and args.rounds < 1 or args.repeats is not None and args.repeats < 3:
+        raise UserError("--rounds must be >= 1 and --repeats >= 3")
+    pack = Path(args.pack)
+    out = args.out or pack.parent / TIMINGS_FILE
+    manifest = read_pack(pack)
+    count = len(manifest["items"])
+    rounds = args.rounds or int((manifest.get("timing") or {}).get("rounds", 3))
+    total = count + rounds
+    state = {"done": 0}
+
+    def advance() -> None:
+        state["done"] += 1
+        if not args.json and sys.stderr.isatty():
+            print(f"\rtiming {count} items: {state['done']}/{total}", end="", file=sys.stderr, flush=True)
+
+    try:
+        timings = time_pack(pack, args.rounds, args.repeats, advance=advance)
+    finally:
+        if not args.json and sys.stderr.isatty():
+            print(file=sys.stderr)
+    write_json_atomic(out, timings)
+    meta = timings["metadata"]
+    if args.json:
+        print(json.dumps({"timings": str(out), "items": count, "profile": timings["profile"],
+                          "providers": meta["execution_providers"], "device_mismatch": meta["device_mismatch"]}))
+    else:
+        print(f"timings of {count} items written to {out} ({', '.join(meta['execution_providers'])} on "
+              f"{meta.get('gpu') or meta['cpu_model']}); on the host: "
+              f"pathnas-edge profile assemble {pack} {out} --out TABLE")
+    return 0
