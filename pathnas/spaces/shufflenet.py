@@ -25,7 +25,8 @@ from timm.layers import ConvNormAct, SEModule, make_divisible
 from torch import nn
 
 from .base import Architecture, SearchSpace
-from .supernet import ChoiceLayer, LatencyPart, SpaceConfig, Supernet, kernel_decision, record_input_shapes, shape_key
+from .supernet import (ChoiceLayer, LatencyPart, PathModel, SpaceConfig, Supernet, kernel_decision, record_input_shapes,
+                       shape_key)
 
 KERNELS = (3, 5, 7)
 
@@ -129,18 +130,11 @@ class ClassifierHead(nn.Module):
         return self.fc(self.drop(self.pool(self.conv(x)).flatten(1)))
 
 
-class ShuffleNetSubnet(nn.Module):
-    """A standalone ShuffleNetV2 path: stem, the chosen units, head. No choice machinery."""
+class ShuffleNetSubnet(PathModel):
+    """A standalone ShuffleNetV2 path: stem, the chosen units, head."""
 
     def __init__(self, stem: nn.Module, features: nn.Sequential, head: nn.Module, arch_code: str):
-        super().__init__()
-        self.stem = stem
-        self.features = features
-        self.head = head
-        self.arch_code = arch_code
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.stem(x)))
+        super().__init__(arch_code, stem=stem, features=features, head=head)
 
 
 class ShuffleNetSupernet(Supernet):

@@ -6,6 +6,7 @@ output equals the supernet's on that path.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -95,6 +96,15 @@ def record_input_shapes(model: nn.Module, modules: dict[str, nn.Module], run: Ca
         for h in hooks:
             h.remove()
     return shapes
+
+
+class PathModel(nn.Sequential):
+    """A standalone path of a supernet: its parts run in order (e.g. stem, features, head), no choice
+    machinery; ``arch_code`` names the path. The parts keep their names, so weights load by name."""
+
+    def __init__(self, arch_code: str, **parts: nn.Module):
+        super().__init__(OrderedDict(parts))
+        self.arch_code = arch_code
 
 
 class Supernet(nn.Module):

@@ -31,7 +31,7 @@ from timm.layers import Mlp, PatchEmbed, make_divisible, trunc_normal_
 from torch import nn
 
 from .base import Architecture, Decision, Option, SearchSpace
-from .supernet import LatencyPart, SpaceConfig, Supernet, base36, shape_key
+from .supernet import LatencyPart, PathModel, SpaceConfig, Supernet, base36, shape_key
 
 
 class ViTConfig(SpaceConfig):
@@ -202,16 +202,11 @@ class ViTHead(nn.Module):
         return self.fc(self.drop(self.norm(x)[:, 0]))
 
 
-class ViTSubnet(nn.Module):
-    def __init__(self, embed: ViTEmbedding, blocks: nn.Sequential, head: ViTHead, arch_code: str):
-        super().__init__()
-        self.embed = embed
-        self.blocks = blocks
-        self.head = head
-        self.arch_code = arch_code
+class ViTSubnet(PathModel):
+    """A standalone ViT path: patch embedding, the chosen blocks, head."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.embed(x)))
+    def __init__(self, embed: ViTEmbedding, blocks: nn.Sequential, head: ViTHead, arch_code: str):
+        super().__init__(arch_code, embed=embed, blocks=blocks, head=head)
 
 
 def _init_linear(module: nn.Module) -> None:
