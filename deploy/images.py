@@ -21,6 +21,7 @@ import importlib.util
 import math
 import os
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-SLIDE_EXTENSIONS = {".svs", ".ndpi", ".mrxs", ".scn"}
+SLIDE_EXTENSIONS = {".svs", ".ndpi", ".mrxs", ".scn", ".dcm"}
+DICOM = ".dcm"  # a DICOM slide is a folder of .dcm files, one per level: one input per folder
 TIFF_SLIDES = {".svs", ".ndpi", ".scn"}  # TIFF inside: tifffile reads them when openslide is not installed
 # Scanners write 0.1-2 um/px; beyond this range a stated resolution is a default, not a measurement.
 PLAUSIBLE_MPP = (0.01, 50.0)
@@ -145,9 +147,13 @@ def _tiff_error(path: Path, err: Exception) -> InputError:
 
 
 class TiffLevelReader:
-    """Regions of one TIFF page (a pyramid level), decoding only the segments (tiles or strips) they touch."""
+    """Regions of one TIFF page (a pyramid level), decoding only the segments (tiles or strips) they touch.
 
-    def __init__(self, tif, page, path: Path, cache_segments: int = 8):
+    Safe to call from several threads (the reader pool of tiles.py): the file is read under a
+    lock, and segments are decoded outside it (imagecodecs releases the GIL), in parallel.
+    """
+
+    def __init__(self, tif, page, path: Path, cache_segments: int = 16):
         self._tif, self.page, self.path = tif, page, Path(path)
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.samples = int(page.samplesperpixel)
@@ -165,8 +171,10 @@ class TiffLevelReader:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         # tile_grid visits tiles segment block by segment block, so a tile needs at most the 2 x 2
         # segments around its block, and the next block shares half of them: a few segments
-        # serve every region, however wide the slide.
+        # serve every region, however wide the slide (and the few blocks the reader threads
+        # work on at once).
         self._cache_size = cache_segments
+        self._lock = threading.Lock()
         self.block = (self.seg_h, self.seg_w)
         self._segment(0)  # decode one segment now: a missing codec or broken data fails at open
 
@@ -199,8 +207,9 @@ class TiffLevelReader:
         if not count:
             return np.full((self.seg_h, self.seg_w, samples), self._white, page.dtype)
         fh = self._tif.filehandle
-        fh.seek(page.dataoffsets[index])
-        data = fh.read(count)
+        with self._lock:
+            fh.seek(page.dataoffsets[index])
+            data = fh.read(count)
         try:
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:  # tifffile and imagecodecs raise their own types for bad data or a missing codec
@@ -215,9 +224,10 @@ class TiffLevelReader:
         return segment
 
     def _segment(self, index: int) -> np.ndarray:
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
         if self.planar:  # the same tile of every sample plane, side by side
             raw = np.concatenate([self._plane(s * self.per_plane + index)[..., :1] for s in range(self.samples)], axis=2)
         else:
@@ -225,9 +235,10 @@ class TiffLevelReader:
         if self.invert:
             raw = self._white - raw
         array = to_rgb(raw)
-        self._cache[index] = array
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[index] = array
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return array
 
     def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -316,10 +327,6 @@ class TiffSlide(Source):
                 raise _tiff_error(self.path, err) from None
         return self._readers[level]
 
-    @property
-    def _cache(self):  # level 0's decoded segments (tests look at how few are held)
-        return self.reader(0)._cache
-
     def close(self) -> None:
         self._tif.close()
 
@@ -404,10 +411,25 @@ def _decode_whole(path: Path) -> ArrayRegionReader:
     return ArrayRegionReader(to_rgb(array), note, mpp, source)
 
 
+def _dicom(path: Path) -> "OpenSlideSource":
+    """A DICOM whole-slide image (its folder's .dcm files are its levels): OpenSlide reads them from 4.0 on."""
+    install = "pip install 'openslide-python>=1.3' 'openslide-bin>=4.0'"
+    if importlib.util.find_spec("openslide") is None:
+        raise InputError(f"{path}: reading DICOM slides needs OpenSlide 4.0 or later: {install}")
+    import openslide
+
+    version = getattr(openslide, "__library_version__", "0")
+    if int(str(version).split(".")[0] or 0) < 4:
+        raise InputError(f"{path}: reading DICOM slides needs OpenSlide 4.0 or later (this is {version}): {install}")
+    return OpenSlideSource(path)
+
+
 def open_image(path: Path) -> Source:
     """A source for any supported input; InputError naming the file when it cannot be read."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == DICOM:
+        return _dicom(path)
     if suffix in SLIDE_EXTENSIONS:
         if importlib.util.find_spec("openslide") is not None:
             return OpenSlideSource(path)

@@ -1,44 +1,62 @@
-"""`pathnas-infer BUNDLE INPUTS... --out results.csv`: inference on a workstation without PyTorch.
+"""`pathnas-infer BUNDLE INPUTS... --out DIR`: inference on a workstation without PyTorch.
 
 Imports only numpy, Pillow, tifffile and onnxruntime or openvino (tests prove it with torch
 blocked). The bundle is verified first (its signature too, where trusted keys are
 configured: signing.py) and refused if it does not verify. Files and folders are classified in
 batches (CSV or JSON with class probabilities) or segmented (mask PNGs). Images much larger
 than a tile (the training images' field of view) are tiled with overlap, streamed region by
-region from TIFF and OpenSlide pyramids at the level and scale that match the resolution the
-model was trained at (preprocess.json's ``mpp``; the slide's own resolution from its file;
-level 0 when either is unknown, and the row says so); empty background tiles are skipped,
-and a per-tile CSV and a heatmap PNG are written. A bad input (unreadable, too small, an
-empty folder) gets its own line in the output, the run goes on, and the exit code says that
-some inputs failed. Every output is written atomically; two inputs of the same file name
-never share an output file.
+region from TIFF, OpenSlide and DICOM pyramids at the level and scale that match the resolution
+the model was trained at (preprocess.json's ``mpp``; the slide's own resolution from its file;
+level 0 when either is unknown, and the row says so); empty background tiles are skipped;
+reading runs ahead in threads while the model runs (tiles.py).
+
+Per slide, in the output folder: a per-tile CSV and a heatmap PNG (tiles/), WSInfer's CSV
+(model-outputs-csv/), GeoJSON that QuPath opens (model-outputs-geojson/), the mask of a
+segmentation model (masks/); for the run, the results table and run_metadata.json (bundle hash
+and signer, runtime and versions, settings, every input's resolution, level, tiles and seconds).
+A folder run again skips the inputs already done with the same bundle and settings (resume.py).
+A bad input (unreadable, too small, an empty folder) gets its own line in the output and on the
+console, the run goes on, and the exit code says that some inputs failed. Every output is
+written atomically; two inputs of the same file name never share an output file.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
 import sys
+import time
 from array import array
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pathnas.io import atomic_path, read_json, write_bytes_atomic, write_text_atomic
+from pathnas.io import atomic_path, read_json, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
+from pathnas.lock import RunLock
 
-from .images import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, choose_level, open_image, tile_grid, tissue_fraction
-from .manifest import BundleError, verify
-from .signing import TrustedKeys, load_trusted_keys
+from . import progress, resume, wsinfer
+from .footprint import runtime_versions
+from .geojson import FeatureWriter, mask_features, tile_feature
+from .images import DICOM, IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, choose_level, open_image
+from .manifest import MANIFEST, BundleError, verify
 from .overlay import Overview, png_bytes
 from .runners import open_runner
+from .signing import TrustedKeys, load_trusted_keys
+from .tiles import grid_size, read_batches
 
 EXIT_INPUT_FAILURES = 1
 # An image resized whole is decoded whole first: beyond this, only tiling reads it safely.
 MAX_WHOLE_SIDE_PX = 10_000
+RUN_METADATA = "run_metadata.json"
+RUN_SCHEMA = "pathnas-infer-run/1"
+WSINFER_CSV_DIR, GEOJSON_DIR = "model-outputs-csv", "model-outputs-geojson"  # WSInfer's folder names
+OUTPUT_FIELDS = ("tile_csv", "wsinfer_csv", "geojson", "heatmap", "mask")  # a row's files: all must exist to skip it
 
 
 PREPROCESS_EXPECTED = {"channel_order": "RGB", "layout": "NCHW"}
@@ -63,39 +81,46 @@ def _checked_preprocess(path: Path) -> dict:
 
 
 class Model:
-    """A verified bundle's model, its preprocessing and labels."""
+    """A model, its preprocessing and labels; ``from_bundle`` loads a verified bundle's."""
 
-    def __init__(self, bundle: Path, runtime: str = "auto", threads: int | None = None, device: str = "cpu",
-                 trusted: TrustedKeys | None = None):
-        verified = verify(bundle, trusted)
-        self.manifest, self.signature = verified.manifest, verified.signature
-        self.pre = _checked_preprocess(bundle / self.manifest["preprocess"])
-        self.labels = read_json(bundle / self.manifest["labels"], "bundle labels", kind=list)
-        self.task = self.manifest["task"]
-        artifacts = self.manifest["model"]["artifacts"]
-        wanted = {"auto": None, "onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime]
-        # verify() made sure the default is one of the hashed artifacts
-        chosen = next(a for a in artifacts if a["path"] == self.manifest["model"]["default"]) \
-            if wanted is None else next((a for a in artifacts if a["backend"] == wanted), None)
-        if chosen is None:
-            raise BundleError(f"{bundle}: holds no {runtime} model (it has: {', '.join(a['backend'] for a in artifacts)})")
-        path = bundle / chosen["path"]
-        self.runner = open_runner(path, chosen["backend"], threads, device=device)
-        self.artifact = chosen
-        self.size = int(self.pre["input_size"])
+    def __init__(self, runner, pre: dict, labels: list[str], task: str, tile_px: int | None = None, where: str = "model"):
+        self.runner, self.pre, self.labels, self.task = runner, pre, list(labels), task
+        self.size = int(pre["input_size"])
         # Training resized whole images of the data set to the input size, so a slide is cut into
         # tiles of the training images' native size and resolution (when recorded), then resized.
-        self.tile_px = int(self.pre.get("image_px") or (self.manifest.get("dataset") or {}).get("image_size")
-                           or self.size)
-        self.mpp = self.pre.get("mpp")
-        self.mean = np.asarray(self.pre["mean"], np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(self.pre["std"], np.float32).reshape(1, 3, 1, 1)
+        self.tile_px = int(pre.get("image_px") or tile_px or self.size)
+        self.mpp = pre.get("mpp")
+        self.mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
         # One inference now (it warms the runtime up too): a model whose outputs do not match the labels
         # would otherwise have its scores silently paired with the wrong class names.
         out = self.runner.run(np.zeros((1, 3, self.size, self.size), np.float32))
         if out.ndim < 2 or out.shape[1] != len(self.labels) or (self.task == "segment") != (out.ndim == 4):
-            raise BundleError(f"{path}: the model outputs shape {tuple(out.shape)}, which does not fit a "
-                              f"{self.task} model of the {len(self.labels)} classes in {self.manifest['labels']}")
+            raise BundleError(f"{where}: the model outputs shape {tuple(out.shape)}, which does not fit a "
+                              f"{self.task} model of {len(self.labels)} classes")
+
+    @classmethod
+    def from_bundle(cls, bundle: Path, runtime: str = "auto", threads: int | None = None, device: str = "cpu",
+                    trusted: TrustedKeys | None = None) -> "Model":
+        """The bundle's model, after the bundle verified (BundleError otherwise); ``threads`` default to its profile's."""
+        verified = verify(bundle, trusted)
+        manifest = verified.manifest
+        pre = _checked_preprocess(bundle / manifest["preprocess"])
+        labels = read_json(bundle / manifest["labels"], "bundle labels", kind=list)
+        artifacts = manifest["model"]["artifacts"]
+        wanted = {"auto": None, "onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime]
+        # verify() made sure the default is one of the hashed artifacts
+        chosen = next(a for a in artifacts if a["path"] == manifest["model"]["default"]) \
+            if wanted is None else next((a for a in artifacts if a["backend"] == wanted), None)
+        if chosen is None:
+            raise BundleError(f"{bundle}: holds no {runtime} model (it has: {', '.join(a['backend'] for a in artifacts)})")
+        path = bundle / chosen["path"]
+        threads = threads or manifest["profile"].get("threads") or None
+        model = cls(open_runner(path, chosen["backend"], threads, device=device), pre, labels, manifest["task"],
+                    (manifest.get("dataset") or {}).get("image_size"), f"{path} ({manifest['labels']})")
+        model.manifest, model.signature, model.artifact, model.threads = manifest, verified.signature, chosen, threads
+        model.bundle_sha256 = sha256_file(bundle / MANIFEST)  # the manifest hashes every other file
+        return model
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> 1x3xSxS float32, as preprocess.json says (bilinear resize, scale, mean/std)."""
@@ -113,30 +138,38 @@ class Model:
 
 
 def collect_inputs(args: list[str]) -> tuple[list[Path], list[dict]]:
-    """Image paths from files and folders; a missing path or an empty folder is a failure line."""
+    """Image paths from files and folders; a missing path or an empty folder is a failure line.
+
+    A DICOM slide is a folder of .dcm files (one per level), so a folder's .dcm files are one input."""
     files, failures = [], []
     suffixes = IMAGE_EXTENSIONS | SLIDE_EXTENSIONS
     for arg in args:
         path = Path(arg)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            dicom_folders: set[Path] = set()
+            for p in found:
+                if p.suffix.lower() == DICOM:
+                    if p.parent in dicom_folders:
+                        continue
+                    dicom_folders.add(p.parent)
+                files.append(p)
             if not found:
-                failures.append({"input": str(path), "status": "error", "error": "folder holds no images"})
-            files += found
+                failures.append({"input": str(path), "status": "error", "error": f"{path}: folder holds no images"})
         elif path.is_file():
             files.append(path)
         else:
-            failures.append({"input": str(path), "status": "error", "error": "no such file or folder"})
-    return files, failures
+            failures.append({"input": str(path), "status": "error", "error": f"{path}: no such file or folder"})
+    return list(dict.fromkeys(files)), failures
 
 
 class Runner:
-    """Runs the model over the inputs and collects one result row per input."""
+    """Runs the model over the inputs: one result row per input, and that input's outputs."""
 
-    def __init__(self, model: Model, args, names: dict[Path, str] | None = None):
+    def __init__(self, model: Model, args, out_dir: Path, names: dict[Path, str] | None = None):
         self.model, self.args = model, args
-        self.rows: list[dict] = []
         self.names = names or {}
+        self.csv_dir, self.geojson_dir = out_dir / WSINFER_CSV_DIR, out_dir / GEOJSON_DIR
 
     def _row(self, path: Path, probs: np.ndarray, extra: dict | None = None) -> dict:
         labels = self.model.labels
@@ -145,14 +178,24 @@ class Runner:
         row.update(extra or {})
         return row
 
-    def _output_stem(self, path: Path) -> str:
+    def output_stem(self, path: Path) -> str:
         return self.names.get(path) or output_names([path])[path]
 
     def _mask_path(self, stem: str) -> Path:
         return Path(self.args.mask_dir) / f"{stem}_mask.png"
 
-    def whole_images(self, items: list[tuple[Path, np.ndarray, str]]) -> None:
-        """Batched inference of images that fit the model (resized to the input size)."""
+    def _mask_geojson(self, stem: str, mask: np.ndarray, scale: float) -> Path:
+        path = self.geojson_dir / f"{stem}.geojson"
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            writer = FeatureWriter(f)
+            for feature in mask_features(mask, self.model.labels, scale):
+                writer.add(feature)
+            writer.close()
+        return path
+
+    def whole_images(self, items: list[tuple[Path, np.ndarray, str]]) -> list[dict]:
+        """Batched inference of images that fit the model (resized to the input size); their rows."""
+        rows = []
         for start in range(0, len(items), self.args.batch_size):
             chunk = items[start:start + self.args.batch_size]
             probs = self.model.predict(np.concatenate([self.model.preprocess(rgb) for _, rgb, _ in chunk]))
@@ -160,83 +203,98 @@ class Runner:
                 if self.model.task == "segment":
                     mask = p.argmax(0).astype(np.uint8)
                     mask = np.asarray(Image.fromarray(mask).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
-                    mask_path = self._mask_path(self._output_stem(path))
-                    write_bytes_atomic(mask_path, png_bytes(mask))
-                    self.rows.append({"input": str(path), "status": "ok", "error": "", "note": note,
-                                      "mask": str(mask_path),
-                                      "foreground_pct": round(100 * float((mask > 0).mean()), 3)})
+                    stem = self.output_stem(path)
+                    write_bytes_atomic(self._mask_path(stem), png_bytes(mask))
+                    rows.append({"input": str(path), "status": "ok", "error": "", "note": note,
+                                 "mask": str(self._mask_path(stem)), "geojson": str(self._mask_geojson(stem, mask, 1.0)),
+                                 "foreground_pct": round(100 * float((mask > 0).mean()), 3)})
                 else:
-                    self.rows.append(self._row(path, p, {"note": note}))
+                    rows.append(self._row(path, p, {"note": note}))
+        return rows
 
-    def tiled(self, path: Path, source, plan: "ReadPlan") -> None:
-        """Overlapping tiles at the planned level; background skipped; per-tile CSV, heatmap, aggregate row.
+    def tiled(self, path: Path, source, plan: "ReadPlan") -> dict:
+        """Overlapping tiles at the planned level, background skipped; the row, and the slide's files:
+        per-tile CSV, WSInfer's CSV, GeoJSON for QuPath, heatmap (and mask).
 
-        Memory stays bounded: tiles are read as they are needed, the per-tile CSV is streamed
-        to its (atomic) file, the overview is painted from the tiles at a fixed small size, and
-        only the per-tile positions and scores are kept, packed (8 + 4 x classes bytes per tile).
-        Tile positions in the CSV are level-0 pixels (what slide viewers show).
+        Tiles are read ahead by a pool of threads while the model runs (tiles.py). Memory stays
+        bounded: tiles are read as they are needed, the per-tile files are streamed to their
+        (atomic) files, the overview is painted from the tiles at a fixed small size, and only
+        the per-tile positions and scores are kept, packed (8 + 4 x classes bytes per tile).
+        Every position written is in level-0 pixels (what slide viewers show).
         """
-        labels, segment = self.model.labels, self.model.task == "segment"
+        labels, segment, args = self.model.labels, self.model.task == "segment", self.args
         reader, tile_px, downsample = source.reader(plan.level), plan.tile, source.levels[plan.level].downsample
-        overview = Overview(reader.height, reader.width, self.args.heatmap_size)
+        overview = Overview(reader.height, reader.width, args.heatmap_size)
         mask = np.zeros(overview.shape, np.uint8) if segment else None
-        stem = self._output_stem(path)
-        tile_csv = Path(self.args.tile_dir) / f"{stem}_tiles.csv"
+        stem = self.output_stem(path)
+        files = {"tile_csv": Path(args.tile_dir) / f"{stem}_tiles.csv"}
+        if not segment:
+            files.update(wsinfer_csv=self.csv_dir / f"{stem}.csv", geojson=self.geojson_dir / f"{stem}.geojson")
         positions, scores = array("q"), array("f")  # compact: a slide may have 10^5-10^6 tiles
         total = tissue = 0
-        with atomic_path(tile_csv) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["y", "x", "tissue_fraction"] + [f"{'area' if segment else 'prob'}_{c}" for c in labels])
-            batch, where = [], []
+        side0 = round(tile_px * downsample)
+        bar = progress.bar(grid_size(reader.height, reader.width, tile_px, args.tile_overlap), path.name, "tile",
+                           position=1, leave=False)
+        start = time.perf_counter()
+        with ExitStack() as stack:
+            out = {k: stack.enter_context(open(stack.enter_context(atomic_path(p)), "w", newline=""))
+                   for k, p in files.items()}
+            tiles_csv = csv.writer(out["tile_csv"])
+            tiles_csv.writerow(["y", "x", "tissue_fraction"] + [f"{'area' if segment else 'prob'}_{c}" for c in labels])
+            if not segment:
+                wsinfer_csv, features = csv.writer(out["wsinfer_csv"]), FeatureWriter(out["geojson"])
+                wsinfer_csv.writerow(wsinfer.csv_header(labels))
 
-            def flush():
-                if batch:
-                    for (y, x, frac), p in zip(where, self.model.predict(np.concatenate(batch))):
-                        if segment:  # per-class share of the tile's pixels, and the mask for the overview
-                            tile_mask = Image.fromarray(p.argmax(0).astype(np.uint8))
-                            overview.paint(mask, y, x, np.asarray(tile_mask.resize((tile_px, tile_px), Image.NEAREST)))
-                            p = p.reshape(p.shape[0], -1).mean(1)
-                        writer.writerow([round(y * downsample), round(x * downsample), round(frac, 4),
-                                         *(round(float(v), 6) for v in p)])
-                        positions.extend((y, x))
-                        scores.extend(p.tolist())
-                    batch.clear()
-                    where.clear()
-
-            for y, x in tile_grid(reader.height, reader.width, tile_px, self.args.tile_overlap, reader.block):
-                total += 1
-                tile = reader.read_region(y, x, tile_px, tile_px)
+            def paint(y: int, x: int, tile: np.ndarray) -> None:  # called from the reader threads
                 overview.paint(overview.image, y, x, tile)
-                frac = tissue_fraction(tile)
-                if frac < self.args.min_tissue:
+
+            for batch in read_batches(reader, tile_px, args.tile_overlap, args.min_tissue, self.model.preprocess,
+                                      args.batch_size, args.reader_threads, paint):
+                total += batch.seen
+                bar.update(batch.seen)
+                if not batch.where:
                     continue
-                tissue += 1
-                batch.append(self.model.preprocess(tile))
-                where.append((y, x, frac))
-                if len(batch) == self.args.batch_size:
-                    flush()
-            flush()
+                tissue += len(batch.where)
+                for (y, x, frac), p in zip(batch.where, self.model.predict(batch.pixels)):
+                    if segment:  # per-class share of the tile's pixels, and the mask for the overview
+                        tile_mask = Image.fromarray(p.argmax(0).astype(np.uint8))
+                        overview.paint(mask, y, x, np.asarray(tile_mask.resize((tile_px, tile_px), Image.NEAREST)))
+                        p = p.reshape(p.shape[0], -1).mean(1)
+                    x0, y0 = round(x * downsample), round(y * downsample)
+                    tiles_csv.writerow([y0, x0, round(frac, 4), *(round(float(v), 6) for v in p)])
+                    if not segment:
+                        wsinfer_csv.writerow(wsinfer.csv_row(x0, y0, side0, p))
+                        features.add(tile_feature(x0, y0, side0, p, labels))
+                    positions.extend((y, x))
+                    scores.extend(p.tolist())
+            if not segment:
+                features.close()
+        bar.close()
+        seconds = time.perf_counter() - start
         note = "; ".join(filter(None, [source.note, plan.note]))
-        extra = {"note": note, "tiles": total, "tissue_tiles": tissue, "tile_csv": str(tile_csv),
-                 "level": plan.level, "read_mpp": plan.read_mpp, "tile_px": tile_px}
+        extra = {"note": note, "tiles": total, "tissue_tiles": tissue, "background_tiles": total - tissue,
+                 **{k: str(v) for k, v in files.items()}, "level": plan.level, "downsample": round(downsample, 4),
+                 "slide_mpp": source.mpp, "read_mpp": plan.read_mpp, "tile_px": tile_px, "tile_px_level0": side0,
+                 "seconds": round(seconds, 3), "tiles_per_s": round(tissue / seconds, 1) if seconds > 0 else None}
         if segment:
             write_bytes_atomic(self._mask_path(stem), png_bytes(mask))
-            extra.update(mask=str(self._mask_path(stem)),
-                         mask_downsample=round(overview.step * downsample, 4))  # from level 0
+            mask_downsample = overview.step * downsample  # from level 0
+            extra.update(mask=str(self._mask_path(stem)), mask_downsample=round(mask_downsample, 4),
+                         geojson=str(self._mask_geojson(stem, mask, mask_downsample)))
         if not tissue:
             extra["note"] = "; ".join(filter(None, [note, "no tissue found"]))
-            self.rows.append({"input": str(path), "status": "ok", "error": "", "prediction": "", **extra})
-            return
+            return {"input": str(path), "status": "ok", "error": "", "prediction": "", **extra}
         per_tile = np.frombuffer(scores, np.float32).reshape(tissue, len(labels))
         mean = per_tile.mean(0)
         # The heatmap shows the most likely class; for segmentation the most frequent non-background one.
         shown = int(mean[1:].argmax()) + 1 if segment and len(labels) > 1 else int(mean.argmax())
-        heatmap = Path(self.args.tile_dir) / f"{stem}_heatmap_{labels[shown]}.png"
-        write_bytes_atomic(heatmap, png_bytes(overview.heatmap(np.frombuffer(positions, np.int64).reshape(tissue, 2), per_tile[:, shown], tile_px)))
+        heatmap = Path(args.tile_dir) / f"{stem}_heatmap_{labels[shown]}.png"
+        write_bytes_atomic(heatmap, png_bytes(overview.heatmap(np.frombuffer(positions, np.int64).reshape(tissue, 2),
+                                                               per_tile[:, shown], tile_px)))
         extra["heatmap"] = str(heatmap)
         if segment:
             extra["foreground_pct"] = round(100 * float(1 - mean[0]), 3)
-        self.rows.append(self._row(path, mean, extra))
+        return self._row(path, mean, extra)
 
 
 @dataclass(frozen=True)
@@ -276,16 +334,19 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     """Name stem of each input's outputs (mask, tile CSV, heatmap): its file stem, or, when another input
     shares that stem (a.png in two folders), the stem and a short hash of its full path. The same input
     gets the same name whatever else is in the run and in which order."""
+    def stem(path: Path) -> str:  # a DICOM slide is its folder
+        return path.parent.name if path.suffix.lower() == DICOM and path.parent.name else path.stem
+
     counts: dict[str, int] = {}
     for path in dict.fromkeys(paths):
-        counts[path.stem.casefold()] = counts.get(path.stem.casefold(), 0) + 1
+        counts[stem(path).casefold()] = counts.get(stem(path).casefold(), 0) + 1
     names = {}
     for path in paths:
-        if counts[path.stem.casefold()] == 1:
-            names[path] = path.stem
+        if counts[stem(path).casefold()] == 1:
+            names[path] = stem(path)
         else:
             digest = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:8]
-            names[path] = f"{path.stem}-{digest}"
+            names[path] = f"{stem(path)}-{digest}"
     return names
 
 
@@ -298,63 +359,146 @@ def _csv(rows: list[dict], first: list[str]) -> str:
     return buffer.getvalue()
 
 
+def results_path(out: str | Path) -> tuple[Path, Path]:
+    """(results file, folder of the run's other outputs): ``--out`` names a .csv/.json file, or a folder."""
+    out = Path(out)
+    if out.suffix.lower() in (".csv", ".json"):
+        return out, out.parent
+    return out / "results.csv", out
+
+
+class RunRecord:
+    """run_metadata.json: what ran (bundle, signer, runtime, versions, settings) and every input's row,
+    rewritten after each input so that a killed run leaves an account of what it did."""
+
+    def __init__(self, path: Path, model: Model, bundle: Path, args, settings: dict):
+        self.path, self.start = path, time.perf_counter()
+        self.meta = {"schema": RUN_SCHEMA, "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                     "bundle": str(bundle), "bundle_sha256": model.bundle_sha256,
+                     "signature": model.signature.status, "signed_by": model.signature.key,
+                     "model": model.artifact, "task": model.task, "classes": model.labels,
+                     "runtime": model.runner.provider, "device": args.device, "threads": model.threads,
+                     "batch_size": args.batch_size, "reader_threads": args.reader_threads,
+                     "versions": runtime_versions(), "settings": settings}
+
+    def write(self, rows: list[dict], finished: bool = False) -> None:
+        failed = [r for r in rows if r["status"] != "ok"]
+        write_json_atomic(self.path, {**self.meta, "finished": finished,
+                                      "seconds": round(time.perf_counter() - self.start, 3),
+                                      "inputs": len(rows), "failed": len(failed),
+                                      "skipped_done": sum(1 for r in rows if r.get("skipped_done")),
+                                      "results": sorted(rows, key=lambda r: r["input"])})
+
+
+def _say(text: str, bar=None) -> None:
+    """One line on the console, above the progress bars when they are drawn."""
+    if bar is not None and hasattr(bar, "write"):
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _outcome(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"FAILED: {row['error']}"
+    if "tiles" in row:
+        text = (f"{row['tissue_tiles']} of {row['tiles']} tiles classified, {row['background_tiles']} background, "
+                f"in {row['seconds']:.1f} s ({row['tiles_per_s'] or 0:.0f} tiles/s)")
+        return text + ("; no tissue found" if not row["tissue_tiles"] else "")
+    return "done"
+
+
 def run(args) -> int:
     """Inference as ``add_arguments`` describes; BundleError or ProviderError when it cannot start."""
     bundle = Path(args.bundle)
     trusted = load_trusted_keys(getattr(args, "trusted_key", None) or ())
     try:
-        model = Model(bundle, args.runtime, args.threads, args.device, trusted)
+        model = Model.from_bundle(bundle, args.runtime, args.threads, args.device, trusted)
     except BundleError as err:
         raise BundleError(f"refusing to run: {err}") from None
     print(f"bundle {bundle}: {model.signature.text}", file=sys.stderr)
-    files, failures = collect_inputs(args.inputs)
-    out = Path(args.out)
+    out, out_dir = results_path(args.out)
     if args.format is None:
         args.format = "json" if out.suffix.lower() == ".json" else "csv"
-    for attr, default in (("mask_dir", out.parent / "masks"), ("tile_dir", out.parent / "tiles")):
+    args.batch_size = args.batch_size or int(model.manifest["profile"].get("batch_size") or 1)
+    for attr, default in (("mask_dir", out_dir / "masks"), ("tile_dir", out_dir / "tiles")):
         if getattr(args, attr) is None:
             setattr(args, attr, default)
-    runner = Runner(model, args, output_names(files))
+    files, failures = collect_inputs(args.inputs)
     tile_px = args.tile_size or model.tile_px
-    runner.rows += failures
-    small: list[tuple[Path, np.ndarray, str]] = []
-    for path in files:
-        source = None
-        try:
-            source = open_image(path)
-            h, w = source.height, source.width
-            if h < model.size or w < model.size:
-                raise InputError(f"{path}: image is {w}x{h}, smaller than the model input {model.size}x{model.size}")
-            plan = plan_reading(source, model.mpp, tile_px)
-            fits_a_tile = min(h, w) >= plan.tile0
-            if fits_a_tile and (args.tile == "always" or (args.tile == "auto" and max(h, w) > 2 * plan.tile0)):
-                print(f"{path}: {plan.note}", file=sys.stderr)
-                runner.tiled(path, source, plan)
-            elif max(h, w) > MAX_WHOLE_SIDE_PX:
-                raise InputError(f"{path}: image is {w}x{h}, too large to resize whole (over {MAX_WHOLE_SIDE_PX} px); "
-                                 "tile it (--tile auto)")
-            else:
-                small.append((path, source.read_region(0, 0, h, w), source.note))
-        except InputError as err:
-            runner.rows.append({"input": str(path), "status": "error", "error": str(err)})
-        except Exception as err:  # a decoder failing on one file must not stop the others
-            runner.rows.append({"input": str(path), "status": "error", "error": f"{path}: {type(err).__name__}: {err}"})
-        finally:
-            if source is not None:
-                source.close()
-        if len(small) >= args.batch_size:
-            runner.whole_images(small)
-            small = []
-    runner.whole_images(small)
-    rows = sorted(runner.rows, key=lambda r: r["input"])
-    if args.format == "json":
-        write_text_atomic(out, json.dumps({"bundle": str(bundle), "signature": model.signature.text,
-                                           "model": model.artifact, "results": rows}, indent=2))
-    else:
-        first = ["input", "status", "error", "note", "prediction"] + [f"prob_{c}" for c in model.labels]
-        write_text_atomic(out, _csv(rows, first))
+    settings = {"tile": args.tile, "tile_size": tile_px, "tile_overlap": args.tile_overlap,
+                "min_tissue": args.min_tissue, "heatmap_size": args.heatmap_size, "device": args.device}
+    shared_key = resume.run_key(model.bundle_sha256, model.artifact["path"], settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, "pathnas-infer"):
+        runner = Runner(model, args, out_dir, output_names(files))
+        record = RunRecord(out_dir / RUN_METADATA, model, bundle, args, settings)
+        rows: list[dict] = list(failures)
+        for row in failures:
+            print(f"{row['input']}: FAILED: {row['error']}", file=sys.stderr)
+        overall = progress.bar(len(files), "inputs", "input", position=0)
+        small: list[tuple[Path, np.ndarray, str]] = []
+        keys: dict[Path, str] = {}
+
+        def finish(new_rows: list[dict]) -> None:
+            for row in new_rows:
+                path = Path(row["input"])
+                if row["status"] == "ok" and path in keys:
+                    resume.mark_done(out_dir, runner.output_stem(path), keys[path], row)
+                _say(f"{path}: {_outcome(row)}", overall)
+            rows.extend(new_rows)
+            record.write(rows)
+
+        for path in files:
+            source = None
+            try:
+                keys[path] = resume.input_key(shared_key, path)
+                if not args.redo:
+                    row = resume.done_row(out_dir, runner.output_stem(path), keys[path], OUTPUT_FIELDS)
+                    if row is not None:
+                        rows.append({**row, "skipped_done": True})
+                        _say(f"{path}: done before with this bundle and these settings; skipped", overall)
+                        overall.update()
+                        continue
+                source = open_image(path)
+                h, w = source.height, source.width
+                if h < model.size or w < model.size:
+                    raise InputError(f"{path}: image is {w}x{h}, smaller than the model input {model.size}x{model.size}")
+                plan = plan_reading(source, model.mpp, tile_px)
+                fits_a_tile = min(h, w) >= plan.tile0
+                if fits_a_tile and (args.tile == "always" or (args.tile == "auto" and max(h, w) > 2 * plan.tile0)):
+                    _say(f"{path}: {plan.note}", overall)
+                    finish([runner.tiled(path, source, plan)])
+                elif max(h, w) > MAX_WHOLE_SIDE_PX:
+                    raise InputError(f"{path}: image is {w}x{h}, too large to resize whole (over {MAX_WHOLE_SIDE_PX} "
+                                     "px); tile it (--tile auto)")
+                else:
+                    small.append((path, source.read_region(0, 0, h, w), source.note))
+            except InputError as err:
+                finish([{"input": str(path), "status": "error", "error": str(err)}])
+            except Exception as err:  # a decoder failing on one file must not stop the others
+                finish([{"input": str(path), "status": "error", "error": f"{path}: {type(err).__name__}: {err}"}])
+            finally:
+                if source is not None:
+                    source.close()
+            overall.update()
+            if len(small) >= args.batch_size:
+                finish(runner.whole_images(small))
+                small = []
+        finish(runner.whole_images(small))
+        overall.close()
+        rows.sort(key=lambda r: r["input"])
+        if args.format == "json":
+            write_text_atomic(out, json.dumps({"bundle": str(bundle), "signature": model.signature.text,
+                                               "model": model.artifact, "results": rows}, indent=2))
+        else:
+            first = ["input", "status", "error", "note", "prediction"] + [f"prob_{c}" for c in model.labels]
+            write_text_atomic(out, _csv(rows, first))
+        record.write(rows, finished=True)
     failed = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows) - len(failed)} input(s) done, {len(failed)} failed; results in {out}", file=sys.stderr)
+    skipped = sum(1 for r in rows if r.get("skipped_done"))
+    print(f"{len(rows) - len(failed)} input(s) done ({skipped} done before), {len(failed)} failed; results in {out}, "
+          f"run record in {out_dir / RUN_METADATA}", file=sys.stderr)
     for r in failed:
         print(f"  failed: {r['error']}", file=sys.stderr)
     return EXIT_INPUT_FAILURES if failed else 0
@@ -363,13 +507,20 @@ def run(args) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a bundle folder written by `pathnas-edge package`")
     p.add_argument("inputs", nargs="+", help="image files, slides or folders of them")
-    p.add_argument("--out", required=True, help="results file (.csv or .json)")
+    p.add_argument("--out", required=True,
+                   help="a folder (results.csv, run_metadata.json and every input's outputs go in it), or a results "
+                        "file (.csv or .json) with the rest beside it")
     p.add_argument("--format", choices=["csv", "json"], default=None, help="default: from --out's extension")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto")
     p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="onnxruntime execution provider (fails rather than falling back to the CPU)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the bundle's device profile)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per inference (default: the bundle's device "
+                                                                "profile)")
+    p.add_argument("--reader-threads", type=int, default=2,
+                   help="threads reading and preparing tiles ahead of the model (0: read, then infer, in turns)")
+    p.add_argument("--redo", action="store_true",
+                   help="process every input again, even those done before with this bundle and these settings")
     p.add_argument("--tile", choices=["auto", "always", "never"], default="auto",
                    help="auto: tile images larger than twice the tile size; always: every image at least one tile "
                         "large; never: resize every image whole")
@@ -380,8 +531,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=float, default=0.25)
     p.add_argument("--min-tissue", type=float, default=0.2, help="skip tiles with less tissue than this share")
     p.add_argument("--heatmap-size", type=int, default=512)
-    p.add_argument("--mask-dir", default=None, help="segmentation masks (default: beside --out)")
-    p.add_argument("--tile-dir", default=None, help="per-tile CSVs and heatmaps (default: beside --out)")
+    p.add_argument("--mask-dir", default=None, help="segmentation masks (default: OUT/masks)")
+    p.add_argument("--tile-dir", default=None, help="per-tile CSVs and heatmaps (default: OUT/tiles)")
     add_trust_argument(p)
 
 
@@ -396,7 +547,7 @@ def add_trust_argument(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(cli: argparse.ArgumentParser, args) -> None:
     """Usage errors argparse cannot see (exit 2 with the usage line)."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         cli.error(f"--batch-size {args.batch_size}: must be at least 1")
     if args.tile_size is not None and args.tile_size < 8:
         cli.error(f"--tile-size {args.tile_size}: must be at least 8 pixels")
@@ -404,3 +555,7 @@ def check_arguments(cli: argparse.ArgumentParser, args) -> None:
         cli.error(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
     if not 0 <= args.min_tissue <= 1:
         cli.error(f"--min-tissue {args.min_tissue}: must be in [0, 1]")
+    if args.threads is not None and args.threads < 1:
+        cli.error(f"--threads {args.threads}: must be at least 1")
+    if args.reader_threads < 0:
+        cli.error(f"--reader-threads {args.reader_threads}: must be 0 or more")

@@ -8,6 +8,7 @@ refuses, naming the file at fault:
 - a manifest that is not well formed: paths that are absolute or climb out with "..", an empty
   artifacts list, a default model that is not one of the hashed artifacts, a nested
   manifest.json, labels that disagree with the manifest's classes;
+- a WSInfer config.json that says something other than preprocess.json and the labels;
 - an unsigned bundle, or one signed by an untrusted key, where trusted keys are configured.
 The runtime verifies before it loads anything: a tampered or half-copied model never runs.
 """
@@ -23,6 +24,7 @@ from pathnas.errors import InvalidFileError, UserError
 from pathnas.io import read_json, sha256_file
 
 from .signing import SIGNATURE, SignatureCheck, TrustedKeys, check_signature
+from .wsinfer import config_problems
 
 MANIFEST = "manifest.json"
 SCHEMA = "pathnas-bundle/1"
@@ -109,6 +111,8 @@ def structure_problems(root: Path, manifest: dict) -> list[str]:
             problems.append(f"{root / name}: a nested {PurePosixPath(name).name}; only the bundle's root has one")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             problems.append(f"{at}: the SHA-256 of {name!r} is not 64 hex digits")
+    if "config" in manifest and (not isinstance(manifest["config"], str) or manifest["config"] not in files):
+        problems.append(f"{at}: the config file {manifest['config']!r} is not among the hashed files")
     for key in ("preprocess", "labels"):
         if manifest[key] not in files:
             problems.append(f"{at}: the {key} file {manifest[key]!r} is not among the hashed files")
@@ -160,6 +164,17 @@ def labels_problems(root: Path, manifest: dict) -> list[str]:
     return []
 
 
+def wsinfer_config_problems(root: Path, manifest: dict) -> list[str]:
+    """WSInfer's config.json must say what preprocess.json and the labels say (run after the hashes match)."""
+    root = Path(root)
+    try:
+        preprocess = read_json(root / manifest["preprocess"], "bundle preprocessing")
+        config = read_json(root / manifest["config"], "WSInfer model config")
+    except UserError as err:
+        return [str(err)]
+    return config_problems(config, preprocess, manifest["classes"], str(root / manifest["config"]))
+
+
 @dataclass(frozen=True)
 class Verified:
     """A bundle that verified: its manifest and what its signature says."""
@@ -198,6 +213,9 @@ def verification_problems(root: Path, trusted: TrustedKeys | None = None) -> tup
     problems += [f"{root / name}: SHA-256 differs from the manifest (changed)" for name in changed]
     if not structure and manifest["labels"] in present and manifest["labels"] not in changed:
         problems += labels_problems(root, manifest)
+    if not structure and "config" in manifest \
+            and {manifest["config"], manifest["preprocess"]} <= present - set(changed):
+        problems += wsinfer_config_problems(root, manifest)
     return problems, signature
 
 

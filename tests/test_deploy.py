@@ -26,7 +26,7 @@ def test_package_writes_a_self_contained_verified_bundle(bundle):
     from pathnas.io import sha256_file
 
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"preprocess.json", "labels.json", "MODEL_CARD.md",
+    assert set(manifest["files"]) == {"preprocess.json", "labels.json", "MODEL_CARD.md", "config.json",
                                       "model/onnxruntime-fp32/model.onnx",  # no OpenVINO IR in an ORT bundle
                                       "reference/latency_reference.onnx"}
     assert all(sha256_file(bundle / name) == digest for name, digest in manifest["files"].items())
@@ -45,6 +45,13 @@ def test_package_writes_a_self_contained_verified_bundle(bundle):
     # the training resolution travels with the preprocessing: the synthetic data declares 64 um per tile
     pre = json.loads((bundle / "preprocess.json").read_text())
     assert pre["mpp"] == pytest.approx(2.0) and pre["image_px"] == 32 and manifest["dataset"]["mpp"] == pytest.approx(2.0)
+    # WSInfer's model config, as its zoo's schema has it, says the same as preprocess.json and the labels
+    config = json.loads((bundle / "config.json").read_text())
+    assert manifest["config"] == "config.json" and config == {
+        "spec_version": "1.0", "architecture": "3575", "num_classes": 4, "class_names": list(manifest["classes"]),
+        "patch_size_pixels": 32, "spacing_um_px": pytest.approx(2.0),
+        "transform": [{"name": "Resize", "arguments": {"size": pre["input_size"]}}, {"name": "ToTensor"},
+                      {"name": "Normalize", "arguments": {"mean": pre["mean"], "std": pre["std"]}}]}
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Intended use" in card and "**Synthetic data**" in card and "## Limitations" in card
     assert "**Not retrained**" in card and "Trained at 2 µm per pixel" in card
@@ -223,6 +230,8 @@ def test_inference_matches_the_toolchain_preprocessing_and_model(bundle, classif
 
 
 def test_bad_inputs_get_a_line_each_and_the_run_goes_on(bundle, classify_run, tmp_path):
+    from pathnas.io import sha256_file
+
     _, data = classify_run
     good = sorted((data / "benign").iterdir())[0]
     corrupt = tmp_path / "corrupt.png"
@@ -240,7 +249,8 @@ def test_bad_inputs_get_a_line_each_and_the_run_goes_on(bundle, classify_run, tm
     out = tmp_path / "out" / "r.csv"
     code, err = run_infer_here(bundle, good, corrupt, not_a_tiff, gray, rgba, small, empty, tmp_path / "missing.png",
                                "--out", out)
-    assert code == 1 and "3 input(s) done, 5 failed" in err
+    assert code == 1 and "3 input(s) done (0 done before), 5 failed" in err
+    assert "corrupt.png: FAILED: " in err and "Traceback" not in err  # a console line each, as they happen
     rows = {Path(r["input"]).name: r for r in read_csv(out)}
     assert len(rows) == 8
     assert rows[good.name]["status"] == "ok" and rows[good.name]["note"] == ""
@@ -249,9 +259,15 @@ def test_bad_inputs_get_a_line_each_and_the_run_goes_on(bundle, classify_run, tm
     assert rows["corrupt.png"]["status"] == "error" and "corrupt.png: cannot read image" in rows["corrupt.png"]["error"]
     assert "broken.tif: not a readable TIFF" in rows["broken.tif"]["error"]
     assert "small.png: image is 16x16, smaller than the model input 32x32" in rows["small.png"]["error"]
-    assert rows["empty"]["error"] == "folder holds no images"
-    assert rows["missing.png"]["error"] == "no such file or folder"
-    assert [p.name for p in out.parent.iterdir()] == ["r.csv"]  # no temporary files left behind
+    assert rows["empty"]["error"] == f"{empty}: folder holds no images"
+    assert rows["missing.png"]["error"] == f"{tmp_path / 'missing.png'}: no such file or folder"
+    # and a line each in the run's record, which says what ran
+    meta = json.loads((out.parent / "run_metadata.json").read_text())
+    assert meta["finished"] and meta["inputs"] == 8 and meta["failed"] == 5 and meta["bundle_sha256"] == \
+        sha256_file(bundle / "manifest.json") and meta["signature"] == "unsigned" and meta["runtime"] == \
+        "CPUExecutionProvider" and meta["versions"]["onnxruntime"]
+    assert {Path(r["input"]).name: r["status"] for r in meta["results"]} == {n: r["status"] for n, r in rows.items()}
+    assert not [p for p in out.parent.rglob("*.tmp")]  # no temporary files left behind
     strip = tmp_path / "strip.tif"  # too long to decode whole, which --tile never would have to
     tifffile.imwrite(strip, np.full((40, 10_001, 3), 200, np.uint8), photometric="rgb", tile=(32, 1024))
     code, _ = run_infer_here(bundle, strip, "--out", out, "--tile", "never")
@@ -328,7 +344,7 @@ def test_tiff_regions_are_read_exactly_and_in_pieces(tmp_path, layout):
     assert sorted(grid) == sorted(tile_grid(150, 200, 40, 0.3))  # the block order visits every tile once
     for y, x in grid:
         assert np.array_equal(reader.read_region(y, x, 40, 40), expected[y:y + 40, x:x + 40]), (y, x)
-    assert len(reader._cache) <= 8  # only a few decoded segments are ever held
+    assert len(reader.reader(0)._cache) <= 16  # only a few decoded segments are ever held
     reader.close()
 
 

@@ -40,7 +40,7 @@ def test_compressed_and_planar_tiffs_read_as_colour(tmp_path, options, tolerance
         whole = np.moveaxis(whole, 0, -1) if options.get("planar") else whole
         for y, x in tile_grid(512, 512, 96, 0.25, source.block):
             assert np.array_equal(source.read_region(y, x, 96, 96), whole[y:y + 96, x:x + 96]), (y, x)
-    assert len(source._cache) <= 8
+    assert len(source.reader(0)._cache) <= 16  # a few segments, however large the slide
     source.close()
 
 

@@ -1,0 +1,113 @@
+"""Tiles of a slide, read ahead by a pool of threads while the model runs on the previous batch. Torch-free.
+
+Reading (decoding the slide's tiles), tissue detection and preprocessing run in ``workers``
+threads; the caller runs the model on the batches they yield. Decoders (imagecodecs,
+OpenSlide), numpy and the inference runtimes release the GIL, so the two overlap and a slide
+runs at the speed of the model rather than of model plus reading. Chunks of tile positions
+are handed out in the order of ``tile_grid`` (block by block, so the readers' segment caches
+serve neighbours) and their results are taken back in the same order: the output is the same
+whatever the number of threads. At most ``2 x workers`` chunks are in flight, so memory does
+not grow with the slide. ``workers=0`` reads in the calling thread (reading and inference take
+turns: the benchmark's reference).
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .images import tile_grid, tissue_fraction
+
+
+@dataclass
+class Batch:
+    """Tissue tiles ready for the model, and how many tiles were looked at to find them."""
+
+    where: list[tuple[int, int, float]]  # (y, x, tissue fraction) in the level's pixels
+    pixels: np.ndarray  # N x 3 x S x S float32, preprocessed
+    seen: int  # tiles read since the previous batch, background included
+
+
+def grid_size(height: int, width: int, tile: int, overlap: float) -> int:
+    """How many tiles ``tile_grid`` yields (for progress bars), without listing them."""
+    stride = max(1, int(round(tile * (1 - overlap))))
+
+    def count(n: int) -> int:
+        if n <= tile:
+            return 1
+        starts = (n - tile) // stride + 1
+        return starts + ((n - tile) % stride != 0)
+
+    return count(height) * count(width)
+
+
+def _read_chunk(reader, positions: list[tuple[int, int]], tile: int, min_tissue: float,
+                preprocess: Callable[[np.ndarray], np.ndarray], paint) -> tuple[list, list, int]:
+    where, pixels = [], []
+    for y, x in positions:
+        region = reader.read_region(y, x, tile, tile)
+        if paint is not None:
+            paint(y, x, region)
+        fraction = tissue_fraction(region)
+        if fraction >= min_tissue:
+            where.append((y, x, fraction))
+            pixels.append(preprocess(region))
+    return where, pixels, len(positions)
+
+
+def read_batches(reader, tile: int, overlap: float, min_tissue: float, preprocess: Callable[[np.ndarray], np.ndarray],
+                 batch_size: int, workers: int = 2, paint: Callable | None = None) -> Iterator[Batch]:
+    """Batches of ``batch_size`` tissue tiles (the last one smaller) of ``reader``'s level, in grid order.
+
+    ``preprocess`` maps an HxWx3 uint8 tile to 1x3xSxS float32; ``paint(y, x, tile)`` sees every
+    tile read (the overview), from the reader threads.
+    """
+    grid = tile_grid(reader.height, reader.width, tile, overlap, reader.block)
+    chunk = max(batch_size, 16)  # enough work per hand-over that threads do not wait on each other
+    chunks = iter(lambda: list(islice(grid, chunk)), [])
+    where: list = []
+    pixels: list = []
+    seen = 0
+
+    def take(result):
+        nonlocal seen
+        w, p, n = result
+        where.extend(w)
+        pixels.extend(p)
+        seen += n
+
+    def full(final: bool) -> Iterator[Batch]:
+        nonlocal where, pixels, seen
+        while len(where) >= batch_size or (final and (where or seen)):
+            n = min(batch_size, len(where))
+            batch = Batch(where[:n], np.concatenate(pixels[:n]) if n else np.zeros((0, 3, 1, 1), np.float32), seen)
+            where, pixels, seen = where[n:], pixels[n:], 0
+            yield batch
+            if not where and not seen:
+                return
+
+    if workers <= 0:
+        for positions in chunks:
+            take(_read_chunk(reader, positions, tile, min_tissue, preprocess, paint))
+            yield from full(False)
+        yield from full(True)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="tile-reader") as pool:
+        pending: deque = deque()
+        try:
+            for positions in chunks:
+                pending.append(pool.submit(_read_chunk, reader, positions, tile, min_tissue, preprocess, paint))
+                while len(pending) >= 2 * workers:
+                    take(pending.popleft().result())
+                    yield from full(False)
+            while pending:
+                take(pending.popleft().result())
+                yield from full(False)
+            yield from full(True)
+        finally:  # an error or an abandoned generator: drop what was queued, wait for what runs
+            for future in pending:
+                future.cancel()
