@@ -1,13 +1,29 @@
-"""The run directory: every file a stage reads or writes, named in one place.
+"""The run directory: every path of a run, assembled in one place.
 
-Stages exchange nothing but these files, so a stage can be run alone, re-run or resumed,
-and a person can read what happened. Paths recorded inside a run (stages.json, export.json,
-the validation report) are relative to its root, so a moved run directory stays valid.
+Each layer names the files it writes (a training checkpoint, the search's summary, the exported
+model...) and exports that name; this class places them in the run's folders and names the
+pipeline's own files. Stages exchange nothing but these files, so a stage can be run alone,
+re-run or resumed, and a person can read what happened. Paths recorded inside a run
+(stages.json, export.json, the validation report) are relative to its root, so a moved run
+directory stays valid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from pathnas.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
+from pathnas.data.datasets import MARKER_FILE
+from pathnas.export.artifacts import EXPORT_RECORD, LABELS, MODEL_ONNX, PREPROCESS
+from pathnas.export.quantize import CALIBRATION_RECORD
+from pathnas.retrain import SUMMARY_FILE as RETRAIN_SUMMARY
+from pathnas.search.runfile import EVALUATIONS_FILE, SUMMARY_FILE as SEARCH_SUMMARY
+
+# The pipeline's own files.
+STAGES_FILE = "stages.json"  # what each stage ran with (pathnas.pipeline.record)
+PIPELINE_SUMMARY = "pipeline.json"
+SUBNET_FILE = "subnet.pt"
+SMOKE_TEST_FILE = "smoke_test.json"
 
 
 @dataclass(frozen=True)
@@ -22,18 +38,14 @@ class RunLayout:
         path = Path(path)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
-    # -- bookkeeping ------------------------------------------------------------------------
+    # -- bookkeeping (the lock, RUN/.lock, is pathnas.lock.RunLock's) ------------------------------------------------------------------------
     @property
     def stages(self) -> Path:
-        return self.root / "stages.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
+        return self.root / STAGES_FILE
 
     @property
     def summary(self) -> Path:
-        return self.root / "pipeline.json"
+        return self.root / PIPELINE_SUMMARY
 
     # -- data and supernet --------------------------------------------------------------------
     @property
@@ -42,12 +54,17 @@ class RunLayout:
         return self.root / "data"
 
     @property
+    def data_marker(self) -> Path:
+        """Written last by the generator: the embedded data set is complete."""
+        return self.data / MARKER_FILE
+
+    @property
     def supernet_dir(self) -> Path:
         return self.root / "supernet"
 
     @property
     def supernet(self) -> Path:
-        return self.supernet_dir / "last.pt"
+        return self.supernet_dir / LAST_CHECKPOINT
 
     @property
     def latency_dir(self) -> Path:
@@ -60,15 +77,15 @@ class RunLayout:
 
     @property
     def search_summary(self) -> Path:
-        return self.search_dir / "summary.json"
+        return self.search_dir / SEARCH_SUMMARY
 
     @property
     def evaluations(self) -> Path:
-        return self.search_dir / "evaluations.jsonl"
+        return self.search_dir / EVALUATIONS_FILE
 
     @property
     def subnet(self) -> Path:
-        return self.root / "extract" / "subnet.pt"
+        return self.root / "extract" / SUBNET_FILE
 
     @property
     def retrain_dir(self) -> Path:
@@ -76,11 +93,11 @@ class RunLayout:
 
     @property
     def retrained(self) -> Path:
-        return self.retrain_dir / "best.pt"
+        return self.retrain_dir / BEST_CHECKPOINT
 
     @property
     def retrain_summary(self) -> Path:
-        return self.retrain_dir / "summary.json"
+        return self.retrain_dir / RETRAIN_SUMMARY
 
     def model_for_export(self) -> Path:
         """The retrained model if there is one, else the extracted one."""
@@ -93,19 +110,19 @@ class RunLayout:
 
     @property
     def onnx(self) -> Path:
-        return self.export_dir / "model.onnx"
+        return self.export_dir / MODEL_ONNX
 
     @property
     def export_record(self) -> Path:
-        return self.export_dir / "export.json"
+        return self.export_dir / EXPORT_RECORD
 
     @property
     def preprocess(self) -> Path:
-        return self.export_dir / "preprocess.json"
+        return self.export_dir / PREPROCESS
 
     @property
     def labels(self) -> Path:
-        return self.export_dir / "labels.json"
+        return self.export_dir / LABELS
 
     @property
     def quantize_dir(self) -> Path:
@@ -117,7 +134,7 @@ class RunLayout:
 
     @property
     def calibration_record(self) -> Path:
-        return self.quantize_dir / "calibration.json"
+        return self.quantize_dir / CALIBRATION_RECORD
 
     @property
     def validate_dir(self) -> Path:
@@ -139,4 +156,4 @@ class RunLayout:
     @property
     def smoke_test(self) -> Path:
         """The torch-free runtime's outputs on a few validation images against PyTorch's (stage_smoke_test)."""
-        return self.root / "smoke_test.json"
+        return self.root / SMOKE_TEST_FILE

@@ -34,7 +34,7 @@ def stage_data(layout: RunLayout, n_per_class: int, image_size: int, seed: int) 
     """The embedded default data set: synthetic H&E-like images in RUN/data."""
     from pathnas.data import generate
 
-    run_stage(layout, "data", {"generator": ["synth", n_per_class, image_size, seed]}, [layout.data / "dataset.json"],
+    run_stage(layout, "data", {"generator": ["synth", n_per_class, image_size, seed]}, [layout.data_marker],
               lambda: generate(layout.data, "classify", n_per_class=n_per_class, image_size=image_size, seed=seed))
     return layout.data
 
