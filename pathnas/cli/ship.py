@@ -18,8 +18,9 @@ STATUS_STYLE = {"passed": "green", "failed-validation": "red", "failed": "red", 
 def _layout(run_dir: Path):
     from pathnas.pipeline import RunLayout
 
-    on_interrupt(f"finished stages are recorded in {run_dir / 'stages.json'}; run the same command again to resume")
-    return RunLayout(run_dir)
+    layout = RunLayout(run_dir)
+    on_interrupt(f"finished stages are recorded in {layout.stages}; run the same command again to resume")
+    return layout
 
 
 def extract(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pathnas.data.datasets import SPLITS_FILE
 from pathnas.errors import ConfigError
 from pathnas.io import sha256_file
 from pathnas.settings import SearchSettings
@@ -104,7 +105,7 @@ class SupernetTarget:
                               f"{config.num_classes}")
         if self.data.skipped:
             log.warning("skipped %d unreadable file(s) (--skip-bad); they are listed in %s", len(self.data.skipped),
-                        Path(settings.data) / "splits.json")
+                        Path(settings.data) / SPLITS_FILE)
         self.calibration = calibration_batches(self.data.calib, settings.bn_images)
         self.space = self.supernet.space
         self.metric_name = primary_metric(self.supernet.task)
