@@ -1,15 +1,19 @@
-"""How far the search's proxy can be trusted: Kendall tau between inherited-weight accuracy (BN
+"""How far the search's proxy can be trusted: rank correlation between inherited-weight accuracy (BN
 recalibrated, exactly as the search scores a path) and stand-alone accuracy (each path trained alone,
-briefly, from scratch) over paths of the demo space.
+from scratch), for a supernet pretrained with uniform single-path sampling (SPOS) and one pretrained
+with fair sampling (FairNAS), at the same number of image-passes.
 
-    python benchmarks/supernet_ranking.py [--paths 12] [--pretrain-epochs 20] [--standalone-epochs 6]
-                                          [--work DIR] [--seed 0] [--json]
+    python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 10]
+                                          [--bn-images 256] [--work DIR] [--seed 0] [--json]
 
-The demo space and data are the pipeline's (pathnas.pipeline.run.DEMO_SPACE / DEMO_DATA, built
-through their config objects); the supernet is pretrained as the pipeline does; every stand-alone
-path goes through `pathnas.retrain.retrain(from_scratch=True)` with the same settings. --work keeps
-the data, the supernet and each path's training, so a second run only prints (and a killed one
-resumes). On 2 CPU cores: a few minutes.
+The paths are spread over the FLOPs range of the demo space (the pipeline's DEMO_SPACE / DEMO_DATA):
+every path's FLOPs are counted (fvcore) and the paths at evenly spaced FLOPs ranks are taken. A fair
+step trains m paths (4 here) on one batch, so the uniform supernet gets m times the fair one's epochs:
+both see the same image-passes. Kendall tau-b and Spearman's rho come with a 95 % bootstrap interval
+over the paths (scipy.stats.bootstrap, paired resampling). Every stand-alone path goes through
+`pathnas.retrain.retrain(from_scratch=True)`. --work keeps the data, both supernets and each path's
+training, so a second run only prints (and a killed one resumes). Sized to finish in about 20 minutes
+on 2 quiet CPU cores.
 """
 from __future__ import annotations
 
@@ -17,57 +21,68 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy import stats
 
+from pathnas.cost import measure_cost
 from pathnas.data import build_loaders, generate, list_classes, load_or_create_splits
 from pathnas.pipeline.run import DEMO_DATA, DEMO_SPACE
 from pathnas.retrain import retrain
 from pathnas.search.targets import calibration_batches
 from pathnas.settings import PretrainConfig, RetrainConfig
-from pathnas.spaces import space_config
+from pathnas.spaces import build_supernet, space_config
 from pathnas.subnet import extract
 from pathnas.train import evaluate_architecture, pretrain, primary_metric
+from pathnas.train.spos import LAST_CHECKPOINT, fair_path_count
+
+SAMPLERS = ("uniform", "fair")
 
 
-def kendall_tau_b(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking accounted for)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else float("nan")
-
-
-def pick_paths(space, count: int, seed: int) -> list:
+def paths_over_flops(space_cfg, count: int, seed: int, pool: int) -> list[tuple[object, float]]:
+    """``count`` paths at evenly spaced ranks of FLOPs among ``pool`` distinct random paths (fvcore counts
+    each path by tracing it, about a second on a busy CPU, so not the whole space)."""
+    net = build_supernet(space_cfg)
     generator = torch.Generator().manual_seed(seed)
-    paths: dict[str, object] = {}
-    while len(paths) < min(count, space.size()):
-        arch = space.sample(generator)
-        paths.setdefault(arch.code, arch)
-    return list(paths.values())
+    candidates: dict[str, object] = {}
+    while len(candidates) < min(pool, net.space.size()):
+        arch = net.space.sample(generator)
+        candidates.setdefault(arch.code, arch)
+    shape = (1, space_cfg.in_chans, space_cfg.input_size, space_cfg.input_size)
+    costed = sorted(((a, measure_cost(net.extract(a), shape).flops) for a in candidates.values()),
+                    key=lambda pair: (pair[1], pair[0].code))
+    picks = np.linspace(0, len(costed) - 1, min(count, len(costed))).round().astype(int)
+    return [costed[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def correlation(x: list[float], y: list[float], seed: int) -> dict:
+    """Kendall tau-b and Spearman rho, each with a 95 % paired bootstrap interval."""
+    out = {}
+    for name, fn in (("kendall_tau_b", lambda a, b: stats.kendalltau(a, b).statistic),
+                     ("spearman_rho", lambda a, b: stats.spearmanr(a, b).statistic)):
+        value = float(fn(x, y))
+        boot = stats.bootstrap((np.asarray(x), np.asarray(y)), fn, paired=True, vectorized=False,
+                               n_resamples=2000, confidence_level=0.95, method="percentile",
+                               random_state=np.random.default_rng(seed))
+        low, high = boot.confidence_interval
+        out[name] = {"value": value, "ci95": [float(low), float(high)]}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", type=int, default=12)
-    parser.add_argument("--pretrain-epochs", type=int, default=20)
-    parser.add_argument("--standalone-epochs", type=int, default=6)
+    parser.add_argument("--paths", type=int, default=16)
+    parser.add_argument("--pool", type=int, default=64, help="random paths whose FLOPs are counted to pick from")
+    parser.add_argument("--fair-epochs", type=int, default=10,
+                        help="fair supernet epochs; the uniform one gets m times as many (same image-passes)")
+    parser.add_argument("--standalone-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bn-images", type=int, default=256)
-    parser.add_argument("--work", type=Path, default=None, help="keep data, supernet and trainings here")
+    parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: uniform, fair")
+    parser.add_argument("--work", type=Path, default=None, help="keep data, supernets and trainings here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -79,51 +94,71 @@ def main() -> None:
 
 
 def run(args, work: Path) -> None:
+    started = time.perf_counter()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    samplers = [s for s in args.samplers.split(",") if s]
+    if not samplers or set(samplers) - set(SAMPLERS):
+        sys.exit(f"error: --samplers {args.samplers!r}: allowed values are {', '.join(SAMPLERS)}")
     data = work / "data"
     if not (data / "dataset.json").exists():
         generate(data, "classify", seed=args.seed, **DEMO_DATA)
     load_or_create_splits(data, seed=args.seed)
     knobs = {k: v for k, v in DEMO_SPACE.items() if k != "space"}
     config = space_config(DEMO_SPACE["space"], **knobs, num_classes=len(list_classes(data)))
-    cfg = PretrainConfig(data=data, run_dir=work / "supernet", epochs=args.pretrain_epochs, batch_size=32, lr=0.02,
-                         mixup_alpha=0, cutmix_alpha=0, workers=0, seed=args.seed, eval_paths=0, device="cpu")
-    supernet = pretrain(config, cfg, resume=True, progress=False).supernet.eval()
+    reference = build_supernet(config)
+    passes, key = fair_path_count(reference.space), primary_metric(reference.task)
+    epochs = {"fair": args.fair_epochs, "uniform": args.fair_epochs * passes}
     loaders = build_loaders(data, config.input_size, 64, seed=args.seed)
     calibration = calibration_batches(loaders.calib, args.bn_images)  # as the search recalibrates every path
-    key = primary_metric(supernet.task)
-    rows = []
-    for arch in pick_paths(supernet.space, args.paths, args.seed):
-        inherited = evaluate_architecture(supernet, arch, calibration, loaders.val, loaders.num_classes,
-                                          torch.device("cpu"), args.bn_images)[key]
+    paths = paths_over_flops(config, args.paths, args.seed, args.pool)
+    inherited: dict[str, list[float]] = {}
+    for sampler in samplers:
+        cfg = PretrainConfig(data=data, run_dir=work / f"supernet-{sampler}", epochs=epochs[sampler], batch_size=32,
+                             lr=0.02, mixup_alpha=0, cutmix_alpha=0, workers=0, seed=args.seed, eval_paths=0,
+                             device="cpu", sampler=sampler)
+        supernet = pretrain(config, cfg, resume=True, progress=False).supernet.eval()
+        inherited[sampler] = [evaluate_architecture(supernet, arch, calibration, loaders.val, loaders.num_classes,
+                                                    torch.device("cpu"), args.bn_images)[key] for arch, _ in paths]
+    alone = []
+    source = work / f"supernet-{samplers[0]}" / LAST_CHECKPOINT  # only its space configuration is used
+    for arch, _ in paths:
         subnet = work / "paths" / arch.code / "subnet.pt"
         if not subnet.exists():
-            extract(work / "supernet" / "last.pt", arch.code, subnet)
-        alone = retrain(subnet, RetrainConfig(data=data, epochs=args.standalone_epochs, batch_size=32, lr=0.02,
-                                              from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=args.seed,
-                                              device="cpu"), work / "paths" / arch.code / "alone")
-        rows.append({"arch": arch.code, "inherited": inherited, "standalone": alone["val"][key]})
-    tau = kendall_tau_b([r["inherited"] for r in rows], [r["standalone"] for r in rows])
+            extract(source, arch.code, subnet)
+        summary = retrain(subnet, RetrainConfig(data=data, epochs=args.standalone_epochs, batch_size=32, lr=0.02,
+                                                from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=args.seed,
+                                                device="cpu"), work / "paths" / arch.code / "alone")
+        alone.append(summary["val"][key])
+    results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
+    seconds = time.perf_counter() - started
     if args.json:
-        json.dump({"space": config.model_dump(mode="json"), "metric": key, "pretrain_epochs": args.pretrain_epochs,
-                   "standalone_epochs": args.standalone_epochs, "kendall_tau_b": tau, "paths": rows}, sys.stdout,
-                  indent=2)
+        json.dump({"space": config.model_dump(mode="json"), "metric": key, "epochs": epochs, "passes": passes,
+                   "standalone_epochs": args.standalone_epochs, "bn_images": args.bn_images, "seconds": seconds,
+                   "correlation": results,
+                   "paths": [{"arch": a.code, "mflops": f / 1e6, "standalone": s,
+                              **{f"inherited_{k}": v[i] for k, v in inherited.items()}}
+                             for i, ((a, f), s) in enumerate(zip(paths, alone))]}, sys.stdout, indent=2)
         print()
         return
     print(f"# demo space {config.space} (input {config.input_size}, width {config.width_mult}, stages "
-          f"{list(config.stage_repeats)}), {key} on val\n# {len(rows)} paths; supernet {args.pretrain_epochs} "
-          f"epochs; each path alone {args.standalone_epochs} epochs from scratch")
-    width = max(4, *(len(r["arch"]) for r in rows))
-    print(f"| {'path':<{width}} | inherited (BN recal.) | stand-alone | rank inh. | rank alone |")
-    print(f"|{'-' * (width + 2)}|-----------------------|-------------|-----------|------------|")
-    rank = {name: {r["arch"]: i + 1 for i, r in enumerate(sorted(rows, key=lambda r: -r[name]))}
-            for name in ("inherited", "standalone")}
-    for r in rows:
-        print(f"| {r['arch']:<{width}} | {r['inherited']:>21.2f} | {r['standalone']:>11.2f} | "
-              f"{rank['inherited'][r['arch']]:>9} | {rank['standalone'][r['arch']]:>10} |")
-    print(f"\nKendall tau-b (inherited vs stand-alone): {tau:.3f}")
+          f"{list(config.stage_repeats)}), {key} on val; {len(paths)} paths over the FLOPs range")
+    print(f"# supernets: " + ", ".join(f"{s} {epochs[s]} epochs" for s in samplers)
+          + f" (same image-passes); BN recalibration on {args.bn_images} images; each path alone "
+            f"{args.standalone_epochs} epochs from scratch")
+    print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |")
+    print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|")
+    for i, ((arch, flops), standalone) in enumerate(zip(paths, alone)):
+        print(f"| {arch.code:<8} | {flops / 1e6:6.2f} | " + " | ".join(f"{inherited[s][i]:7.2f}" for s in samplers)
+              + f" | {standalone:5.1f} |")
+    print(f"\n| sampler | Kendall tau-b [95% CI]  | Spearman rho [95% CI]   |")
+    print("|---------|-------------------------|-------------------------|")
+    for s in samplers:
+        cells = [f"{r['value']:5.2f} [{r['ci95'][0]:5.2f}, {r['ci95'][1]:5.2f}]" for r in
+                 (results[s]["kendall_tau_b"], results[s]["spearman_rho"])]
+        print(f"| {s:<7} | {cells[0]:<23} | {cells[1]:<23} |")
+    print(f"\n{seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -410,3 +410,20 @@ def test_fair_sampling_is_reproducible_and_resumes_exactly_after_a_kill_mid_epoc
     assert (without_timing(read_jsonl(tmp_path / "killed" / "metrics.jsonl"))
             == without_timing(read_jsonl(tmp_path / "first" / "metrics.jsonl")))
     assert resumed.sampled_paths == first.sampled_paths[len(first.sampled_paths) // 2:]
+
+
+def test_a_pack_gives_the_same_result_every_time_and_resumes_exactly(data, tmp_path, monkeypatch):
+    from pathnas.data.shards import pack
+
+    pack(data, tmp_path / "pack", size=32)
+    cfg = dict(epochs=2, max_steps_per_epoch=3, eval_paths=1)
+    first = pretrain(SPACE, settings(tmp_path / "pack", tmp_path / "first", **cfg), progress=False)
+    second = pretrain(SPACE, settings(tmp_path / "pack", tmp_path / "second", **cfg, workers=2), progress=False)
+    assert max_delta(first.supernet.state_dict(), second.supernet.state_dict()) == 0  # workers change nothing
+    killed_mid_epoch(monkeypatch, settings(tmp_path / "pack", tmp_path / "killed", **cfg), epoch=1, step=2)
+    resumed = pretrain(SPACE, settings(tmp_path / "pack", tmp_path / "killed", **cfg), resume=True, progress=False)
+    assert max_delta(resumed.supernet.state_dict(), first.supernet.state_dict()) == 0
+    assert (without_timing(read_jsonl(tmp_path / "killed" / "metrics.jsonl"))
+            == without_timing(read_jsonl(tmp_path / "first" / "metrics.jsonl")))
+    with pytest.raises(ConfigError, match=r"settings: data '"):  # the folder is another data set's identity
+        pretrain(SPACE, settings(data, tmp_path / "first", **cfg), resume=True, progress=False)

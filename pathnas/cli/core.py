@@ -33,8 +33,40 @@ def data_synth(
     console.print(f"[green]data set ready[/green] in {out}: {json.dumps(summary.get('counts', summary))}")
 
 
+@data_app.command("pack")
+def data_pack(
+    source: Path = typer.Argument(..., help="image folder (class subfolders, or images/ + masks/)"),
+    out: Path = typer.Option(..., "--out", help="folder to write the pack into (memory-mapped uint8 arrays)"),
+    size: int = typer.Option(224, min=8, help="side of the square tiles stored, in pixels"),
+    seed: int = typer.Option(0, help="seed of the splits, if the folder has none yet"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable images and report how many"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Decode every image once into a pack that pretrain, evaluate and search read as they read the folder.
+
+    Resumes where a killed pack stopped; run again on a finished pack, it verifies it by content hash."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pathnas.data.shards import pack
+
+    on_interrupt(f"the rows written are kept in {out}; run the same command again to continue")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=as_json) as bar:
+        job = bar.add_task(f"packing {source.name}", total=None)
+        summary = pack(source, out, size=size, seed=seed, skip_bad=skip_bad,
+                       advance=lambda done, total: bar.update(job, completed=done, total=total))
+    if as_json:
+        print_json({"out": str(out), **summary})
+        return
+    state = "verified (content hashes match)" if summary["verified"] else "written"
+    console.print(f"[green]pack {state}[/green]: {out}, {summary['task']}, {summary['size']} px tiles, "
+                  f"splits {json.dumps(summary['split_sizes'])}"
+                  + (f", {summary['skipped']} unusable file(s) skipped" if summary["skipped"] else ""))
+
+
 def pretrain(
-    data: Path = typer.Option(..., help="image folder (class subfolders) or images/ + masks/"),
+    data: Path = typer.Option(..., help="image folder (class subfolders) or images/ + masks/, or a pack of one "
+                                         "(`data pack`)"),
     run_dir: Path = typer.Option(..., help="where checkpoints and logs go"),
     space: str = typer.Option("shufflenet", help=SPACE_HELP),
     epochs: int = setting(PretrainConfig, "epochs"),
@@ -54,6 +86,8 @@ def pretrain(
     seed: int = setting(PretrainConfig, "seed"),
     max_steps_per_epoch: Optional[int] = setting(PretrainConfig, "max_steps_per_epoch"),
     skip_bad: bool = setting(PretrainConfig, "skip_bad", "--skip-bad", help="skip unreadable images and report how many"),
+    sampler: str = setting(PretrainConfig, "sampler", help="uniform (SPOS: one random path per step) or fair "
+                                                           "(FairNAS: every choice of every layer once per step)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --run-dir"),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
@@ -69,7 +103,8 @@ def pretrain(
     train_cfg = build(PretrainConfig, data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup_epochs=warmup_epochs, mixup_alpha=mixup_alpha,
                       cutmix_alpha=cutmix_alpha, eval_paths=eval_paths, bn_images=bn_images, workers=workers,
-                      device=device, seed=seed, skip_bad=skip_bad, max_steps_per_epoch=max_steps_per_epoch)
+                      device=device, seed=seed, skip_bad=skip_bad, max_steps_per_epoch=max_steps_per_epoch,
+                      sampler=sampler)
     on_interrupt(f"every finished epoch is saved in {run_dir / 'last.pt'}; continue with the same command and --resume")
     result = run_pretrain(cfg, train_cfg, resume=resume, progress=not no_progress)
     if result.history:
@@ -114,7 +149,7 @@ def inspect(
 
 def evaluate(
     supernet: Path = typer.Option(..., help="supernet checkpoint (last.pt / best.pt)"),
-    data: Path = typer.Option(..., help="the data set the supernet was trained on"),
+    data: Path = typer.Option(..., help="the data set the supernet was trained on (image folder or pack)"),
     arch: str = typer.Option(..., help="compact code or comma-separated choices"),
     bn_images: int = setting(PretrainConfig, "bn_images"),
     batch_size: int = typer.Option(64, min=1),

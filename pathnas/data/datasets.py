@@ -98,6 +98,8 @@ def detect_task(root: str | os.PathLike) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder does not exist")
+    if _packed(root):
+        return _packed(root).task
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "segment"
     if list_classes(root, required=False):
@@ -115,6 +117,8 @@ def list_classes(root: str | os.PathLike, required: bool = True) -> list[str]:
     would otherwise vanish, and with it an output of the model).
     """
     root = Path(root)
+    if _packed(root):
+        return _packed(root).classes
     classes = []
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
@@ -168,6 +172,8 @@ def load_or_create_splits(
     Returns ``{"train": [...], "val": [...], "test": [...], "seed", "fractions", "task"}``.
     """
     root = Path(root)
+    if _packed(root):
+        return _packed(root).splits  # the image folder's, saved in the pack
     task = task or detect_task(root)
     path = root / SPLITS_FILE
     if path.exists():
@@ -215,6 +221,8 @@ def data_fingerprint(root: str | os.PathLike) -> str:
     import hashlib
 
     root = Path(root)
+    if _packed(root):
+        return _packed(root).fingerprint()
     task = detect_task(root)
     splits = load_or_create_splits(root, task)
     classes = list_classes(root) if task == "classify" else segmentation_classes(root)
@@ -437,6 +445,8 @@ class DataBundle:
 
 def segmentation_classes(root: Path) -> list[str]:
     """Class names of a segmentation data set: from its dataset.json if it has one, else binary."""
+    if _packed(root):
+        return _packed(root).classes
     summary = _read_marker(Path(root))
     if summary.get("task") == "segment" and summary.get("classes"):
         return list(summary["classes"])
@@ -463,6 +473,8 @@ def build_loaders(
     the DDP ranks other than 0).
     """
     root = Path(root)
+    if _packed(root):
+        return _pack_loaders(_packed(root), input_size, batch_size, seed, workers, distributed, drop_last_train)
     task = detect_task(root)
     load_or_create_splits(root, task, seed=seed)
     classes = list_classes(root) if task == "classify" else segmentation_classes(root)
@@ -476,6 +488,13 @@ def build_loaders(
     skipped = train_set.skipped + val_set.skipped + test_set.skipped
     if skip_bad and record_skipped:
         _record_skipped(root, skipped)
+    return DataBundle(task, classes, n, *_loaders(train_set, val_set, test_set, calib_set, batch_size, seed, workers,
+                                                  distributed, drop_last_train), skipped=skipped)
+
+
+def _loaders(train_set, val_set, test_set, calib_set, batch_size: int, seed: int, workers: int, distributed: bool,
+             drop_last_train: bool, **loader_options) -> tuple[DataLoader, DataLoader, DataLoader, DataLoader]:
+    """The train, val, test and calib loaders of four data sets (image folders or a pack's splits)."""
     sampler = (DistributedSampler(train_set, shuffle=True, seed=derive_seed(seed, "order") % 2**31,
                                   drop_last=drop_last_train) if distributed else EpochShuffle(len(train_set), seed))
     # Dropping the last partial batch avoids a tiny BatchNorm batch, but never at the cost of every batch.
@@ -483,14 +502,36 @@ def build_loaders(
     # Every loader has its own generator (it draws the workers' base seed), so that iterating one never
     # moves the global stream that dropout and mixup draw from. Training workers are not persistent:
     # each epoch starts them afresh, so nothing carries over from one epoch to the next.
-    common = dict(batch_size=batch_size, num_workers=workers)
+    common = dict(batch_size=batch_size, num_workers=workers, **loader_options)
     train = DataLoader(train_set, sampler=sampler, generator=generator(seed, "train-workers"), drop_last=drop_last,
                        **common)
     calib = DataLoader(calib_set, sampler=EpochShuffle(len(calib_set), seed, "calibration"),
                        generator=generator(seed, "calib-workers"), persistent_workers=workers > 0, **common)
     val, test = (DataLoader(ds, generator=generator(seed, f"{ds.split}-workers"), persistent_workers=workers > 0,
                             **common) for ds in (val_set, test_set))
-    return DataBundle(task, classes, n, train, val, test, calib, skipped=skipped)
+    return train, val, test, calib
+
+
+def _packed(root: Path):
+    """The pack at ``root`` (pathnas.data.shards), or None for an image folder."""
+    from .shards import is_pack, open_pack
+
+    return open_pack(root) if is_pack(root) else None
+
+
+def _pack_loaders(pack, input_size: int, batch_size: int, seed: int, workers: int, distributed: bool,
+                  drop_last_train: bool) -> DataBundle:
+    """build_loaders for a pack: the same splits, order and loaders; training batches stay uint8 and are
+    augmented on the training device (``device_transform``, applied by pathnas.train's loop)."""
+    from .shards import BatchAugment, PackSplit, collate_batch
+
+    train_set = PackSplit(pack, "train", input_size, normalize=False)
+    train_set.device_transform = BatchAugment(derive_seed(seed, "augment"), input_size)
+    val_set, test_set, calib_set = (PackSplit(pack, s, input_size, normalize=True) for s in ("val", "test", "train"))
+    loaders = _loaders(train_set, val_set, test_set, calib_set, batch_size, seed, workers, distributed,
+                       drop_last_train, collate_fn=collate_batch)
+    skipped = [pack.root / rel for rel in pack.splits.get("skipped", [])]
+    return DataBundle(pack.task, pack.classes, len(pack.classes), *loaders, skipped=skipped)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
