@@ -15,20 +15,7 @@ from pathnas.data import (DataError, build_loaders, data_fingerprint, detect_tas
 from pathnas.data.shards import BatchAugment, open_pack, pack
 from pathnas.errors import ConfigError
 from cli_helpers import pathnas_edge
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    generate(root / "c", "classify", n_per_class=8, image_size=32, seed=0)
-    generate(root / "s", "segment", n_per_class=3, image_size=32, seed=0)
-    return root
-
-
-def copy_of(src, tmp_path):
-    dst = tmp_path / src.name
-    shutil.copytree(src, dst)
-    return dst
+from test_data import copy_of, synth as folders  # noqa: F401 (a fixture: c/ classify, s/ segment)
 
 
 def test_a_pack_reads_as_its_image_folder_with_the_same_splits_and_batches(folders, tmp_path):
