@@ -13,7 +13,7 @@ Needs a validated run directory (`make demo` writes demo/). Measures:
   it against one on a single small image (the libraries' share);
 - the same slide as scanners write it: JPEG-compressed tiles in a 3-level pyramid stating 4x the
   training resolution, which the runtime reads at the level that matches (tiles/s, level read).
-The slides come from pathnas.deploy.synthetic, the one writer tests use too.
+The slides come from tests/bundle_helpers.py's write_slide, the one writer the tests use too.
 """
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ def main() -> None:
         cold["pytorch (load checkpoint + predict)"] = median_wall_s(
             [sys.executable, "-c", TORCH_PREDICT, str(checkpoint), str(image)], args.repeats)
 
-        from pathnas.deploy.synthetic import write_slide
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from bundle_helpers import write_slide
 
         slide = write_slide(tmp / "slide.tif", 4096)
         slide_args = [str(bundle), str(slide), "--out", str(tmp / "slide.csv"), "--batch-size", "32"]

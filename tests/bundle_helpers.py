@@ -1,6 +1,7 @@
-"""What the bundle and runtime tests share (test_deploy.py, test_bundle_security.py, test_slides.py):
-one validated run and one bundle per test session, the CLIs run in process or torch-free, and
-the re-hashing a tamperer would do."""
+"""What the bundle and runtime tests share (test_deploy.py, test_bundle_security.py, test_slides.py,
+test_slide_batch.py, test_geojson.py): one validated run and one bundle per test session, the CLIs
+run in process or torch-free, the re-hashing a tamperer would do, and synthetic scanner slides
+(which benchmarks/ use too)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 from cli_helpers import pathnas_edge
 
 SPACES = {
@@ -183,3 +186,56 @@ def infer(*args, env: dict | None = None) -> subprocess.CompletedProcess:
 def imported_distributions(result: subprocess.CompletedProcess) -> set[str]:
     line = next(l for l in result.stderr.splitlines() if l.startswith("IMPORTED:"))
     return {d for dists in json.loads(line[len("IMPORTED:"):]).values() for d in dists}
+
+
+# -- synthetic whole-slide TIFFs ------------------------------------------------------------------------
+# Written the ways scanners write them, for the tests and benchmarks/ (which import this module):
+# a square slide whose left ``tissue`` share of tile columns is H&E-pink tissue and the rest glass,
+# written tile by tile (memory stays bounded at any size), optionally compressed ("jpeg",
+# "jpeg2000", "zlib"), planar-separate RGB, with a pyramid of ``levels`` halvings (SubIFDs, or
+# reduced-resolution pages, what OpenSlide's generic TIFF reader takes), stating its resolution
+# (``mpp`` at level 0) in the TIFF resolution tags. Test data, not product: it lives here.
+
+PINK = (230, 150, 200)  # eosin-like: the tissue detector counts it
+GLASS = 250
+
+
+def _tiles(side: int, tile: int, tissue: float, planar: bool, seed: int):
+    rng = np.random.default_rng(seed)
+    pink = np.clip(rng.normal(PINK, 12, (tile, tile, 3)), 0, 255).astype(np.uint8)
+    white = np.full((tile, tile, 3), GLASS, np.uint8)
+    n = -(-side // tile)
+    tissue_columns = int(n * tissue)
+    if planar:  # all tiles of the red plane, then green, then blue
+        for s in range(3):
+            for _ in range(n):
+                for tx in range(n):
+                    yield (pink if tx < tissue_columns else white)[None, :, :, s]
+    else:
+        for _ in range(n):
+            for tx in range(n):
+                yield pink if tx < tissue_columns else white
+
+
+def write_slide(path: str | Path, side: int = 4096, tile: int = 256, tissue: float = 0.25, levels: int = 1,
+                pyramid: str = "subifds", mpp: float | None = None, compression: str | None = None,
+                planar: bool = False, seed: int = 0) -> Path:
+    """Write the slide (see the module docstring); level k is ``side >> k`` pixels wide."""
+    if pyramid not in ("subifds", "pages"):
+        raise ValueError(f"pyramid {pyramid!r}: allowed values are subifds, pages")
+    path = Path(path)
+    with tifffile.TiffWriter(path, bigtiff=side > 30000) as tw:
+        for k in range(levels):
+            size = side >> k
+            options = dict(dtype=np.uint8, tile=(tile, tile), photometric="rgb", compression=compression,
+                           shape=(3, size, size) if planar else (size, size, 3),
+                           planarconfig="separate" if planar else "contig")
+            if mpp is not None:
+                per_cm = 1e4 / (mpp * 2**k)
+                options.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+            if k == 0 and levels > 1 and pyramid == "subifds":
+                options["subifds"] = levels - 1
+            if k > 0:
+                options["subfiletype"] = 1  # a reduced-resolution image of the one before
+            tw.write(_tiles(size, tile, tissue, planar, seed), **options)
+    return path

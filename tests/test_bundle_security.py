@@ -198,6 +198,10 @@ def _model_outside(bundle: Path, tmp_path: Path) -> str:
     return "../evil/other.onnx"
 
 
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 CASES = {
     "symlinked file": (_symlink_outside, None, "labels.json: a symbolic link"),
     "symlinked folder": (_symlinked_folder, None, "model: a symbolic link"),
@@ -212,6 +216,11 @@ CASES = {
     "no model": (None, lambda m: m["model"].update(artifacts=[]), "model.artifacts is empty"),
     "labels disagree": (lambda b, t: (b / "labels.json").write_text('["w", "x", "y", "z"]'), None,
                         "labels ['w', 'x', 'y', 'z'] disagree with the manifest's classes"),
+    "WSInfer config disagrees": (lambda b, t: _edit_json(b / "config.json", spacing_um_px=0.25), None,
+                                 "config.json: spacing_um_px is 0.25, but preprocess.json and the labels say 2.0"),
+    "preprocessing changed under the config": (lambda b, t: _edit_json(b / "preprocess.json", image_px=64), None,
+                                               "config.json: patch_size_pixels is 32, but preprocess.json and the "
+                                               "labels say 64"),
 }
 
 

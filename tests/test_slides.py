@@ -1,6 +1,6 @@
 """Slides as they come from scanners, in the base runtime: JPEG / JPEG 2000 tiles, planar RGB, pyramids,
 stated resolutions, damaged headers; read at the resolution the model was trained at; outputs of two
-inputs with the same file name kept apart. The slides are written by pathnas.deploy.synthetic."""
+inputs with the same file name kept apart. The slides are written by bundle_helpers.write_slide."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,9 +13,8 @@ import tifffile
 from PIL import Image
 
 # bundle: trained on the synthetic data at 32 px, 2.0 um per pixel (preprocess.json), tiles of 32 px
-from bundle_helpers import bundle, read_csv, run_infer_here  # noqa: F401 (a fixture)
+from bundle_helpers import GLASS, PINK, bundle, read_csv, run_infer_here, write_slide  # noqa: F401 (a fixture)
 from pathnas.deploy.images import InputError, Level, choose_level, open_image, tile_grid
-from pathnas.deploy.synthetic import GLASS, PINK, write_slide
 
 HAS_OPENSLIDE = importlib.util.find_spec("openslide") is not None
 

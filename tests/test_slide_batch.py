@@ -1,0 +1,154 @@
+"""Folders of slides run overnight: a re-run skips the slides done with the same bundle and settings,
+a run killed mid-slide continues where it stopped without a half-written slide looking finished,
+one bad slide never stops the others, and reading ahead in threads changes no result."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bundle_helpers import bundle, read_csv, run_infer_here, write_slide  # noqa: F401 (a fixture)
+
+SKIPPED = "done before with this bundle and these settings; skipped"
+
+
+def _slides(folder: Path, n: int = 3) -> Path:
+    folder.mkdir()
+    for i in range(n):  # 512 px at level 0 (no resolution stated): 21 x 21 tiles of 32 px
+        write_slide(folder / f"s{i}.tif", side=512, tile=128, tissue=0.25 * (i + 1))
+    return folder
+
+
+def _outputs(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent.name != "done"
+            and p.name not in ("results.csv", "run_metadata.json", ".lock")}
+
+
+def test_a_folder_run_again_skips_what_is_done_and_redoes_what_changed(bundle, tmp_path):
+    slides, out = _slides(tmp_path / "slides"), tmp_path / "out"
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 0, err
+    first = {r["input"]: r for r in read_csv(out / "results.csv")}
+    assert len(first) == 3 and {r["tiles"] for r in first.values()} == {str(21 * 21)}
+    for name in ("s0", "s1", "s2"):  # every slide's outputs, under WSInfer's folder names and ours
+        for path in (f"model-outputs-csv/{name}.csv", f"model-outputs-geojson/{name}.geojson",
+                     f"tiles/{name}_tiles.csv", f"done/{name}.json"):
+            assert (out / path).is_file(), path
+    before = _outputs(out)
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 0 and err.count(SKIPPED) == 3 and "3 input(s) done (3 done before), 0 failed" in err
+    assert _outputs(out) == before  # nothing was written again
+    again = {r["input"]: r for r in read_csv(out / "results.csv")}
+    assert {k: {f: v for f, v in r.items() if f != "skipped_done"} for k, r in again.items()} == first
+    meta = json.loads((out / "run_metadata.json").read_text())
+    assert meta["skipped_done"] == 3 and meta["finished"]
+    # a changed setting is never mixed with old results: every slide is done again
+    code, err = run_infer_here(bundle, slides, "--out", out, "--min-tissue", "0.9")
+    assert code == 0 and SKIPPED not in err
+    assert json.loads((out / "run_metadata.json").read_text())["settings"]["min_tissue"] == 0.9
+    quarter = {Path(r["input"]).name: int(r["tissue_tiles"]) for r in read_csv(out / "results.csv")}["s0.tif"]
+    # a slide replaced by another file of the same name is done again; the others are skipped
+    write_slide(slides / "s0.tif", side=512, tile=128, tissue=1.0)
+    code, err = run_infer_here(bundle, slides, "--out", out, "--min-tissue", "0.9")
+    assert code == 0 and err.count(SKIPPED) == 2 and f"{slides / 's0.tif'}: {SKIPPED}" not in err
+    rows = {Path(r["input"]).name: r for r in read_csv(out / "results.csv")}
+    assert int(rows["s0.tif"]["tissue_tiles"]) > 2 * quarter  # all tissue now, not a quarter
+    # --redo does everything again
+    code, err = run_infer_here(bundle, slides, "--out", out, "--min-tissue", "0.9", "--redo")
+    assert code == 0 and SKIPPED not in err
+
+
+def test_a_run_killed_mid_slide_continues_at_that_slide(bundle, tmp_path, monkeypatch):
+    from pathnas.deploy import infer
+
+    slides, out = _slides(tmp_path / "slides"), tmp_path / "out"
+    real, slides_started = infer.read_batches, []
+
+    def killed_in_the_second_slide(*args, **kwargs):
+        slides_started.append(1)
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if len(slides_started) == 2 and i == 3:
+                raise KeyboardInterrupt  # Ctrl-C, or the machine going down, half-way through s1
+            yield batch
+
+    monkeypatch.setattr(infer, "read_batches", killed_in_the_second_slide)
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 130 and "interrupted: nothing was left half-written" in err
+    assert (out / "done" / "s0.json").is_file() and not (out / "done" / "s1.json").exists()
+    # nothing of s1 looks finished, and nothing half-written is left under a temporary name either
+    assert not list(out.rglob("s1*")) and not list(out.rglob("*.tmp"))
+    meta = json.loads((out / "run_metadata.json").read_text())
+    assert not meta["finished"] and [Path(r["input"]).name for r in meta["results"]] == ["s0.tif"]
+    monkeypatch.undo()
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 0 and err.count(SKIPPED) == 1 and f"{slides / 's0.tif'}: {SKIPPED}" in err
+    assert all((out / "done" / f"s{i}.json").is_file() for i in range(3))
+
+
+def test_one_bad_slide_never_stops_the_others(bundle, tmp_path):
+    slides, out = _slides(tmp_path / "slides", 2), tmp_path / "out"
+    truncated = write_slide(slides / "truncated.tif", side=512, tile=128)
+    truncated.write_bytes(truncated.read_bytes()[:-50_000])
+    write_slide(slides / "blank.tif", side=512, tile=128, tissue=0.0)  # all glass
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 1 and "Traceback" not in err  # the exit code says that a slide failed
+    assert f"{slides / 'truncated.tif'}: FAILED: {slides / 'truncated.tif'}: tile data lies beyond the end" in err
+    assert f"{slides / 'blank.tif'}: 0 of 441 tiles classified, 441 background" in err and "no tissue found" in err
+    meta = json.loads((out / "run_metadata.json").read_text())
+    results = {Path(r["input"]).name: r for r in meta["results"]}
+    assert meta["failed"] == 1 and results["truncated.tif"]["status"] == "error"
+    assert results["blank.tif"]["status"] == "ok" and "no tissue found" in results["blank.tif"]["note"]
+    assert results["s0.tif"]["status"] == results["s1.tif"]["status"] == "ok"
+    # what a run records of each slide: resolution, level, tiles seen / background / classified, seconds
+    s1 = results["s1.tif"]
+    assert s1["slide_mpp"] is None and s1["level"] == 0 and s1["downsample"] == 1.0 and s1["tile_px_level0"] == 32
+    assert s1["tiles"] == 441 and s1["tissue_tiles"] + s1["background_tiles"] == 441 and s1["seconds"] > 0
+    assert meta["settings"] == {"tile": "auto", "tile_size": 32, "tile_overlap": 0.25, "min_tissue": 0.2,
+                                "heatmap_size": 512, "device": "cpu"}
+    # threads and batch size come from the bundle's device profile (x86-cpu-ort: 2 threads, batch 1)
+    assert meta["threads"] == 2 and meta["batch_size"] == 1 and meta["reader_threads"] == 2
+    # a failed slide is tried again on the next run; the others are skipped
+    code, err = run_infer_here(bundle, slides, "--out", out)
+    assert code == 1 and err.count(SKIPPED) == 3 and "truncated.tif: FAILED" in err
+
+
+@pytest.mark.parametrize("compression", [None, "jpeg"])
+def test_reading_ahead_in_threads_changes_no_result(bundle, tmp_path, compression):
+    slide = write_slide(tmp_path / "slide.tif", side=1024, tile=128, tissue=0.6, compression=compression)
+    results = []
+    for threads in (0, 1, 4):
+        out = tmp_path / f"out{threads}"
+        code, err = run_infer_here(bundle, slide, "--out", out, "--reader-threads", str(threads), "--batch-size", "7")
+        assert code == 0, err
+        results.append([(out / name).read_bytes() for name in ("tiles/slide_tiles.csv", "model-outputs-csv/slide.csv",
+                                                                "model-outputs-geojson/slide.geojson")])
+    assert results[0] == results[1] == results[2]
+
+
+def test_dicom_slides_need_openslide_4_and_a_folder_of_levels_is_one_slide(bundle, tmp_path, monkeypatch):
+    import importlib.util
+
+    from pathnas.deploy.infer import collect_inputs, output_names
+
+    folder = tmp_path / "dicom"
+    for slide in ("case1", "case2"):
+        (folder / slide).mkdir(parents=True)
+        for level in range(3):
+            (folder / slide / f"level{level}.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    files, failures = collect_inputs([str(folder)])
+    assert files == [folder / "case1" / "level0.dcm", folder / "case2" / "level0.dcm"] and not failures
+    assert sorted(output_names(files).values()) == ["case1", "case2"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openslide" else real(name, *a))
+    code, err = run_infer_here(bundle, folder, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    needs = "reading DICOM slides needs OpenSlide 4.0 or later"
+    assert err.count(f"{needs}: pip install 'openslide-python>=1.3' 'openslide-bin>=4.0'") == 2 * 2  # as it happens,
+    monkeypatch.undo()                                                                   # and in the summary
+    if importlib.util.find_spec("openslide") is not None:  # an OpenSlide too old for DICOM says its version
+        import openslide
+
+        monkeypatch.setattr(openslide, "__library_version__", "3.4.1")
+        code, err = run_infer_here(bundle, folder, "--out", tmp_path / "out")
+        assert code == 1 and f"{needs} (this is 3.4.1)" in err
