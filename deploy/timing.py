@@ -152,8 +152,9 @@ def time_in_rounds(
 
     A sample lasts at least ``min_sample_s`` (5 ms by default: a 0.01 ms part is called hundreds of
     times per sample, so the clock and the scheduler's tick are a small share of it). Each
-    callable's figure is its fastest round's median: interference (other load, a slower spell of
-    the machine) only ever adds time, so the least disturbed round is the best estimate.
+    callable's figure is the median of all its samples, pooled over rounds: interference (other
+    load, a slower spell of the machine) touches every callable alike, since their samples
+    alternate, and the pooled median is the figure least moved by it.
     ``advance`` is called once per warm-up and once per pass over all callables.
     """
     import random
@@ -176,8 +177,8 @@ def time_in_rounds(
             per_round[name].append(s)
     out = {}
     for name in names:
-        medians = [float(np.median(s)) for s in per_round[name]]
-        best = per_round[name][int(np.argmin(medians))]
-        out[name] = {"median_ms": min(medians), "p90_ms": float(np.percentile(best, 90)),
-                     "rounds_median_ms": [round(m, 6) for m in medians], "runs": len(best), "inner": inner[name]}
+        pooled = np.concatenate(per_round[name])
+        out[name] = {"median_ms": float(np.median(pooled)), "p90_ms": float(np.percentile(pooled, 90)),
+                     "rounds_median_ms": [round(float(np.median(s)), 6) for s in per_round[name]],
+                     "runs": int(pooled.size), "inner": inner[name]}
     return out

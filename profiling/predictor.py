@@ -26,6 +26,8 @@ BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
 # The drift check warns when a probe path's time here is off the table's prediction by more than this.
 DRIFT_THRESHOLD = 0.15
 PROBE_ROUNDS = 3
+# Paths timed when a drifted table is recalibrated at the start of a search on the device itself.
+AUTO_CALIBRATION_SUBNETS = 8
 
 
 class UnknownShapeError(UserError):
@@ -47,7 +49,7 @@ class LatencyPredictor:
         raise NotImplementedError
 
     def measure_ms(self, arch, rounds: int = 1) -> float | None:
-        """The path's latency timed on this machine (the fastest of ``rounds`` timing rounds), or None
+        """The path's latency timed on this machine (the tables' protocol, ``rounds`` rounds), or None
         when this machine is not the device."""
         if not self.measures_here:
             return None
@@ -88,6 +90,7 @@ class TablePredictor(LatencyPredictor):
         if table["profile"] != profile.name:
             raise InvalidFileError(f"{table_path}: table was measured for device {table['profile']}, not {profile.name}")
         self.table, self.table_path = table, table_path
+        self.note: str | None = None  # where the figures come from, when it is more than "a table"
         self._scale = table["overhead"]["scale"]
         self._offset = table["overhead"]["offset_ms"]
         # Checked once, here, for every part the space can select: a search must not stop at
@@ -128,14 +131,18 @@ class TablePredictor(LatencyPredictor):
         if not self.measures_here and measure is None:
             return None
         arch = self.probe_arch()
-        # As many rounds as a table keeps the fastest of, so that the probe is not biased slow.
+        # As many rounds as a table pools, so that the probe is timed as the table was.
         measured = measure(arch) if measure else self.measure_ms(arch, rounds=PROBE_ROUNDS)
         if measured is None:
             return None
         predicted = self.predict_ms(arch)
         probe = {"arch": arch.code, "measured_ms": measured, "predicted_ms": predicted, "ratio": measured / predicted,
                  "drifted": abs(measured / predicted - 1) > threshold}
-        if probe["drifted"]:
+        if probe["drifted"] and measure is None:
+            # This machine is the device: calibrate now from a few probes (as `profile calibrate` does)
+            # rather than only warn, and keep the result in the user's table folder.
+            probe["calibration"] = self.recalibrate_here(probe)
+        elif probe["drifted"]:
             config = self.supernet.config.model_dump(mode="json")
             out = f"{self.profile.name}-{table_filename(config)}".replace(".json", "-calibrated.json")
             log.warning(
@@ -145,11 +152,34 @@ class TablePredictor(LatencyPredictor):
                 out, calibrate_command(self.profile, config, self.table_path, out))
         return probe
 
+    def recalibrate_here(self, probe: dict, subnets: int = AUTO_CALIBRATION_SUBNETS) -> dict:
+        """Refit this table's overhead to ``subnets`` paths timed here now, use it from now on, and save
+        it in the user's table folder; returns the calibration's before/after figures."""
+        from .calibrate import calibrate_table
+        from .tables import save_table, user_tables_dir
+
+        log.warning("latency table %s is off on this machine now (probe path %s: %.2fx its prediction): "
+                    "recalibrating it from %d paths timed now", self.table_path or "(in memory)", probe["arch"],
+                    probe["ratio"], subnets)
+        calibrated = calibrate_table(self.table, self.supernet, self.profile, subnets=subnets, rounds=PROBE_ROUNDS,
+                                     table_path=self.table_path)
+        path = user_tables_dir(self.profile) / table_filename(self.supernet.config.model_dump(mode="json"))
+        save_table(calibrated, path)
+        record = calibrated["calibration"]
+        log.warning("recalibrated: within ±10%% on those paths %.0f%% before, %.0f%% after (each predicted by a fit "
+                    "without it); the table is now %s", record["before"]["within_10_pct"],
+                    record["after"]["within_10_pct"], path)
+        self.table, self.table_path = calibrated, path
+        self._scale, self._offset = calibrated["overhead"]["scale"], calibrated["overhead"]["offset_ms"]
+        self.note = (f"predicted from a latency table measured on this machine and recalibrated at the start of this "
+                     f"search (it had drifted {probe['ratio']:.2f}x), stored at {path}.")
+        return {k: record[k] for k in ("model", "factor", "before", "after", "usable")} | {"table": str(path)}
+
     def describe(self) -> dict:
         return {**super().describe(), "table": str(self.table_path) if self.table_path else None,
                 "measured_on": self.table["metadata"].get("cpu_model"), "measured_at": self.table["metadata"].get("date"),
                 "metadata": self.table["metadata"], "overhead": self.table["overhead"],
-                "holdout_accuracy": self.table.get("accuracy")}
+                "holdout_accuracy": self.table.get("accuracy"), **({"note": self.note} if self.note else {})}
 
 
 class RooflinePredictor(LatencyPredictor):

@@ -146,7 +146,7 @@ def measure_model_latency(model_or_path, profile: HardwareProfile, input_shape: 
     ``input_shape``, batch set to the profile's; or run as it is under torch-cuda) or of a model
     file (.onnx, .xml, .engine) as it is, with the tables' protocol.
 
-    Returns the fastest of ``rounds`` timing rounds: median_ms and p90_ms per image, the medians
+    Returns median_ms and p90_ms per image over ``rounds`` timing rounds pooled, the medians
     of all rounds, and the provider that ran it.
     """
     if not profile.runs_here():

@@ -111,7 +111,7 @@ def measure(
                                                             "when every part but a few is reused)"),
     fit_subnets: Optional[int] = typer.Option(None, min=1, help="of which fit the overhead model (default 10; 6 "
                                                                 "when reusing); the rest are held out"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (the fastest is kept)"),
+    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
     out: Optional[Path] = typer.Option(None, help="table file (default: the user's table folder, where the search "
                                                   "finds it: $PATHNAS_LATENCY_TABLES/<device>/<space>-<digest>.json)"),
     reuse: list[Path] = typer.Option([], help=REUSE_HELP),
@@ -160,7 +160,7 @@ def pack(
     option: list[str] = typer.Option([], help=OPTION_HELP),
     subnets: int = typer.Option(40, min=4, help="random subnets to time end to end"),
     fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds the device runs (the fastest is kept)"),
+    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds the device runs (samples pooled)"),
     reuse: list[Path] = typer.Option([], help=REUSE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -223,7 +223,7 @@ def calibrate(
                                                                     "are fitted to this device from a few probes"),
     out: Path = typer.Option(..., help="the recalibrated table (use it with search --latency-table)"),
     subnets: int = typer.Option(8, min=3, help="unseen subnets timed end to end now"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (the fastest is kept)"),
+    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
     remote: Optional[str] = typer.Option(None, help=REMOTE_HELP),
     ssh_config: Optional[Path] = typer.Option(None, help=SSH_CONFIG_HELP),
     remote_infer: str = typer.Option("pathnas-infer", help=REMOTE_INFER_HELP),

@@ -1,0 +1,219 @@
+"""Latency tables in three steps (pack on the host, torch-free timing on the device, assemble),
+incremental tables, measuring what a search lacks on this host, drift recalibration, transfer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bundle_helpers import imported_distributions, torch_free
+from cli_helpers import pathnas_edge
+from pathnas.deploy.device_profile import PACK_MANIFEST, PackError, read_pack, read_timings, time_pack
+from pathnas.profiling import load_profile, load_table, measure_table, predictor_for, save_table
+from pathnas.profiling.measure import assemble_files, reusable_parts
+from pathnas.profiling.pack import plan_table, write_pack
+from pathnas.profiling.tables import SCHEMA, config_digest
+from pathnas.spaces import build_supernet, space_config
+
+TINY = dict(width_mult=0.25, input_size=32, num_classes=4, stage_repeats=(1, 1, 1, 1))
+KNOBS = ["--space", "shufflenet", "--input-size", "32", "--width-mult", "0.25", "--num-classes", "4",
+         "--option", "stage_repeats=[1,1,1,1]"]
+
+
+def tiny_net(**changes):
+    torch.manual_seed(0)
+    return build_supernet(space_config("shufflenet", **{**TINY, **changes})).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_net()
+
+
+@pytest.fixture(scope="module")
+def pack(tiny, tmp_path_factory):
+    """A small pack of the tiny space: every part and 5 probes (3 fit, 2 held out)."""
+    out = tmp_path_factory.mktemp("pack") / "tiny.pack"
+    code, _, err = pathnas_edge("profile", "pack", "--device", "cpu", *KNOBS, "--subnets", "5", "--fit-subnets", "3",
+                                "--rounds", "1", "--out", out)
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def timings(pack):
+    """The pack timed torch-free, as on a device with the runtime install only."""
+    out = pack.parent / "timings.json"
+    result = torch_free("pathnas.deploy.device_profile", pack, "--out", out, "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    assert not {"torch", "onnx", "timm"} & imported_distributions(result)
+    return out
+
+
+def test_pack_describes_itself(tiny, pack):
+    manifest = read_pack(pack)
+    parts = {p.key for p in tiny.latency_parts()}
+    assert manifest["profile"]["name"] == "x86-cpu-ort" and manifest["profile"]["threads"] == 2
+    assert manifest["config_digest"] == config_digest(tiny.config.model_dump(mode="json"))
+    assert {i["key"] for i in manifest["items"] if i["kind"] == "part"} == parts
+    nets = [i for i in manifest["items"] if i["kind"] == "net"]
+    assert [i["set"] for i in nets] == ["fit"] * 3 + ["holdout"] * 2
+    for net in nets:  # each probe names the parts it selects, so the table is assembled from data alone
+        assert net["parts"] == [p.key for p in tiny.parts_for(net["arch"])]
+    assert all((pack / i["file"]).is_file() and i["file"].endswith(".onnx") for i in manifest["items"])
+
+
+def test_the_device_half_runs_without_torch_and_the_table_assembles(tiny, pack, timings, tmp_path):
+    record = read_timings(timings, pack)
+    meta = record["metadata"]
+    assert meta["execution_providers"] == ["CPUExecutionProvider"] and meta["versions"]["onnxruntime"]
+    assert meta["threads"] == 2 and meta["device_mismatch"] == [] and "torch" not in meta["versions"]
+    assert set(record["results"]) == {i["name"] for i in read_pack(pack)["items"]}
+    out = tmp_path / "table.json"
+    code, stdout, err = pathnas_edge("profile", "assemble", pack, timings, "--out", out, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["parts_timed"] == len({p.key for p in tiny.latency_parts()}) and report["parts_reused"] == 0
+    table = load_table(out)
+    assert table["schema"] == SCHEMA and table["metadata"]["toolchain_versions"]["torch"]
+    assert set(report["accuracy"]) >= {"rmse_ms", "rmspe_pct", "mape_pct", "within_5_pct", "within_10_pct"}
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=out)
+    row = table["end_to_end"][0]
+    assert predictor.predict_ms(row["arch"]) == pytest.approx(row["predicted_ms"])
+    assert all(p["module_digest"] for p in table["parts"].values())
+
+
+def test_a_tampered_pack_or_foreign_timings_are_refused(pack, timings, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.pack"
+    shutil.copytree(pack, copy)
+    manifest = json.loads((copy / PACK_MANIFEST).read_text())
+    victim = copy / manifest["items"][0]["file"]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(PackError, match=r"items\[0\]: .*0000.onnx does not match its SHA-256"):
+        read_pack(copy)
+    manifest["items"][0]["file"] = "../outside.onnx"
+    (copy / PACK_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match=r"items\[0\].file '../outside.onnx': a relative path"):
+        read_pack(copy)
+    manifest["items"][0]["file"] = "items/0000.onnx"
+    manifest["seed"] = 7  # another pack: the same files, another manifest
+    (copy / PACK_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match="made from another pack"):
+        assemble_files(copy, timings)
+    result = torch_free("pathnas.deploy.device_profile", tmp_path / "nothing", "--out", tmp_path / "t.json")
+    assert result.returncode == 2 and "latency pack" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_device_half_warns_when_it_is_not_the_device(pack, tmp_path):
+    import shutil
+
+    copy = tmp_path / "other.pack"
+    shutil.copytree(pack, copy)
+    manifest = json.loads((copy / PACK_MANIFEST).read_text())
+    manifest["profile"]["cpu_match"] = {"arch": "x86_64", "flags": ["avx2", "no_such_flag"]}
+    (copy / PACK_MANIFEST).write_text(json.dumps(manifest))
+    warnings = []
+    record = time_pack(copy, rounds=1, repeats=3, warn=warnings.append)
+    assert len(warnings) == 1 and "not the device the pack was made for" in warnings[0]
+    assert "the CPU lacks no_such_flag" in warnings[0]
+    assert record["metadata"]["device_mismatch"] == ["the CPU lacks no_such_flag"]
+
+
+# -- incremental tables ----------------------------------------------------------------------------
+
+def test_a_changed_class_count_reuses_every_unchanged_part(tiny):
+    parts = {p.key: {"median_ms": 0.01, "module_digest": d} for p, d in
+             ((p, __import__("pathnas.profiling.pack", fromlist=["module_digest"]).module_digest(p.build()))
+              for p in tiny.latency_parts())}
+    items, reused = plan_table(tiny_net(num_classes=2), 4, 2, reuse=parts)
+    timed = [i.key for i in items if i.kind == "part"]
+    assert len(timed) == 1 and timed[0].startswith("shufflenet.head(classes=2)")
+    assert set(reused) == set(parts) - {k for k in parts if k.startswith("shufflenet.head")}
+    # a part under an unchanged key but with another module (here the SE reduction) is timed again
+    items, reused = plan_table(tiny_net(se_reduction=4), 4, 2, reuse=parts)
+    units = [i.key for i in items if i.kind == "part" and ".unit(" in i.key]
+    assert units and not any(".unit(" in k for k in reused) and all(k in parts for k in units)
+
+
+def test_an_incremental_measure_times_only_the_new_part_and_refits_the_overhead(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
+    profile = load_profile("cpu")
+    full = measure_table(tiny, profile, subnets=4, fit_subnets=3, rounds=1, repeats=3)
+    save_table(full, tmp_path / profile.name / "full.json")
+    reuse = reusable_parts(profile)  # the user's folder: tables of this very machine
+    assert set(reuse) == set(full["parts"]) and all(r["reused_from"].endswith("full.json") for r in reuse.values())
+    again = measure_table(tiny_net(num_classes=2), profile, subnets=4, fit_subnets=3, rounds=1, repeats=3, reuse=reuse)
+    assert again["metadata"]["parts_timed"] == 1 and again["metadata"]["parts_reused"] == len(full["parts"]) - 1
+    for key, entry in again["parts"].items():
+        if not key.startswith("shufflenet.head"):
+            assert entry["median_ms"] == full["parts"][key]["median_ms"] and entry["reused_from"]
+    assert again["overhead"]["fit_subnets"] == 3 and len(again["end_to_end"]) == 4
+
+
+# -- never stop a search for a table this machine can measure ----------------------------------------
+
+def test_a_missing_table_for_this_host_is_measured_and_stored(tiny, tmp_path, monkeypatch):
+    from pathnas.profiling import ondemand
+
+    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
+    monkeypatch.setattr(ondemand, "ON_DEMAND_SUBNETS", 4)
+    monkeypatch.setattr(ondemand, "ON_DEMAND_FIT", 3)
+    net = tiny_net(num_classes=2, input_size=48)  # a configuration no table ships for
+    predictor = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net)
+    stored = tmp_path / "x86-cpu-ort" / f"shufflenet-{config_digest(net.config.model_dump(mode='json'))}.json"
+    assert stored.is_file() and predictor.table_path == stored
+    note = predictor.describe()["note"]
+    assert "measured on this machine" in note and str(stored) in note
+    monkeypatch.setattr(ondemand, "measure_table", lambda *a, **k: pytest.fail("measured twice"))
+    again = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net)
+    assert again.table_path == stored and again.predict_ms("0000") == pytest.approx(predictor.predict_ms("0000"))
+
+
+def test_another_device_without_a_table_still_names_the_commands(tiny):
+    from pathnas.profiling import ondemand
+    from pathnas.profiling.tables import NoLatencyTableError
+
+    with pytest.raises(NoLatencyTableError, match="profile pack --device jetson-orin-nano"):
+        ondemand.predictor_measuring_if_missing(load_profile("jetson"), tiny)
+
+
+def test_a_drifted_table_on_this_host_is_recalibrated_automatically(tiny, tmp_path, monkeypatch, caplog):
+    from test_profiling import hand_made_table
+
+    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
+    path = save_table(hand_made_table(tiny), tmp_path / "given.json")
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path, measure_here=True)
+    before = predictor.predict_ms("3333")
+    monkeypatch.setattr(type(predictor), "measure_ms", lambda self, arch, rounds=1: 0.001 * self.predict_ms(arch))
+    with caplog.at_level("WARNING", logger="pathnas.profiling"):
+        probe = predictor.check_drift()
+    assert probe["drifted"] and probe["calibration"]["table"].startswith(str(tmp_path / "x86-cpu-ort"))
+    assert predictor.predict_ms("3333") != pytest.approx(before) and "recalibrated" in predictor.describe()["note"]
+    assert load_table(probe["calibration"]["table"])["calibration"]["source_table"] == str(path)
+    assert any("recalibrating it from 8 paths" in r.getMessage() for r in caplog.records)
+
+
+# -- few-shot transfer from another device's table ---------------------------------------------------
+
+def test_calibrate_from_another_devices_table(tiny, tmp_path):
+    from test_profiling import hand_made_table
+
+    other = {**hand_made_table(tiny), "profile": "x86-cpu-openvino"}
+    source = save_table(other, tmp_path / "openvino.json")
+    out = tmp_path / "transferred.json"
+    code, stdout, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *KNOBS, "--from", source, "--out", out,
+                                     "--subnets", "4", "--rounds", "1", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["source_device"] == "x86-cpu-openvino" and isinstance(report["usable"], bool)
+    assert set(report["before"]) >= {"within_10_pct", "spearman"} and report["after"]["subnets"] == 4
+    table = load_table(out)
+    assert table["profile"] == "x86-cpu-ort" and table["parts"] == other["parts"]
+    assert table["metadata"]["parts_timed_on"]["device"] == "x86-cpu-openvino"
+    predictor_for(load_profile("cpu"), tiny, table_path=out)  # the search takes it
+    code, _, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *KNOBS, "--table", source, "--out", out)
+    assert code == 2 and "pass it with --from" in err
