@@ -4,7 +4,8 @@ from scratch), for a supernet pretrained with uniform single-path sampling (SPOS
 with fair sampling (FairNAS), at the same number of image-passes.
 
     python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 10]
-                                          [--bn-images 256] [--work DIR] [--seed 0] [--json]
+                                          [--bn-images 256] [--threads 1] [--work DIR] [--seed 0] [--json]
+                                          [--only supernets|alone [--slice K/N]]
 
 The paths are spread over the FLOPs range of the demo space (the pipeline's DEMO_SPACE / DEMO_DATA):
 every path's FLOPs are counted (fvcore) and the paths at evenly spaced FLOPs ranks are taken. A fair
@@ -35,9 +36,9 @@ from pathnas.retrain import retrain
 from pathnas.search.targets import calibration_batches
 from pathnas.settings import PretrainConfig, RetrainConfig
 from pathnas.spaces import build_supernet, space_config
-from pathnas.subnet import extract
+from pathnas.subnet import build_subnet, save_subnet
 from pathnas.train import evaluate_architecture, pretrain, primary_metric
-from pathnas.train.spos import LAST_CHECKPOINT, fair_path_count
+from pathnas.train.spos import fair_path_count
 
 SAMPLERS = ("uniform", "fair")
 
@@ -72,6 +73,19 @@ def correlation(x: list[float], y: list[float], seed: int) -> dict:
     return out
 
 
+def standalone(config, data: Path, arch, work: Path, args) -> dict:
+    """One path trained alone from scratch (resumed or read back when --work holds it)."""
+    subnet = work / "paths" / arch.code / "subnet.pt"
+    if not subnet.exists():
+        subnet.parent.mkdir(parents=True, exist_ok=True)
+        net = build_supernet(config)
+        save_subnet(subnet, build_subnet(config.model_dump(mode="json"), arch.code), config.model_dump(mode="json"),
+                    arch.code, net.task, list_classes(data))
+    return retrain(subnet, RetrainConfig(data=data, epochs=args.standalone_epochs, batch_size=32, lr=0.02,
+                                         from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=args.seed,
+                                         device="cpu"), work / "paths" / arch.code / "alone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paths", type=int, default=16)
@@ -82,6 +96,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bn-images", type=int, default=256)
     parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: uniform, fair")
+    parser.add_argument("--only", choices=("supernets", "alone"), default=None,
+                        help="do one part and stop (parts may run at once in several processes on one --work)")
+    parser.add_argument("--slice", default="0/1", help="with --only alone: K/N trains paths K, K+N, K+2N...")
     parser.add_argument("--work", type=Path, default=None, help="keep data, supernets and trainings here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -113,24 +130,24 @@ def run(args, work: Path) -> None:
     loaders = build_loaders(data, config.input_size, 64, seed=args.seed)
     calibration = calibration_batches(loaders.calib, args.bn_images)  # as the search recalibrates every path
     paths = paths_over_flops(config, args.paths, args.seed, args.pool)
+    if args.only == "alone":
+        k, n = (int(v) for v in args.slice.split("/"))
+        for arch, _ in paths[k::n]:
+            standalone(config, data, arch, work, args)
+        return
     inherited: dict[str, list[float]] = {}
     for sampler in samplers:
         cfg = PretrainConfig(data=data, run_dir=work / f"supernet-{sampler}", epochs=epochs[sampler], batch_size=32,
                              lr=0.02, mixup_alpha=0, cutmix_alpha=0, workers=0, seed=args.seed, eval_paths=0,
                              device="cpu", sampler=sampler)
         supernet = pretrain(config, cfg, resume=True, progress=False).supernet.eval()
+        if args.only == "supernets":
+            continue
         inherited[sampler] = [evaluate_architecture(supernet, arch, calibration, loaders.val, loaders.num_classes,
                                                     torch.device("cpu"), args.bn_images)[key] for arch, _ in paths]
-    alone = []
-    source = work / f"supernet-{samplers[0]}" / LAST_CHECKPOINT  # only its space configuration is used
-    for arch, _ in paths:
-        subnet = work / "paths" / arch.code / "subnet.pt"
-        if not subnet.exists():
-            extract(source, arch.code, subnet)
-        summary = retrain(subnet, RetrainConfig(data=data, epochs=args.standalone_epochs, batch_size=32, lr=0.02,
-                                                from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=args.seed,
-                                                device="cpu"), work / "paths" / arch.code / "alone")
-        alone.append(summary["val"][key])
+    if args.only == "supernets":
+        return
+    alone = [standalone(config, data, arch, work, args)["val"][key] for arch, _ in paths]
     results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
     seconds = time.perf_counter() - started
     if args.json:

@@ -139,3 +139,18 @@ def test_cli_data_pack_names_a_bad_file_and_exits_2(folders, tmp_path):
     code, out, err = pathnas_edge("data", "pack", source, "--out", tmp_path / "p", "--size", 32, "--skip-bad", "--json")
     assert code == 0, err
     assert json.loads(out)["skipped"] == 1
+
+
+def test_the_colour_map_is_torchvisions_brightness_contrast_and_saturation():
+    from torchvision.transforms.v2 import functional as F
+
+    x = 0.3 + 0.4 * torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # no clamping anywhere
+    p = {"jitter": torch.tensor([[1.08, 0.93, 1.05], [0.95, 1.07, 0.91]]), "hue": torch.zeros(2)}
+    ours = BatchAugment._colour(x.clone(), p)
+    for i, (b, c, s) in enumerate(p["jitter"].tolist()):
+        theirs = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(x[i], b), c), s)
+        assert torch.allclose(ours[i], theirs, atol=1e-5)
+    turned = BatchAugment._colour(x.clone(), {"jitter": torch.ones(2, 3), "hue": torch.tensor([0.03, -0.03])})
+    grey = torch.tensor([0.2989, 0.587, 0.114])[None, :, None, None]
+    assert torch.allclose((turned * grey).sum(1), (x * grey).sum(1), atol=1e-5)  # a hue turn keeps the luma
+    assert (turned - x).abs().max() > 1e-3

@@ -33,7 +33,6 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import _color
 
 from ..errors import ConfigError
 from ..io import sha256_file, sweep_temporaries, write_json_atomic
@@ -328,15 +327,17 @@ def to_model_input(x: torch.Tensor, y: torch.Tensor, input_size: int,
     return (v2.functional.normalize(x, list(NORMALIZE_MEAN), list(NORMALIZE_STD)) if normalize else x), y
 
 
-def _blend(image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """torchvision's blend (adjust_brightness/contrast/saturation) with one ratio per image."""
-    return (ratio * image + (1 - ratio) * other).clamp_(0, 1)
+# RGB -> YIQ (luma and two chroma axes); the luma row is torchvision's grayscale weights, so scaling the
+# chroma axes is exactly its saturation blend, and rotating them is a hue shift (as DALI's colour twist).
+_YIQ = torch.tensor([[0.2989, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 
 
 class BatchAugment:
     """The folder path's training augmentation (flips, a multiple of 90 degrees, colour jitter
     brightness/contrast/saturation 0.1, hue 0.03) on a whole uint8 batch on the training device, each
     image with parameters of its own; then resize, float and normalisation. On a CPU it runs on the CPU.
+    The colour jitter is one affine colour map per image (torchvision applies its four steps one by one,
+    clamping after each, and shifts hue in HSV); the ranges are torchvision's.
 
     The parameters of step s of epoch e on rank r are drawn from a generator seeded by (seed, e, s, r):
     the same in every run with that seed, and in a resumed one, whatever the number of loader workers.
@@ -364,23 +365,33 @@ class BatchAugment:
 
     @staticmethod
     def _geometric(t: torch.Tensor, p: dict) -> torch.Tensor:
-        t = torch.where(p["hflip"][:, None, None, None], t.flip(-1), t)
-        t = torch.where(p["vflip"][:, None, None, None], t.flip(-2), t)
-        out = t.clone()
-        for k in (1, 2, 3):  # tiles are square, so every turn keeps the shape
-            chosen = (p["quarter_turns"] == k).nonzero().flatten()
-            if len(chosen):
-                out[chosen] = torch.rot90(t[chosen], k, dims=(-2, -1))
+        """Flips and quarter turns: each image gets one of the 8 symmetries of the square, and each group of
+        images sharing one is moved in one operation (tiles are square, so every turn keeps the shape)."""
+        element = p["hflip"].long() * 8 + p["vflip"].long() * 4 + p["quarter_turns"]
+        out = torch.empty_like(t)
+        for e in torch.unique(element).tolist():
+            chosen = (element == e).nonzero().flatten()
+            part = t[chosen]
+            dims = [d for d, on in ((-1, e & 8), (-2, e & 4)) if on]
+            part = part.flip(dims) if dims else part
+            out[chosen] = torch.rot90(part, e & 3, dims=(-2, -1)) if e & 3 else part
         return out
 
     @staticmethod
     def _colour(x: torch.Tensor, p: dict) -> torch.Tensor:
-        """Colour jitter of a float batch in [0, 1], in torchvision's order: brightness, contrast,
-        saturation, hue."""
-        b, c, s = (p["jitter"][:, i, None, None, None] for i in range(3))
-        x = _blend(x, torch.zeros_like(x), b)
-        x = _blend(x, v2.functional.rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), c)
-        x = _blend(x, v2.functional.rgb_to_grayscale(x), s)
-        h, sat, val = _color._rgb_to_hsv(x).unbind(dim=-3)  # torchvision's batched conversion
-        h = (h + p["hue"][:, None, None]).remainder_(1.0)
-        return _color._hsv_to_rgb(torch.stack((h, sat, val), dim=-3))
+        """Brightness, contrast, saturation and hue of a float batch in [0, 1] as one affine map per image
+        (a 3x3 matrix and an offset), applied in one pass and clamped once."""
+        b, c, s = p["jitter"].double().unbind(dim=1)
+        angle = p["hue"].double() * 2 * torch.pi
+        n = x.shape[0]
+        chroma = torch.zeros(n, 3, 3, dtype=torch.float64, device=x.device)
+        chroma[:, 0, 0] = 1
+        chroma[:, 1, 1], chroma[:, 1, 2] = s * angle.cos(), -s * angle.sin()
+        chroma[:, 2, 1], chroma[:, 2, 2] = s * angle.sin(), s * angle.cos()
+        yiq = _YIQ.to(x.device)
+        matrix = (c * b)[:, None, None] * (torch.linalg.inv(yiq) @ chroma @ yiq)
+        # Contrast blends with the mean grey level of the brightened image: b times the original's.
+        grey = torch.einsum("c,nc->n", yiq[0], x.mean(dim=(-2, -1)).double())
+        offset = ((1 - c) * b * grey)[:, None, None, None]
+        out = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset.to(x.dtype)
+        return out.clamp_(0, 1)
