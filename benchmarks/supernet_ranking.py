@@ -3,7 +3,7 @@ recalibrated, exactly as the search scores a path) and stand-alone accuracy (eac
 from scratch), for a supernet pretrained with uniform single-path sampling (SPOS) and one pretrained
 with fair sampling (FairNAS), at the same number of image-passes.
 
-    python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 10]
+    python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 5]
                                           [--bn-images 256] [--threads 1] [--work DIR] [--seed 0] [--json]
                                           [--only supernets|alone [--slice K/N]]
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=64, help="random paths whose FLOPs are counted to pick from")
     parser.add_argument("--fair-epochs", type=int, default=10,
                         help="fair supernet epochs; the uniform one gets m times as many (same image-passes)")
-    parser.add_argument("--standalone-epochs", type=int, default=10)
+    parser.add_argument("--standalone-epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bn-images", type=int, default=256)
     parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: uniform, fair")
@@ -166,9 +166,9 @@ def run(args, work: Path) -> None:
             f"{args.standalone_epochs} epochs from scratch")
     print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |")
     print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|")
-    for i, ((arch, flops), standalone) in enumerate(zip(paths, alone)):
+    for i, ((arch, flops), alone_metric) in enumerate(zip(paths, alone)):
         print(f"| {arch.code:<8} | {flops / 1e6:6.2f} | " + " | ".join(f"{inherited[s][i]:7.2f}" for s in samplers)
-              + f" | {standalone:5.1f} |")
+              + f" | {alone_metric:5.1f} |")
     print(f"\n| sampler | Kendall tau-b [95% CI]  | Spearman rho [95% CI]   |")
     print("|---------|-------------------------|-------------------------|")
     for s in samplers:

@@ -1,13 +1,17 @@
 """Supernet training throughput against training one fixed path, and subnet evaluation throughput.
 
     python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--space shufflenet] [--input-size N]
-        [--width-mult W] [--batch-size B] [--steps 30] [--paths 5] [--json]
+        [--width-mult W] [--batch-size B] [--steps 30] [--paths 5] [--pack DIR [--workers 8]] [--json]
 
 Training runs the project's one training loop (pathnas.train.train_epoch: SGD, AMP on CUDA) twice
 on the same in-memory batches, so data loading does not hide the model's speed:
 - the SPOS supernet, a fresh uniformly sampled path every step;
 - the largest single path of the space (the last option of every decision) extracted as a plain
   model, the "timm-style" baseline.
+With --pack (a 4-class pack at the input size, e.g. `pathnas-edge data synth --n-per-class 1000 --image-size
+224` then `pathnas-edge data pack`), the supernet also trains from the pack's loader (memory-mapped reads
+in --workers processes, augmentation of each batch on the device): its images/s over the in-memory
+figure is what the data path costs (goal on a GPU: >= 0.8).
 The ratio supernet / fixed path is the cost of weight sharing (goal on a GPU: >= 0.8; the supernet
 samples smaller paths on average, so a ratio above 1 is possible). Timing follows the warm-up steps
 and, on CUDA, ends with a synchronisation. Evaluation: extract a path, recalibrate its BN statistics
@@ -23,6 +27,7 @@ import time
 
 import torch
 
+from pathnas.data import build_loaders
 from pathnas.deploy.machine import cpu_model
 from pathnas.spaces import build_supernet, space_config
 from pathnas.train import OptimConfig, build_training, evaluate, path_generator, recalibrate_bn, train_epoch
@@ -39,12 +44,14 @@ def batches(n: int, batch_size: int, shape: tuple[int, ...], num_classes: int, d
              torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)) for _ in range(n)]
 
 
-def images_per_s(model_forward, parameters_of, data, cfg: OptimConfig, ctx: DistContext, warmup: int) -> float:
-    parts = build_training(parameters_of, "classify", NUM_CLASSES, cfg, len(data), ctx.device)
+def images_per_s(model_forward, parameters_of, data, cfg: OptimConfig, ctx: DistContext, warmup: int,
+                 steps: int | None = None) -> float:
+    """Training images/s over in-memory batches (a list), or over ``steps`` steps of a loader."""
+    parts = build_training(parameters_of, "classify", NUM_CLASSES, cfg, steps or len(data), ctx.device)
     parts.steps_per_epoch = warmup
-    train_epoch(model_forward, data[:warmup], parts, 0, ctx)  # warm-up: kernels chosen, caches filled
-    parts.steps_per_epoch = len(data) - warmup
-    return train_epoch(model_forward, data[warmup:], parts, 1, ctx)["train_images_per_s"]
+    train_epoch(model_forward, data if steps else data[:warmup], parts, 0, ctx)  # kernels chosen, caches filled
+    parts.steps_per_epoch = steps or len(data) - warmup
+    return train_epoch(model_forward, data if steps else data[warmup:], parts, 1, ctx)["train_images_per_s"]
 
 
 NUM_CLASSES = 4
@@ -62,6 +69,8 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=5, help="paths evaluated")
     parser.add_argument("--bn-images", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--pack", default=None, help="also train from this pack (`pathnas-edge data pack`)")
+    parser.add_argument("--workers", type=int, default=8, help="loader processes reading the pack")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +91,14 @@ def main() -> None:
     net.train()
     supernet_ips = images_per_s(lambda x, step: net(x, net.sample(path_generator(0, 0, step))), net, data, cfg, ctx,
                                 args.warmup_steps)
+    pack_ips = None
+    if args.pack:
+        loader = build_loaders(args.pack, size, batch_size, workers=args.workers).train
+        if len(loader) < args.steps:
+            sys.exit(f"error: {args.pack}: {len(loader)} training batches of {batch_size}, --steps {args.steps} needs "
+                     f"more; pack a larger data set")
+        pack_ips = images_per_s(lambda x, step: net(x, net.sample(path_generator(0, 0, step))), net, loader, cfg, ctx,
+                                args.warmup_steps, args.steps)
     biggest = largest_path(net)
     fixed = net.extract(biggest).to(device).train()
     fixed_ips = images_per_s(lambda x, _step: fixed(x), fixed, data, cfg, ctx, args.warmup_steps)
@@ -108,6 +125,8 @@ def main() -> None:
         "torch": torch.__version__, "train_steps_timed": args.steps,
         "supernet_images_per_s": round(supernet_ips, 1), "largest_path": biggest.code,
         "fixed_path_images_per_s": round(fixed_ips, 1), "supernet_over_fixed": round(supernet_ips / fixed_ips, 3),
+        "pack_images_per_s": round(pack_ips, 1) if pack_ips else None,
+        "pack_over_in_memory": round(pack_ips / supernet_ips, 3) if pack_ips else None,
         "eval_paths": args.paths, "bn_images_per_path": args.bn_images,
         "eval_images_per_s": round(images / eval_seconds, 1), "eval_seconds_per_path": round(eval_seconds / args.paths, 3),
     }
@@ -119,6 +138,9 @@ def main() -> None:
     print(f"# {args.space}: input {size}, width x{width}, batch {batch_size}, {args.steps} timed steps")
     print("| measurement | value |\n|---|---|")
     print(f"| supernet training (SPOS, a path per step) | {result['supernet_images_per_s']} images/s |")
+    if pack_ips:
+        print(f"| supernet training from the pack ({args.workers} workers) | {result['pack_images_per_s']} images/s |")
+        print(f"| pack / in-memory batches | {result['pack_over_in_memory']} |")
     print(f"| largest single path, fixed ({biggest.code}) | {result['fixed_path_images_per_s']} images/s |")
     print(f"| supernet / fixed path | {result['supernet_over_fixed']} |")
     print(f"| subnet evaluation incl. BN recalibration ({args.bn_images} images) | {result['eval_images_per_s']} images/s |")
