@@ -133,3 +133,35 @@ def test_retraining_steps_on_the_gpu(data, tmp_path):
                         max_steps_per_epoch=3)
     summary = retrain(subnet, cfg, tmp_path / "retrain")
     assert summary["best_epoch"] in (0, 1, 2) and 0 <= summary["test"]["top1_pct"] <= 100
+
+
+def test_batch_augmentation_on_the_gpu_matches_the_cpu(exact_float32):
+    from pathnas.data.shards import BatchAugment
+
+    aug = BatchAugment(seed=3, input_size=24)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (6, 32, 32), generator=torch.Generator().manual_seed(1))
+    cpu_x, cpu_y = aug(x, y, epoch=2, step=5)
+    gpu_x, gpu_y = aug(x.to(CUDA), y.to(CUDA), epoch=2, step=5)
+    assert gpu_x.device.type == "cuda" and torch.equal(gpu_y.cpu(), cpu_y)
+    assert torch.allclose(gpu_x.cpu(), cpu_x, atol=1e-4)
+
+
+def test_fair_pretraining_from_a_pack_on_the_gpu_with_amp_and_a_resume(data, tmp_path):
+    from pathnas.data.shards import pack
+    from pathnas.train import pretrain
+
+    pack(data, tmp_path / "pack", size=32)
+    space = space_config("shufflenet", **TINY["shufflenet"])
+
+    def cfg(epochs: int) -> PretrainConfig:
+        return PretrainConfig(data=tmp_path / "pack", run_dir=tmp_path / "run", epochs=epochs, batch_size=8,
+                              lr=0.05, max_steps_per_epoch=3, workers=2, eval_paths=1, bn_images=16, device="cuda",
+                              mixup_alpha=0.8, cutmix_alpha=1.0, warmup_epochs=0, sampler="fair")
+
+    first = pretrain(space, cfg(1), progress=False)
+    assert len(first.sampled_paths) == 3 * 4
+    resumed = pretrain(space, cfg(1), resume=True, progress=False)  # nothing left to do: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(first.supernet.state_dict().values(),
+                                                 resumed.supernet.state_dict().values()))
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in resumed.history)

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError
 from ..io import sha256_file, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
-from .datasets import (NORMALIZE_MEAN, NORMALIZE_STD, SKIP_HINT, SPLITS, DataError, _image_size, _load_problem,
+from .datasets import (MARKER_FILE, NORMALIZE_MEAN, NORMALIZE_STD, SKIP_HINT, SPLITS, DataError, _image_size, _load_problem,
                        _open_mask, _open_rgb, _pair_segmentation, _record_skipped, detect_task, list_classes,
                        load_or_create_splits, segmentation_classes)
 from .seeding import generator
@@ -236,6 +236,8 @@ def _write(source: Path, out: Path, header: dict, rows: list, splits: dict, skip
     index = {**header, "source": str(source), "splits": {**{s: splits[s] for s in SPLITS}, "skipped": skipped,
                                                          "seed": splits.get("seed"), "task": task},
              "source_sha256": state["source_sha256"], "sha256": {a: sha256_file(out / a) for a in arrays}}
+    if (source / MARKER_FILE).is_file():  # the data set's own description (mpp, classes) travels with it
+        write_json_atomic(out / MARKER_FILE, json.loads((source / MARKER_FILE).read_text()))
     write_json_atomic(out / PACK_INDEX, index)  # the commit point: from now on the pack is complete
     progress_path.unlink()
     return _summary(index, verified=False)
