@@ -66,6 +66,14 @@ class Remote:
     def ssh(self, command: list[str], what: str) -> subprocess.CompletedProcess:
         return self._run(["ssh", *self._options(), self.host, "--", shlex.join(command)], what)
 
+    def check(self) -> "Remote":
+        """Reach the device and find pathnas-infer there (before anything is exported for it)."""
+        found = self.ssh(["sh", "-c", f"command -v {shlex.quote(self.infer)}"], "look for pathnas-infer")
+        if found.returncode != 0:
+            raise RemoteError(f"{self.host}: {self.infer} is not installed there (or not on the PATH of a "
+                              f"non-interactive shell): {INSTALL_HINT}, or pass --remote-infer PATH")
+        return self
+
     def time_pack(self, pack: Path, out: Path, rounds: int | None = None) -> dict:
         """Time ``pack`` on the device; the timings are copied to ``out`` and returned, checked."""
         made = self.ssh(["mktemp", "-d", "/tmp/pathnas-profile.XXXXXX"], "make a working folder")
@@ -73,10 +81,7 @@ class Remote:
         if made.returncode != 0 or not folder.startswith("/tmp/pathnas-profile."):
             raise RemoteError(f"{self.host}: cannot make a working folder in /tmp ({_last_line(made.stderr)})")
         try:
-            found = self.ssh(["sh", "-c", f"command -v {shlex.quote(self.infer)}"], "look for pathnas-infer")
-            if found.returncode != 0:
-                raise RemoteError(f"{self.host}: {self.infer} is not installed there (or not on the PATH of a "
-                                  f"non-interactive shell): {INSTALL_HINT}, or pass --remote-infer PATH")
+            self.check()
             self._run(["scp", "-r", "-q", *self._options(), str(pack), f"{self.host}:{folder}/pack"], "copy the pack")
             command = [self.infer, "profile", f"{folder}/pack", "--out", f"{folder}/{TIMINGS_FILE}", "--json",
                        *(["--rounds", str(rounds)] if rounds else [])]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,7 +12,7 @@ from cli_helpers import pathnas_edge
 from pathnas.deploy.device_profile import PACK_MANIFEST, PackError, read_pack, read_timings, time_pack
 from pathnas.profiling import load_profile, load_table, measure_table, predictor_for, save_table
 from pathnas.profiling.measure import assemble_files, reusable_parts
-from pathnas.profiling.pack import plan_table, write_pack
+from pathnas.profiling.pack import module_digest, plan_table
 from pathnas.profiling.tables import SCHEMA, config_digest
 from pathnas.spaces import build_supernet, space_config
 
@@ -126,9 +125,7 @@ def test_the_device_half_warns_when_it_is_not_the_device(pack, tmp_path):
 # -- incremental tables ----------------------------------------------------------------------------
 
 def test_a_changed_class_count_reuses_every_unchanged_part(tiny):
-    parts = {p.key: {"median_ms": 0.01, "module_digest": d} for p, d in
-             ((p, __import__("pathnas.profiling.pack", fromlist=["module_digest"]).module_digest(p.build()))
-              for p in tiny.latency_parts())}
+    parts = {p.key: {"median_ms": 0.01, "module_digest": module_digest(p.build())} for p in tiny.latency_parts()}
     items, reused = plan_table(tiny_net(num_classes=2), 4, 2, reuse=parts)
     timed = [i.key for i in items if i.kind == "part"]
     assert len(timed) == 1 and timed[0].startswith("shufflenet.head(classes=2)")
@@ -139,31 +136,38 @@ def test_a_changed_class_count_reuses_every_unchanged_part(tiny):
     assert units and not any(".unit(" in k for k in reused) and all(k in parts for k in units)
 
 
-def test_an_incremental_measure_times_only_the_new_part_and_refits_the_overhead(tiny, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def assembled(pack, timings):
+    """The table of the tiny pack, as a table of this machine in a user's table folder."""
+    return assemble_files(pack, timings)
+
+
+def test_an_incremental_measure_times_only_the_new_part_and_refits_the_overhead(assembled, tmp_path, monkeypatch):
     monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
     profile = load_profile("cpu")
-    full = measure_table(tiny, profile, subnets=4, fit_subnets=3, rounds=1, repeats=3)
-    save_table(full, tmp_path / profile.name / "full.json")
+    save_table(assembled, tmp_path / profile.name / "full.json")
     reuse = reusable_parts(profile)  # the user's folder: tables of this very machine
-    assert set(reuse) == set(full["parts"]) and all(r["reused_from"].endswith("full.json") for r in reuse.values())
+    assert set(reuse) == set(assembled["parts"]) and all(r["reused_from"].endswith("full.json") for r in reuse.values())
     again = measure_table(tiny_net(num_classes=2), profile, subnets=4, fit_subnets=3, rounds=1, repeats=3, reuse=reuse)
-    assert again["metadata"]["parts_timed"] == 1 and again["metadata"]["parts_reused"] == len(full["parts"]) - 1
+    assert again["metadata"]["parts_timed"] == 1 and again["metadata"]["parts_reused"] == len(assembled["parts"]) - 1
     for key, entry in again["parts"].items():
         if not key.startswith("shufflenet.head"):
-            assert entry["median_ms"] == full["parts"][key]["median_ms"] and entry["reused_from"]
+            assert entry["median_ms"] == assembled["parts"][key]["median_ms"] and entry["reused_from"]
     assert again["overhead"]["fit_subnets"] == 3 and len(again["end_to_end"]) == 4
 
 
 # -- never stop a search for a table this machine can measure ----------------------------------------
 
-def test_a_missing_table_for_this_host_is_measured_and_stored(tiny, tmp_path, monkeypatch):
+def test_a_missing_table_for_this_host_is_measured_and_stored(assembled, tmp_path, monkeypatch):
     from pathnas.profiling import ondemand
 
     monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
-    monkeypatch.setattr(ondemand, "ON_DEMAND_SUBNETS", 4)
-    monkeypatch.setattr(ondemand, "ON_DEMAND_FIT", 3)
-    net = tiny_net(num_classes=2, input_size=48)  # a configuration no table ships for
+    save_table(assembled, tmp_path / "x86-cpu-ort" / "earlier.json")  # an earlier table of this machine
+    monkeypatch.setattr(ondemand, "INCREMENTAL_SUBNETS", 4)
+    monkeypatch.setattr(ondemand, "INCREMENTAL_FIT", 3)
+    net = tiny_net(num_classes=2)  # a class count no table has: only the head is timed
     predictor = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net)
+    assert predictor.table["metadata"]["parts_timed"] == 1
     stored = tmp_path / "x86-cpu-ort" / f"shufflenet-{config_digest(net.config.model_dump(mode='json'))}.json"
     assert stored.is_file() and predictor.table_path == stored
     note = predictor.describe()["note"]

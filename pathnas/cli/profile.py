@@ -55,7 +55,7 @@ def _remote(remote: Optional[str], ssh_config: Optional[Path], remote_infer: str
         return None
     from pathnas.profiling.remote import Remote
 
-    return Remote(remote, ssh_config, remote_infer)
+    return Remote(remote, ssh_config, remote_infer).check()  # fail in seconds, before anything is exported
 
 
 def _progress(as_json: bool):

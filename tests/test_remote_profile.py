@@ -1,0 +1,136 @@
+"""`profile measure --remote HOST`: the device half over real SSH, to an sshd this test starts on
+127.0.0.1 with a throwaway host key and client key (skipped, saying why, where there is no sshd)."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import pathnas_edge
+from pathnas.profiling import load_table
+from pathnas.spaces import build_supernet, space_config
+
+SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
+KNOBS = ["--space", "shufflenet", "--input-size", "32", "--width-mult", "0.25", "--num-classes", "4",
+         "--option", "stage_repeats=[1,1,1,1]"]
+pytestmark = pytest.mark.skipif(SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
+                                reason="needs OpenSSH's sshd, ssh and ssh-keygen (apt-get install -y openssh-server)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sftp_server() -> str | None:
+    return next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                             "/usr/lib/ssh/sftp-server") if os.path.exists(p)), None)
+
+
+@pytest.fixture(scope="module")
+def ssh_host(tmp_path_factory):
+    """An sshd on 127.0.0.1 accepting one throwaway key; returns (ssh_config file, host alias, folder)."""
+    root = tmp_path_factory.mktemp("ssh")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    os.chmod(root / "authorized_keys", 0o600)
+    port = free_port()
+    sftp = sftp_server()
+    (root / "sshd_config").write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}", "StrictModes no",
+        "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
+        "PermitRootLogin prohibit-password", *([f"Subsystem sftp {sftp}"] if sftp else []), ""]))
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None  # sshd's privilege-separation folder
+    log = open(root / "sshd.log", "w")
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log)
+    for _ in range(100):
+        if server.poll() is not None:
+            break
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    if server.poll() is not None:
+        pytest.skip(f"sshd could not be started here: {(root / 'sshd.log').read_text().strip()[-300:]}")
+    common = ["HostName 127.0.0.1", f"User {getpass.getuser()}", f"IdentityFile {root / 'client_key'}",
+              "IdentitiesOnly yes", "StrictHostKeyChecking no", "UserKnownHostsFile /dev/null", "LogLevel ERROR"]
+    (root / "ssh_config").write_text("\n".join(
+        ["Host device", f"  Port {port}", *(f"  {c}" for c in common),
+         "Host dead", f"  Port {free_port()}", *(f"  {c}" for c in common), ""]))
+    # pathnas-infer as the device has it: this checkout's runtime (the remote shell's PATH lacks the venv)
+    infer = root / "bin" / "pathnas-infer"
+    infer.parent.mkdir()
+    infer.write_text(f"#!/bin/sh\n[ \"$1\" = profile ] && shift\nexec {sys.executable} -m pathnas.deploy.device_profile "
+                     f"\"$@\"\n")
+    infer.chmod(0o755)
+    try:
+        yield root / "ssh_config", infer, root
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+def remote_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("pathnas-profile.*")}
+
+
+def test_measure_over_ssh_assembles_the_table_and_leaves_nothing_there(ssh_host, tmp_path):
+    config, infer, _ = ssh_host
+    before = remote_dirs()
+    out = tmp_path / "table.json"
+    code, stdout, err = pathnas_edge("profile", "measure", "--device", "cpu", *KNOBS, "--remote", "device",
+                                     "--ssh-config", config, "--remote-infer", infer, "--subnets", "4",
+                                     "--fit-subnets", "3", "--rounds", "1", "--out", out, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    table = load_table(out)
+    net = build_supernet(space_config("shufflenet", **{"width_mult": 0.25, "input_size": 32, "num_classes": 4,
+                                                       "stage_repeats": (1, 1, 1, 1)}))
+    assert set(table["parts"]) == {p.key for p in net.latency_parts()} and report["parts_timed"] == len(table["parts"])
+    assert table["metadata"]["execution_providers"] == ["CPUExecutionProvider"] and len(table["end_to_end"]) == 4
+    assert remote_dirs() == before  # the remote working folder is removed
+
+
+def test_an_unreachable_host_is_one_line_and_writes_nothing(ssh_host, tmp_path):
+    config, infer, _ = ssh_host
+    out = tmp_path / "table.json"
+    code, _, err = pathnas_edge("profile", "measure", "--device", "cpu", *KNOBS, "--remote", "dead",
+                                "--ssh-config", config, "--remote-infer", infer, "--subnets", "4", "--fit-subnets", "3",
+                                "--rounds", "1", "--out", out)
+    assert code == 2 and "cannot reach dead over SSH" in err and "SSH server" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_device_without_pathnas_infer_is_told_what_to_install(ssh_host, tmp_path):
+    config, _, root = ssh_host
+    out = tmp_path / "table.json"
+    code, _, err = pathnas_edge("profile", "measure", "--device", "cpu", *KNOBS, "--remote", "device",
+                                "--ssh-config", config, "--remote-infer", root / "missing" / "pathnas-infer",
+                                "--subnets", "4", "--fit-subnets", "3", "--rounds", "1", "--out", out)
+    assert code == 2 and "device: " in err and "is not installed there" in err
+    assert "pip install 'pathnas-edge[runtime]'" in err and not out.exists()
+
+
+def test_a_runtime_error_on_the_device_is_reported_with_the_host(ssh_host, tmp_path):
+    config, _, root = ssh_host
+    broken = root / "bin" / "broken-infer"
+    broken.write_text("#!/bin/sh\necho 'error: openvino is not installed here' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    out = tmp_path / "table.json"
+    code, _, err = pathnas_edge("profile", "measure", "--device", "cpu", *KNOBS, "--remote", "device",
+                                "--ssh-config", config, "--remote-infer", broken, "--subnets", "4",
+                                "--fit-subnets", "3", "--rounds", "1", "--out", out)
+    assert code == 2 and "device: `pathnas-infer profile` failed: error: openvino is not installed here" in err
+    assert not out.exists()
