@@ -6,7 +6,8 @@
 For each ShuffleNet configuration (by default both: the paper's 20-layer space CPU-sized, and
 the 5-layer demo that `pathnas-edge pipeline` trains), measures through the device's runtime
 on THIS machine every distinct part plus `--subnets` random subnets end to end (interleaved
-rounds; see profiling/tables.py), fits the overhead on the first `--fit-subnets`, and prints
+rounds, many calls per sample: deploy/timing.py time_in_rounds), fits the overhead on the
+first `--fit-subnets`, and prints
 nn-Meter's figures for the held-out rest: RMSE, RMSPE, MAPE and the share within ±5/10/15 %.
 `--save` writes each table where the package ships measured tables
 (hardware_profiles/tables/<device>/<space>-<config digest>.json); commit them with their metadata.

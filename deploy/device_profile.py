@@ -44,14 +44,21 @@ class PackError(UserError):
 
 
 def gpu_name() -> str | None:
-    """The first NVIDIA GPU's name, from nvidia-smi (no CUDA library needed), or None."""
+    """The first NVIDIA GPU's name, from nvidia-smi (no CUDA library needed), or on a Jetson (whose
+    GPU is part of the module) the module's name from the device tree; None when there is neither."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=20)
+        names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
+        names = []
+    if names:
+        return names[0]
+    try:
+        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
+    except OSError:
         return None
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-    return names[0] if names else None
+    return model if "NVIDIA" in model else None
 
 
 def machine_record(runtime: str, precision: str, threads: int, batch_size: int) -> dict:

@@ -221,3 +221,22 @@ def test_calibrate_from_another_devices_table(tiny, tmp_path):
     predictor_for(load_profile("cpu"), tiny, table_path=out)  # the search takes it
     code, _, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *KNOBS, "--table", source, "--out", out)
     assert code == 2 and "pass it with --from" in err
+
+
+# -- tables measured before the split ---------------------------------------------------------------
+
+def test_shipped_tables_still_load_and_an_unusable_one_says_how_to_remeasure(tmp_path):
+    from pathnas.profiling import list_profiles
+    from pathnas.profiling.tables import packaged_tables_dir
+
+    shipped = [(p, t) for p in list_profiles() for t in sorted(packaged_tables_dir(p).glob("*.json"))]
+    assert len(shipped) >= 3
+    for profile, path in shipped:
+        table = load_table(path)
+        config = dict(table["space_config"])
+        net = build_supernet(space_config(config.pop("space"), **config))
+        assert predictor_for(profile, net, table_path=path).predict_ms(net.space.decode("3" * len(net.space))) > 0
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"schema": SCHEMA, "profile": "x86-cpu-ort"}))
+    with pytest.raises(ValueError, match="lacks 'space_config'; measure it again with `pathnas-edge profile measure`"):
+        load_table(old)
