@@ -2,14 +2,15 @@
 
     python benchmarks/proposer_regret.py --benchmark ../shared/benchmarks/nb201-hw.csv.gz
         [--datasets cifar10,cifar100] [--devices raspi4,pixel3,titan_rtx_1] [--seeds 100]
-        [--proposers random,evolution,prior-bo] [--llm-seeds 3] [--json]
+        [--proposers random,evolution,prior-bo] [--evaluations 10,20,50,100] [--llm-seeds 3] [--json]
 
 Rows: each data set, unconstrained and with a latency budget at the median latency of each
 device (over every row of the file). Each proposer runs through the search's own machinery
 (pathnas.search.Search with the benchmark as target: the same feasibility checks, records and
 proposers as `pathnas-edge search --space nb201`). After n evaluations the pick is the best by
 val (ties: lowest index); regret = best test accuracy in the feasible set minus the pick's test
-accuracy, in points; mean ± standard error over seeds. The feasible set is the connected cells
+accuracy, in points; mean ± standard error over seeds. Also the wall time of a proposal (ms, mean
+over every proposal of every row and seed: it depends on the machine, the regret does not). The feasible set is the connected cells
 within the budget: a cell that computes nothing is never proposed (the benchmark README's random
 baseline also draws them, so its figures are a little higher than the random row here).
 
@@ -24,6 +25,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +33,26 @@ import numpy as np
 from pathnas.search import Budgets, EvolutionProposer, PriorGuidedProposer, RandomProposer, Search
 from pathnas.search.tabular import BenchmarkLatency, TabularTarget, benchmark_columns
 
-EVALUATIONS = (10, 20, 50, 100)
+EVALUATIONS = "10,20,50,100"
 OFFLINE = {"random": RandomProposer, "evolution": EvolutionProposer, "prior-bo": PriorGuidedProposer}
 GOAL = 0.5  # the default's regret at 10 and 20 evaluations at most half of random's
 
 
-def regret_curve(target: TabularTarget, budget_ms: float | None, proposer, seed: int, n: int) -> list[float]:
-    """Regret of the pick by val after each of n evaluations."""
+def regret_curve(target: TabularTarget, budget_ms: float | None, proposer, seed: int, n: int,
+                 seconds: list[float] | None = None) -> list[float]:
+    """Regret of the pick by val after each of n evaluations (the wall time of each proposal is appended
+    to ``seconds`` when given)."""
     table = target.table
     search = Search(target, BenchmarkLatency(table), Budgets(budget_ms, None), seed=seed)
     feasible = table.connected & (table.latency <= budget_ms if budget_ms is not None else True)
     best_test = float(table.test[feasible].max())
     curve, pick = [], None
     for _ in range(n):
-        record = search.evaluate(proposer.propose(search.ctx), proposer.name)
+        start = time.perf_counter()
+        arch = proposer.propose(search.ctx)
+        if seconds is not None:
+            seconds.append(time.perf_counter() - start)
+        record = search.evaluate(arch, proposer.name)
         row = table.row_of[record["arch"]]
         if pick is None or (table.val[row], -table.index[row]) > (table.val[pick], -table.index[pick]):
             pick = row
@@ -75,15 +83,26 @@ def main() -> None:
     parser.add_argument("--devices", default="raspi4,pixel3,titan_rtx_1", help="budget rows: device medians")
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--proposers", default="random,evolution,prior-bo")
+    parser.add_argument("--evaluations", default=EVALUATIONS, help="comma-separated n at which regret is shown")
     parser.add_argument("--llm-seeds", type=int, default=3)
     parser.add_argument("--llm-model", default="gpt-4o")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    try:
+        args.evaluations = sorted({int(n) for n in args.evaluations.split(",") if n.strip()})
+    except ValueError:
+        parser.error(f"--evaluations: comma-separated whole numbers, got {args.evaluations!r}")
+    if not args.evaluations or args.evaluations[0] < 1:
+        parser.error(f"--evaluations: numbers of evaluations of at least 1, got {args.evaluations}")
+    unknown = [p for p in args.proposers.split(",") if p not in OFFLINE]
+    if unknown:
+        parser.error(f"--proposers: {', '.join(unknown)} unknown; allowed: {', '.join(OFFLINE)}")
+    evaluations = args.evaluations
 
     devices = [d for d in args.devices.split(",") if d]
     datasets = args.datasets.split(",") if args.datasets else benchmark_columns(args.benchmark)[0]
     use_llm = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
-    results = []
+    results, seconds = [], {}
     with tempfile.TemporaryDirectory(prefix="regret-llm-") as tmp:
         for dataset in datasets:
             for device in [None, *devices]:
@@ -91,23 +110,30 @@ def main() -> None:
                 budget = float(np.median(target.table.latency)) if device else None
                 row = {"dataset": dataset, "device": device, "budget_ms": budget, "proposers": {}}
                 for name in args.proposers.split(","):
-                    curves = [regret_curve(target, budget, OFFLINE[name](seed), seed, max(EVALUATIONS))
+                    spent = seconds.setdefault(name, [])
+                    curves = [regret_curve(target, budget, OFFLINE[name](seed), seed, max(evaluations), spent)
                               for seed in range(args.seeds)]
-                    row["proposers"][name] = {n: stats([c[n - 1] for c in curves]) for n in EVALUATIONS}
+                    row["proposers"][name] = {n: stats([c[n - 1] for c in curves]) for n in evaluations}
                 if use_llm:
                     for name in ("llm", "llm-rank"):
                         curves = [regret_curve(target, budget, llm_proposers(seed, args.llm_model, Path(tmp))[name],
                                                seed, 20) for seed in range(args.llm_seeds)]
                         row["proposers"][name] = {n: stats([c[n - 1] for c in curves]) if n <= 20 else None
-                                                  for n in EVALUATIONS}
+                                                  for n in evaluations}
                 results.append(row)
                 print(f"# {dataset} {device or 'unconstrained'} done", file=sys.stderr, flush=True)
     if args.json:
-        json.dump({"benchmark": str(args.benchmark), "seeds": args.seeds, "regret_points": results}, sys.stdout,
-                  indent=2)
+        ms = {name: 1000 * float(np.mean(s)) for name, s in seconds.items()}
+        json.dump({"benchmark": str(args.benchmark), "seeds": args.seeds, "regret_points": results,
+                   "ms_per_proposal": ms}, sys.stdout, indent=2)
         print()
         return
     print_tables(results, args)
+    print("\nwall time of a proposal (ms, mean over every row and seed; depends on the machine)")
+    print("| proposer  | ms/proposal |")
+    print("|-----------|-------------|")
+    for name, spent in seconds.items():
+        print(f"| {name:<9} | {1000 * float(np.mean(spent)):>11.1f} |")
 
 
 def _target(path: Path, dataset: str, device: str) -> TabularTarget:
@@ -124,13 +150,14 @@ def print_tables(results: list[dict], args) -> None:
           f"# {args.seeds} seeds (LLM proposers, when configured: {args.llm_seeds})")
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         print(f"\n{dataset}")
-        print("| budget (ms)      | proposer  | " + " | ".join(f"n={n:<7}" for n in EVALUATIONS) + " |")
-        print("|------------------|-----------|" + "|".join("-----------" for _ in EVALUATIONS) + "|")
+        print("| budget (ms)      | proposer  | " + " | ".join(f"n={n:<7}" for n in args.evaluations) + " |")
+        print("|------------------|-----------|" + "|".join("-----------" for _ in args.evaluations) + "|")
         for r in (r for r in results if r["dataset"] == dataset):
             for name, cells in r["proposers"].items():
                 shown = [f"{c['mean']:.2f}±{c['sem']:.2f}" if c else "n/a" for c in cells.values()]
                 print(f"| {_label(r):<16} | {name:<9} | " + " | ".join(f"{s:<9}" for s in shown) + " |")
-    if all("random" in r["proposers"] and "prior-bo" in r["proposers"] for r in results):
+    if {10, 20} <= set(args.evaluations) and all("random" in r["proposers"] and "prior-bo" in r["proposers"]
+                                                  for r in results):
         print(f"\nprior-bo / random regret (goal: at most {GOAL} at 10 and at 20 evaluations)")
         print("| data      | budget (ms)      | n=10 | n=20 | goal   |")
         print("|-----------|------------------|------|------|--------|")
