@@ -11,8 +11,9 @@ latency now against then) and the reference-normalised one it makes now (deploy/
 - the same while other processes keep every core busy (busy neighbours: contention, which slows
   models unevenly, the worst case for any normalisation): every REGRESSED verdict is a false alarm;
 - a model about 20% slower (needs --run: another path of the run's supernet whose predicted latency
-  is 1.2x the model's, exported the same way; its measured ratio is printed): every REGRESSED
-  verdict is a detection. (A busy wait after each call is no stand-in: it competes with the
+  is --factor (1.2) x the model's, exported the same way; its measured ratio is printed), judged
+  against the model's baseline, as a new release against the last one's: every REGRESSED verdict is
+  a detection. (A busy wait after each call is no stand-in: it competes with the
   runtime's own spinning worker threads and slows the reference model as much as the model.)
 Timings depend on the machine and its load: run it on a quiet machine for figures to quote.
 """
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pathnas.deploy.regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
 
 
 def _hog(stop) -> None:  # a process that keeps one core busy until told to stop
@@ -84,8 +87,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="an ONNX model instead of the run's")
     parser.add_argument("--device", default="cpu", help="hardware profile of this machine")
     parser.add_argument("--checks", type=int, default=13, help="checks per scenario")
-    parser.add_argument("--rounds", type=int, default=10, help="timing rounds per check (20 pairs each), as regress")
-    parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"timing rounds per check ({ROUND_SIZE} pairs "
+                                                                   "each), as regress")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    parser.add_argument("--factor", type=float, default=1.2,
+                        help="how much slower the other model is meant to be (predicted; its measured ratio is printed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     model = args.model or args.run / "export" / "model.onnx"
@@ -93,7 +99,8 @@ def main() -> None:
         raise SystemExit(f"{model} does not exist: run `make demo` first, or pass --run / --model")
 
     from pathnas.deploy.machine import cpu_model
-    from pathnas.deploy.regress import ROUND_SIZE, RunSettings, compare, compare_normalized, time_rounds
+    from pathnas.deploy.regress import RunSettings, time_rounds
+    from pathnas.deploy.regress_stats import compare, compare_normalized
     from pathnas.deploy.runners import open_profile_runner
     from pathnas.pipeline.reference_model import write_reference_model
     from pathnas.profiling import load_profile
@@ -112,7 +119,7 @@ def main() -> None:
         # (model timed, processes keeping every core busy meanwhile)
         scenarios = {"same model": (model, 0), "same model, busy neighbours": (model, os.cpu_count())}
         if args.model is None:
-            slower, code = slower_model(args.run, args.device, 1.2, Path(tmp) / "slower.onnx")
+            slower, code = slower_model(args.run, args.device, args.factor, Path(tmp) / "slower.onnx")
             slow_model, slow_ref = measure(reference, slower)
             # against the reference timed beside it, as the verdict judges: the machine's speed cancels
             measured = float(np.median(np.divide(slow_model, slow_ref)) / np.median(np.divide(base_model, base_ref)))
@@ -127,8 +134,8 @@ def main() -> None:
                         cur_model, cur_ref = measure(reference, current)
                 else:
                     cur_model, cur_ref = measure(reference, current)
-                absolute = compare(cur_model, base_model, args.tolerance)
-                normalized = compare_normalized(cur_model, cur_ref, base_model, base_ref, args.tolerance,
+                absolute = compare(cur_model, base_model, args.tolerance, CONFIDENCE)
+                normalized = compare_normalized(cur_model, cur_ref, base_model, base_ref, args.tolerance, CONFIDENCE,
                                                 round_size=ROUND_SIZE)
                 verdicts["absolute"] += not absolute.passed
                 verdicts["reference"] += not normalized.passed
@@ -147,7 +154,8 @@ def main() -> None:
         return
     print(f"model {model} on {profile.name} ({cpu_model()}, {os.cpu_count()} cores); baseline median "
           f"{result['baseline_median_ms']['model']:.3f} ms, reference {result['baseline_median_ms']['reference']:.3f} ms")
-    print(f"REGRESSED verdicts out of {args.checks} checks (tolerance +{100 * args.tolerance:.0f}%, 95% CI):\n")
+    print(f"REGRESSED verdicts out of {args.checks} checks (tolerance +{100 * args.tolerance:.0f}%, "
+          f"{100 * CONFIDENCE:.0f}% CI):\n")
     print("| scenario | absolute | vs reference | reference x | model/ref ratio |")
     print("|---|---|---|---|---|")
     for r in rows:

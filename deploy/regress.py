@@ -16,26 +16,25 @@ model's own speed (what the latency tables keep too: the fastest round). The ver
 noise-aware: a bootstrap confidence interval of the ratio now / baseline (timing pairs resampled
 together), failing only when the whole interval lies above 1 + tolerance, so one noisy run does
 not fail a hospital's CI. ``compare_normalized`` and ``compare`` (absolute, medians) are the
-decisions alone, tested on given samples; benchmarks/regress_stability.py measures them here.
+decisions alone (deploy/regress_stats.py), tested on given samples; benchmarks/regress_stability.py
+measures them here. This module measures, checks baselines and bundles; deploy/junit.py reports.
 """
 from __future__ import annotations
 
 import datetime as dt
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from pathnas.errors import ConfigError, InvalidFileError, MissingFileError, UserError
-from pathnas.io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from pathnas.errors import ConfigError, InvalidFileError, MissingFileError
+from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .machine import cpu_model
 from .manifest import MANIFEST, verify
 from .runners import open_profile_runner
+from .regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE, Verdict, compare, compare_normalized
 from .signing import TrustedKeys
 from .timing import time_callable, time_interleaved
 
@@ -45,35 +44,6 @@ BASELINE_SCHEMAS = ("pathnas-latency-baseline/1", BASELINE_SCHEMA)
 
 class BaselineMismatchError(ConfigError):
     """The baseline was measured on another device or runtime, or for another model."""
-
-
-@dataclass
-class Verdict:
-    passed: bool
-    ratio: float  # current / baseline: of the model's latency relative to the reference, or absolute
-    ci_low: float
-    ci_high: float
-    tolerance: float
-    confidence: float
-    current_median_ms: float  # the model's own medians
-    baseline_median_ms: float
-    method: str = "absolute"  # or "reference" (normalised by the reference model)
-    machine_ratio: float | None = None  # the reference model's median here / in the baseline
-    note: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        word = "passed" if self.passed else "REGRESSED"
-        ci = f"({100 * self.confidence:.0f}% CI {self.ci_low:.3f}-{self.ci_high:.3f}), tolerance +{100 * self.tolerance:.0f}%"
-        head = f"{word}: median {self.current_median_ms:.3f} ms vs baseline {self.baseline_median_ms:.3f} ms"
-        if self.method == "reference":
-            text = (f"{head}; this machine runs the reference model at {self.machine_ratio:.2f}x its baseline "
-                    f"time, so relative to it the model's ratio is {self.ratio:.3f} {ci}")
-        else:
-            text = f"{head}, ratio {self.ratio:.3f} {ci}"
-        return f"{text}; {self.note}" if self.note else text
 
 
 @dataclass(frozen=True)
@@ -105,10 +75,6 @@ def measure_samples(path: str | Path, profile: RunSettings, rounds: int = 5, rep
     finally:
         runner.close()
     return [s / profile.batch_size for s in samples]
-
-
-ROUND_SIZE = 20  # timing pairs per round; every round opens fresh runtime sessions
-ROUNDS = 10  # rounds of a baseline or a check: enough for a 20% slowdown to stand out of a busy machine's noise
 
 
 def time_rounds(open_model: Callable[[], object], open_reference: Callable[[], object], batch_size: int = 1,
@@ -207,84 +173,33 @@ def check_baseline(baseline: dict, profile: RunSettings, source: str = "baseline
                                f"samples_ms; re-measure it with --update-baseline")
 
 
-def _bootstrap(current: np.ndarray, baseline: np.ndarray, confidence: float, resamples: int,
-               seed: int) -> tuple[float, float, float]:
-    """Ratio of medians (current / baseline) and its bootstrap confidence interval."""
-    if current.size < 5 or baseline.size < 5:
-        raise ValueError("at least 5 samples on each side are needed for a noise-aware comparison")
-    rng = np.random.default_rng(seed)
-    ratios = (np.median(rng.choice(current, (resamples, current.size)), axis=1)
-              / np.median(rng.choice(baseline, (resamples, baseline.size)), axis=1))
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [alpha, 1 - alpha])
-    return float(np.median(current) / np.median(baseline)), float(low), float(high)
+def baseline_model(baseline: dict, model_sha256: str) -> dict | None:
+    """The model a baseline was measured for, when it is not the one of ``model_sha256``: its name (the
+    bundle's, else the file's) and hash; None for the same model or a baseline that does not say."""
+    sha = baseline.get("model_sha256")
+    if sha is None or sha == model_sha256:
+        return None
+    return {"name": str(baseline.get("bundle") or baseline.get("model") or "unnamed"), "sha256": str(sha)}
 
 
-def compare(current_ms: list[float], baseline_ms: list[float], tolerance: float = 0.10,
-            confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Verdict:
-    """Absolute: bootstrap CI of median(current) / median(baseline); fails when the CI is entirely above
-    1 + tolerance. Sensitive to the machine's speed; ``compare_normalized`` is not."""
-    cur, base = np.asarray(current_ms, float), np.asarray(baseline_ms, float)
-    ratio, low, high = _bootstrap(cur, base, confidence, resamples, seed)
-    return Verdict(bool(low <= 1 + tolerance), ratio, low, high, tolerance, confidence,
-                   float(np.median(cur)), float(np.median(base)))
-
-
-FAST_END = 0.10  # the quantile compared by compare_normalized
-MIN_ROUNDS = 3  # rounds on each side to judge by rounds; fewer: by the pooled timing pairs
-
-
-def compare_normalized(current_ms: list[float], current_reference_ms: list[float], baseline_ms: list[float],
-                       baseline_reference_ms: list[float], tolerance: float = 0.10, confidence: float = 0.95,
-                       resamples: int = 2000, seed: int = 0, round_size: int | None = None) -> Verdict:
-    """Relative to the reference model: the model's latency over the reference's, each at its fast end
-    (10th percentile), now over the same in the baseline; fails when the whole confidence interval lies
-    above 1 + tolerance.
-
-    With ``round_size`` (samples per round, in order) and at least 3 rounds on each side, the ratio
-    is taken per round and the rounds' log ratios are averaged, the interval bootstrapped over rounds:
-    so it also holds the speed differences between runtime sessions, which pairs within one session do
-    not show. Otherwise the timing pairs are pooled and resampled together."""
-    cur, cur_ref = np.asarray(current_ms, float), np.asarray(current_reference_ms, float)
-    base, base_ref = np.asarray(baseline_ms, float), np.asarray(baseline_reference_ms, float)
-    if cur.shape != cur_ref.shape or base.shape != base_ref.shape:
-        raise ValueError("the model and the reference need one sample each per timing pair")
-    if cur.size < 5 or base.size < 5:
-        raise ValueError("at least 5 samples on each side are needed for a noise-aware comparison")
-
-    def relative(model: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        return np.quantile(model, FAST_END, axis=-1) / np.quantile(reference, FAST_END, axis=-1)
-
-    rng = np.random.default_rng(seed)
-    alpha = (1 - confidence) / 2
-    by_rounds = round_size and round_size >= 5 and min(cur.size, base.size) // round_size >= MIN_ROUNDS \
-        and cur.size % round_size == 0 and base.size % round_size == 0
-    if by_rounds:
-        now = np.log(relative(cur.reshape(-1, round_size), cur_ref.reshape(-1, round_size)))
-        then = np.log(relative(base.reshape(-1, round_size), base_ref.reshape(-1, round_size)))
-        ratio = float(np.exp(now.mean() - then.mean()))
-        boot = (now[rng.integers(0, now.size, (resamples, now.size))].mean(1)
-                - then[rng.integers(0, then.size, (resamples, then.size))].mean(1))
-        low, high = np.exp(np.quantile(boot, [alpha, 1 - alpha]))
-    else:
-        now, then = rng.integers(0, cur.size, (resamples, cur.size)), rng.integers(0, base.size, (resamples, base.size))
-        ratios = relative(cur[now], cur_ref[now]) / relative(base[then], base_ref[then])
-        low, high = np.quantile(ratios, [alpha, 1 - alpha])
-        ratio = float(relative(cur, cur_ref) / relative(base, base_ref))
-    return Verdict(bool(low <= 1 + tolerance), ratio, float(low), float(high), tolerance, confidence,
-                   float(np.median(cur)), float(np.median(base)), method="reference",
-                   machine_ratio=float(np.quantile(cur_ref, FAST_END) / np.quantile(base_ref, FAST_END)))
-
-
-def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tolerance: float = 0.10,
-                     confidence: float = 0.95, rounds: int = ROUNDS, source: str = "baseline",
-                     reference: str | Path | None = None) -> Verdict:
+def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tolerance: float = TOLERANCE,
+                     confidence: float = CONFIDENCE, rounds: int = ROUNDS, source: str = "baseline",
+                     reference: str | Path | None = None, same_model: bool = False) -> Verdict:
     """Measure ``path`` here and judge it against ``baseline`` (a baseline file's contents, or the
     ``latency_baseline`` of a bundle manifest; ``source`` names it in errors). With a ``reference``
     model and a baseline that timed it, the judgement is relative to the reference; otherwise absolute,
-    and the verdict's note says so. Raises BaselineMismatchError when the baseline was measured on
-    another device or runtime, or with another reference model."""
+    and the verdict's note says so.
+
+    A baseline of another model is the everyday case of "is this build slower than the last release":
+    it is compared, and the verdict names that model (``Verdict.baseline_model``). ``same_model`` asks
+    for a check of this very model: then such a baseline is refused. Raises BaselineMismatchError when
+    the baseline was measured on another device or runtime, or with another reference model."""
     check_baseline(baseline, profile, source)
+    other = baseline_model(baseline, sha256_file(path))
+    if other and same_model:
+        raise BaselineMismatchError(f"{source} was measured for another model ({other['name']}, sha256 "
+                                    f"{other['sha256'][:12]}) than {path}, and --same-model asks for a check of this "
+                                    "one; measure its baseline here with --update-baseline")
     timed_reference = baseline.get("reference_samples_ms") is not None
     if reference is not None and timed_reference:
         if baseline.get("reference_sha256") != sha256_file(reference):
@@ -292,57 +207,15 @@ def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tol
                                         "baseline here with --update-baseline")
         model_ms, ref_ms = measure_with_reference(path, reference, profile, rounds, ROUND_SIZE)
         size = baseline.get("round_size")
-        return compare_normalized(model_ms, ref_ms, baseline["samples_ms"], baseline["reference_samples_ms"],
-                                  tolerance, confidence, round_size=ROUND_SIZE if size == ROUND_SIZE else None)
-    verdict = compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
-    verdict.note = ("absolute comparison (" + ("the baseline did not time a reference model" if reference is not None
-                                               else "no reference model") +
-                    "): a machine slower than when the baseline was taken reads as a regression")
+        verdict = compare_normalized(model_ms, ref_ms, baseline["samples_ms"], baseline["reference_samples_ms"],
+                                     tolerance, confidence, round_size=ROUND_SIZE if size == ROUND_SIZE else None)
+    else:
+        verdict = compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
+        verdict.note = ("absolute comparison (" + ("the baseline did not time a reference model"
+                                                   if reference is not None else "no reference model") +
+                        "): a machine slower than when the baseline was taken reads as a regression")
+    verdict.baseline_model = other
     return verdict
-
-
-# -- reports for CI ----------------------------------------------------------------------------
-
-def _junit(path: str | Path, name: str, seconds: float, body: str, failures: int, errors: int) -> None:
-    xml = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuite name="pathnas-latency" tests="1" failures="{failures}" errors="{errors}" time="{seconds:.3f}">\n'
-        f'  <testcase classname="pathnas.latency" name={quoteattr(name)} time="{seconds:.3f}">{body}</testcase>\n'
-        "</testsuite>\n"
-    )
-    write_text_atomic(path, xml)
-
-
-def write_junit(path: str | Path, name: str, verdict: Verdict, seconds: float) -> None:
-    """One test case per check, in the JUnit XML that CI servers display."""
-    failure = "" if verdict.passed else (
-        f'<failure message={quoteattr("latency regression")}>{escape(verdict.summary())}</failure>'
-    )
-    _junit(path, name, seconds, f"{failure}<system-out>{escape(verdict.summary())}</system-out>",
-           0 if verdict.passed else 1, 0)
-
-
-def write_junit_error(path: str | Path, name: str, message: str, seconds: float = 0.0) -> None:
-    """The JUnit file for a check that could not run (so CI shows why instead of a missing report)."""
-    _junit(path, name, seconds, f'<error message={quoteattr("check could not run")}>{escape(message)}</error>', 0, 1)
-
-
-@contextmanager
-def junit_on_error(path: str | Path | None, name: str):
-    """Write the JUnit error report when the check inside fails to run, whatever the exception; re-raise it.
-
-    Every way a regress command can end without a verdict goes through here, so CI always gets a file.
-    """
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException as err:
-        if path is not None:
-            message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-            if isinstance(err, KeyboardInterrupt):
-                message = "interrupted"
-            write_junit_error(path, name, message, time.perf_counter() - start)
-        raise
 
 
 def save_baseline(path: str | Path, baseline: dict) -> None:
@@ -366,12 +239,12 @@ def _bundle_model(bundle: Path, trusted: TrustedKeys | None) -> tuple[dict, RunS
             Path(bundle) / reference if reference else None)
 
 
-def check_bundle(bundle: Path, tolerance: float = 0.10, confidence: float = 0.95, rounds: int = ROUNDS,
-                 baseline_path: Path | None = None,
-                 trusted: TrustedKeys | None = None) -> tuple[Verdict, RunSettings]:
+def check_bundle(bundle: Path, tolerance: float = TOLERANCE, confidence: float = CONFIDENCE, rounds: int = ROUNDS,
+                 baseline_path: Path | None = None, trusted: TrustedKeys | None = None,
+                 same_model: bool = False) -> tuple[Verdict, RunSettings]:
     """Verdict of the bundle's default model timed here against its baseline (the signed manifest's,
-    or ``baseline_path``: a baseline this workstation measured, which must be of this bundle's model),
-    and the run settings used (the bundle's profile)."""
+    or ``baseline_path``: e.g. the previous release's, or one this workstation measured; with
+    ``same_model`` it must be of this bundle's model), and the run settings used (the bundle's profile)."""
     manifest, profile, model, reference = _bundle_model(bundle, trusted)
     if baseline_path is not None:
         baseline, source = read_json(baseline_path, "latency baseline",
@@ -381,11 +254,8 @@ def check_bundle(bundle: Path, tolerance: float = 0.10, confidence: float = 0.95
     if baseline is None:
         raise MissingFileError(f"{source} has no latency baseline "
                                f"({manifest.get('latency_baseline_note') or 'none was measured'})")
-    if isinstance(baseline, dict) and baseline.get("model_sha256") not in (None, manifest["files"].get(
-            manifest["model"]["default"])):
-        raise BaselineMismatchError(f"{source} was measured for another model than {model}; measure a baseline of "
-                                    "this bundle with --update-baseline")
-    return check_regression(model, profile, baseline, tolerance, confidence, rounds, source, reference), profile
+    return check_regression(model, profile, baseline, tolerance, confidence, rounds, source, reference,
+                            same_model), profile
 
 
 def measure_bundle_baseline(bundle: Path, out: Path | None = None, rounds: int = ROUNDS,

@@ -2,8 +2,9 @@
 
   pathnas-infer BUNDLE INPUTS... --out results.csv     classify or segment images and slides
   pathnas-infer verify BUNDLE                          check every file (and the signature) of a bundle
-  pathnas-infer regress BUNDLE [--baseline F] [--junit F]
-                                                       latency regression check on this machine
+  pathnas-infer regress BUNDLE [--baseline F] [--same-model] [--junit F]
+                                                       latency regression check on this machine, against
+                                                       the bundle's baseline or another (the last release's)
 
 Every command takes --trusted-key PUB (repeatable; or $PATHNAS_TRUSTED_KEYS, or the folder
 /etc/pathnas-edge/trusted-keys): then only bundles signed by one of those keys are accepted.
@@ -53,19 +54,24 @@ def verify_bundle(bundle: Path, as_json: bool = False, trusted_keys: list[Path] 
     return EXIT_FAILED if problems else 0
 
 
-def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float = 0.10, confidence: float = 0.95,
-                   rounds: int = 10, junit: Path | None = None, update_baseline: bool = False,
-                   as_json: bool = False, trusted_keys: list[Path] | None = None) -> int:
+def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float | None = None,
+                   confidence: float | None = None, rounds: int | None = None, junit: Path | None = None,
+                   update_baseline: bool = False, as_json: bool = False, trusted_keys: list[Path] | None = None,
+                   same_model: bool = False) -> int:
     """Time the bundle's model here against its baseline and print the verdict; the exit code: 0 passed, 1 regressed.
 
-    The baseline is the signed manifest's (the packager's) unless ``baseline`` names a file this
-    workstation measured with ``update_baseline`` (written to ``baseline``, or beside the bundle).
-    ``junit`` gets a report whatever happens, an error case when the check cannot run.
+    The baseline is the signed manifest's (the packager's) unless ``baseline`` names a file: the
+    previous release's (a baseline of another model is compared, and the verdict says whose it is;
+    ``same_model`` refuses it) or one this workstation measured with ``update_baseline`` (written to
+    ``baseline``, or beside the bundle). ``junit`` gets a report whatever happens, an error case when
+    the check cannot run. None for tolerance, confidence, rounds: deploy/regress.py's defaults.
     """
-    from .regress import check_bundle, junit_on_error, measure_bundle_baseline, write_junit
+    from .junit import junit_on_error
+    from .regress import check_bundle, measure_bundle_baseline
     from .signing import load_trusted_keys
 
     bundle = Path(bundle)
+    tolerance, confidence, rounds = _defaults(tolerance, confidence, rounds)
     with junit_on_error(None if update_baseline else junit, bundle.name):
         trusted = load_trusted_keys(trusted_keys or ())
         if update_baseline:
@@ -74,16 +80,61 @@ def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float 
                   f"`pathnas-infer regress {bundle} --baseline {path}` (the bundle's own baseline is unchanged)")
             return 0
         start = time.perf_counter()
-        verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline, trusted)
+        verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline, trusted, same_model)
+    return _report(verdict, {"bundle": str(bundle), "device": settings.name}, f"{bundle.name}@{settings.name}",
+                   junit, time.perf_counter() - start, as_json)
+
+
+def regress_model(model: Path, baseline: Path, settings, reference: Path | None, tolerance: float | None = None,
+                  confidence: float | None = None, rounds: int | None = None, junit: Path | None = None,
+                  update_baseline: bool = False, as_json: bool = False, same_model: bool = False) -> int:
+    """The same check of a bare model file (.onnx, OpenVINO .xml) against a baseline file, timed with
+    ``settings`` (deploy/regress.py:RunSettings, e.g. of a hardware profile) beside the ``reference``
+    model; with ``update_baseline``, measure and write ``baseline`` instead. The exit code as above."""
+    from pathnas.errors import MissingFileError
+    from pathnas.io import read_json
+
+    from .junit import junit_on_error
+    from .regress import check_regression, measure_baseline, save_baseline
+
+    model = Path(model)
+    tolerance, confidence, rounds = _defaults(tolerance, confidence, rounds)
+    with junit_on_error(None if update_baseline else junit, model.name):
+        if not model.is_file():
+            raise MissingFileError(f"model {model} does not exist")
+        if update_baseline:
+            fresh = measure_baseline(model, settings, reference, rounds)
+            save_baseline(baseline, fresh)
+            print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms")
+            return 0
+        start = time.perf_counter()
+        stored = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
+        verdict = check_regression(model, settings, stored, tolerance, confidence, rounds, str(baseline), reference,
+                                   same_model)
+    return _report(verdict, {"model": str(model), "device": settings.name}, f"{model.name}@{settings.name}", junit,
+                   time.perf_counter() - start, as_json)
+
+
+def _defaults(tolerance: float | None, confidence: float | None, rounds: int | None) -> tuple[float, float, int]:
+    from .regress import CONFIDENCE, ROUNDS, TOLERANCE
+
+    return (TOLERANCE if tolerance is None else tolerance, CONFIDENCE if confidence is None else confidence,
+            ROUNDS if rounds is None else rounds)
+
+
+def _report(verdict, subject: dict, name: str, junit: Path | None, seconds: float, as_json: bool) -> int:
+    """The verdict printed (a line, or JSON with ``subject``) and in the JUnit file; the exit code."""
+    from .junit import write_result
+
     if junit:
-        write_junit(junit, f"{bundle.name}@{settings.name}", verdict, time.perf_counter() - start)
-    print(json.dumps({"bundle": str(bundle), "device": settings.name, **verdict.as_dict()}, indent=2)
-          if as_json else verdict.summary())
+        write_result(junit, name, verdict.passed, verdict.summary(), seconds, verdict.junit_properties())
+    print(json.dumps({**subject, **verdict.as_dict()}, indent=2) if as_json else verdict.summary())
     return 0 if verdict.passed else EXIT_FAILED
 
 
 def parser() -> argparse.ArgumentParser:
     from .infer import add_arguments, add_trust_argument
+    from .regress import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
 
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,13 +149,18 @@ def parser() -> argparse.ArgumentParser:
     regress = commands.add_parser("regress", help="is the bundle's model slower here than its baseline?")
     regress.add_argument("bundle", type=Path)
     regress.add_argument("--baseline", type=Path, default=None,
-                         help="a baseline file this workstation measured (default: the bundle's signed one); with "
-                              "--update-baseline, where to write it (default: BUNDLE.baseline.json beside it)")
-    regress.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown, 0.10 = 10%%")
-    regress.add_argument("--confidence", type=float, default=0.95)
-    regress.add_argument("--rounds", type=int, default=10,
-                         help="timing rounds, each in fresh runtime sessions, of 20 samples of the model and 20 of "
-                              "the reference model")
+                         help="a baseline file: the previous release's, or one this workstation measured (default: the "
+                              "bundle's signed one); with --update-baseline, where to write it (default: "
+                              "BUNDLE.baseline.json beside it)")
+    regress.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"allowed slowdown, {TOLERANCE} = "
+                                                                             f"{100 * TOLERANCE:.0f}%%")
+    regress.add_argument("--confidence", type=float, default=CONFIDENCE)
+    regress.add_argument("--rounds", type=int, default=ROUNDS,
+                         help=f"timing rounds, each in fresh runtime sessions, of {ROUND_SIZE} samples of the model "
+                              f"and {ROUND_SIZE} of the reference model")
+    regress.add_argument("--same-model", action="store_true",
+                         help="refuse a baseline measured for another model (default: compare with it, e.g. the "
+                              "previous release's, and say whose it is)")
     regress.add_argument("--junit", type=Path, default=None, help="write a JUnit XML report here (also on errors)")
     regress.add_argument("--update-baseline", action="store_true",
                          help="measure here and write a baseline file (never into the bundle)")
@@ -130,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "regress" and (args.tolerance < 0 or not 0.5 <= args.confidence < 1 or args.rounds < 1):
         message = "--tolerance must be >= 0, --confidence in [0.5, 1), --rounds >= 1"
         if args.junit and not args.update_baseline:
-            from .regress import write_junit_error
+            from .junit import write_error
 
-            write_junit_error(args.junit, Path(args.bundle).name, message)
+            write_error(args.junit, Path(args.bundle).name, message)
         cli.error(message)
     try:
         if args.command == "predict":
@@ -143,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             code = verify_bundle(args.bundle, args.json, args.trusted_key)
         else:
             code = regress_bundle(args.bundle, args.baseline, args.tolerance, args.confidence, args.rounds, args.junit,
-                                  args.update_baseline, args.json, args.trusted_key)
+                                  args.update_baseline, args.json, args.trusted_key, args.same_model)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

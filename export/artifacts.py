@@ -1,8 +1,12 @@
 """Every requested format x precision as an artifact of the run directory.
 
 Each artifact is a row of RUN/export/export.json: exported (with its path), skipped (with the
-reason: TensorRT absent, a precision this CPU has no kernels for) or failed (with the error).
-The canonical FP32 ONNX file is the source of every other artifact.
+reason: TensorRT absent, a precision this CPU has no kernels for), failed (with the error) or, for
+an INT8 model whose accuracy control could not pass on val, failed-validation (with the reason).
+The canonical FP32 ONNX file is the source of every other artifact. Three jobs, three functions:
+``export_canonical`` (the ONNX model and what describes it), ``convert_artifacts`` (format x
+precision dispatch) and ``write_export_record``; ``export_artifacts`` is the stage, all three with
+INT8 (export/quantize.py) between them.
 """
 from __future__ import annotations
 
@@ -47,51 +51,67 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, loaders,
-                     formats: list[str], precisions: list[str], calibration_images: int = 512,
-                     dataset: dict | None = None) -> list[dict]:
-    """Write the artifacts under ``export_dir`` (INT8 under ``quant_dir``) and ``export_dir/export.json``,
-    whose paths are relative to ``root`` (the run directory); returns its rows.
+# The files this module writes into RUN/export (pathnas.pipeline.layout names them from here).
+MODEL_ONNX = "model.onnx"  # the canonical FP32 model, source of every other artifact
+EXPORT_RECORD = "export.json"
+PREPROCESS = "preprocess.json"
+LABELS = "labels.json"
+OPENVINO_IR = {"fp32": "openvino/model.xml", "int8": "openvino_int8/model.xml"}  # each with its .bin beside it
+TENSORRT_DIR = "tensorrt"  # engines, named by their cache key (export/tensorrt_export.py)
 
-    ``loaders`` is the data set's pathnas.data DataBundle: INT8 is calibrated on its TRAIN images
-    and its accuracy controlled on VAL (export/quantize.py)."""
+
+def export_canonical(export_dir: Path, model, meta: dict, dataset: dict | None = None) -> dict:
+    """The canonical FP32 ONNX model with its metadata, preprocess.json and labels.json under
+    ``export_dir``; returns what export.json says of them (``write_export_record``)."""
     import onnx
     import onnxruntime
     import torch
 
     from pathnas.onnx import export_onnx
 
-    from .openvino_export import export_openvino
-    from .quantize import quantize_with_data, write_calibration_record
-    from .tensorrt_export import Unavailable, build_engine
-
-    root, export_dir, quant_dir = Path(root), Path(export_dir), Path(quant_dir)
-    size = meta["space_config"]["input_size"]
-    shape = (1, meta["space_config"].get("in_chans", 3), size, size)
-    preprocess = preprocess_spec(size, dataset)
-    onnx_path = export_dir / "model.onnx"
-    info = export_onnx(model.eval(), onnx_path, shape, metadata={
+    export_dir = Path(export_dir)
+    preprocess = preprocess_spec(meta["space_config"]["input_size"], dataset)
+    info = export_onnx(model.eval(), export_dir / MODEL_ONNX, input_shape(meta), metadata={
         "pathnas.arch": meta["arch"], "pathnas.space": meta["space_config"]["space"], "pathnas.task": meta["task"],
         "pathnas.classes": json.dumps(meta["classes"]), "pathnas.preprocess": json.dumps(preprocess),
         "pathnas.versions": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__,
                                         "onnxruntime": onnxruntime.__version__}),
     })
-    write_json_atomic(export_dir / "preprocess.json", preprocess)
-    write_json_atomic(export_dir / "labels.json", meta["classes"])
-    rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
+    write_json_atomic(export_dir / PREPROCESS, preprocess)
+    write_json_atomic(export_dir / LABELS, meta["classes"])
+    return {"onnx": info, "preprocess": preprocess, "arch": meta["arch"], "task": meta["task"], "dataset": dataset}
+
+
+def input_shape(meta: dict) -> tuple[int, ...]:
+    """The model's input at batch 1 (NCHW), from a subnet's metadata."""
+    size = meta["space_config"]["input_size"]
+    return (1, meta["space_config"].get("in_chans", 3), size, size)
+
+
+def convert_artifacts(export_dir: Path, quant_dir: Path, formats: list[str], precisions: list[str],
+                      shape: tuple[int, ...], int8: dict | None = None) -> list[dict]:
+    """Every format x precision from the canonical ONNX model (and, for INT8, the calibration record
+    ``int8`` of export/quantize.py with its files in ``quant_dir``): one row each, paths absolute.
+
+    An INT8 row comes from its runtime's own QDQ file and names its float layers; one whose accuracy
+    control could not pass on val is ``failed-validation`` with that reason, so it is never packaged."""
+    from .openvino_export import export_openvino
+    from .tensorrt_export import Unavailable, build_engine
+
+    export_dir, quant_dir = Path(export_dir), Path(quant_dir)
+    onnx_path = export_dir / MODEL_ONNX
+    if "int8" in precisions and int8 is None:
+        raise ValueError("INT8 artifacts need the calibration record of export/quantize.py:quantize_run")
     rows: list[dict] = []
-    int8_path = quant_dir / "model_int8.onnx"
-    float_nodes = None  # the layers accuracy control kept in float: every INT8 artifact says which
-    if "int8" in precisions:
-        qinfo = quantize_with_data(onnx_path, int8_path, loaders, calibration_images)
-        write_calibration_record(quant_dir / "calibration.json", qinfo)
-        float_nodes = qinfo["float_nodes"]
 
     def add(fmt: str, precision: str, make) -> None:
         row = {"format": fmt, "backend": BACKEND[fmt], "precision": precision, "path": None, "status": "exported",
-               "reason": None, **({"float_nodes": float_nodes} if precision == "int8" else {})}
+               "reason": None}
+        own = int8_entry(int8, BACKEND[fmt]) if precision == "int8" else {}
+        if precision == "int8":
+            row["float_nodes"] = own["float_nodes"]
         try:
-            row["path"] = rel(make())
+            row["path"] = str(make())
         except Unavailable as err:
             row.update(status="skipped", reason=str(err))
         except _Skip as skip:
@@ -99,26 +119,67 @@ def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta:
         except Exception as err:  # one broken format must not hide the others
             log.exception("export %s %s failed", fmt, precision)
             row.update(status="failed", reason=f"{type(err).__name__}: {err}")
+        control = own.get("accuracy_control")
+        if row["status"] == "exported" and control and not control["passed"]:
+            row.update(status="failed-validation", reason=f"INT8 accuracy control for {control['runtime']} on val: "
+                                                          f"{control['reason']}")
         rows.append(row)
+
+    def int8_source(backend: str) -> Path:
+        return quant_dir / int8_entry(int8, backend)["file"]
 
     for fmt in formats:
         for precision in precisions:
             if fmt == "onnx":
-                add(fmt, precision, {"fp32": lambda: onnx_path, "int8": lambda: int8_path,
+                add(fmt, precision, {"fp32": lambda: onnx_path, "int8": lambda: int8_source("onnxruntime"),
                                      "fp16": _skip(CPU_FP16.format(runtime="ONNX Runtime's CPU provider"))}[precision])
             elif fmt == "openvino":
                 add(fmt, precision, {
-                    "fp32": lambda: export_openvino(onnx_path, export_dir / "openvino" / "model.xml"),
-                    "int8": lambda: export_openvino(int8_path, export_dir / "openvino_int8" / "model.xml"),
+                    "fp32": lambda: export_openvino(onnx_path, export_dir / OPENVINO_IR["fp32"]),
+                    "int8": lambda: export_openvino(int8_source("openvino"), export_dir / OPENVINO_IR["int8"]),
                     "fp16": _skip(CPU_FP16.format(runtime="OpenVINO's CPU plugin")),
                 }[precision])
             else:
-                source = int8_path if precision == "int8" else onnx_path
-                add(fmt, precision, lambda s=source, p=precision: build_engine(s, export_dir / "tensorrt", shape, p))
-    write_json_atomic(export_dir / "export.json", {"onnx": {**info, "path": rel(onnx_path)}, "artifacts": rows,
-                                                   "preprocess": preprocess, "arch": meta["arch"],
-                                                   "task": meta["task"], "dataset": dataset})
+                add(fmt, precision, lambda p=precision: build_engine(
+                    int8_source("tensorrt") if p == "int8" else onnx_path, export_dir / TENSORRT_DIR, shape, p))
     return rows
+
+
+def int8_entry(record: dict, backend: str) -> dict:
+    """A runtime's INT8 file, float layers and accuracy control in a calibration record; a runtime not
+    controlled here (TensorRT, judged on its GPU by `validate`) runs ONNX Runtime's file."""
+    from .quantize import INT8_ONNX
+
+    runtimes = record.get("runtimes") or {}
+    if backend in runtimes:
+        return runtimes[backend]
+    return {"file": INT8_ONNX, "float_nodes": record["float_nodes"], "accuracy_control": None}
+
+
+def write_export_record(root: Path, export_dir: Path, canonical: dict, rows: list[dict]) -> list[dict]:
+    """``export_dir``/export.json: ``canonical`` (``export_canonical``'s) and the artifact rows, with
+    every path relative to ``root`` (the run directory, so a moved run stays valid); returns the rows."""
+    root = Path(root)
+    rel = lambda p: None if p is None else str(Path(p).relative_to(root))  # noqa: E731
+    rows = [{**r, "path": rel(r["path"])} for r in rows]
+    write_json_atomic(Path(export_dir) / EXPORT_RECORD, {
+        **canonical, "onnx": {**canonical["onnx"], "path": rel(Path(export_dir) / MODEL_ONNX)}, "artifacts": rows})
+    return rows
+
+
+def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, loaders,
+                     formats: list[str], precisions: list[str], calibration_images: int = 512,
+                     dataset: dict | None = None) -> list[dict]:
+    """The export stage: ``export_canonical``, INT8 (export/quantize.py:quantize_run, calibrated on the
+    TRAIN images of ``loaders``, a pathnas.data DataBundle, and accuracy-controlled on VAL) when asked
+    for, ``convert_artifacts`` and ``write_export_record``; returns the rows."""
+    from .quantize import quantize_run
+
+    canonical = export_canonical(export_dir, model, meta, dataset)
+    int8 = (quantize_run(Path(export_dir) / MODEL_ONNX, quant_dir, loaders, calibration_images)
+            if "int8" in precisions else None)
+    rows = convert_artifacts(export_dir, quant_dir, formats, precisions, input_shape(meta), int8)
+    return write_export_record(root, export_dir, canonical, rows)
 
 
 class _Skip(Exception):

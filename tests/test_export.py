@@ -167,8 +167,10 @@ def test_int8_is_accuracy_controlled_qdq_calibrated_on_train(exported):
     # nothing a runtime does not need: no shape annotations, no all-zero weight zero points, float biases
     assert not model.graph.value_info
     constants = {i.name for i in model.graph.initializer}
-    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
-    assert weight_dq and all(len(n.input) == 2 for n in weight_dq)
+    conv_inputs = {i for n in model.graph.node if n.op_type == "Conv" for i in n.input}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants
+                 and n.output[0] in conv_inputs]
+    assert weight_dq and all(len(n.input) == 2 for n in weight_dq)  # a Gemm's keeps it: see slim_qdq
     assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
     size_ratio = (run / "quantize" / "model_int8.onnx").stat().st_size / (run / "export" / "model.onnx").stat().st_size
     assert size_ratio == pytest.approx(record["size_ratio"])
@@ -196,11 +198,24 @@ def test_slimming_a_qdq_model_keeps_its_outputs(exported, tmp_path):
     onnx.save(slim, str(tmp_path / "slim.onnx"))
     assert slim.ByteSize() < raw.ByteSize()
     x = rng.standard_normal((3, 3, 32, 32), np.float32)
-    outputs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
-               for f in ("raw.onnx", "slim.onnx")]
+    kernels, outputs = [], []
+    for f in ("raw.onnx", "slim.onnx"):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{f}.optimized")
+        outputs.append(ort.InferenceSession(str(tmp_path / f), options, providers=["CPUExecutionProvider"])
+                       .run(None, {name: x})[0])
+        kernels.append(sorted(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node))
+    # ONNX Runtime runs both with the same kernels (issue 19: without its weight's zero point the classifier's
+    # DQ -> Gemm was not fused into QGemm, and ran in float, with other roundings), so the outputs are equal
+    assert kernels[0] == kernels[1] and "QGemm" in kernels[1]
     np.testing.assert_array_equal(*outputs)
-    zero_points = [i.name for i in slim.graph.initializer if "zero_point" in i.name or i.name.endswith("_zp")]
-    assert zero_points == ["zero_point_int8"]  # one shared scalar zero for every activation
+    scalars = [i.name for i in slim.graph.initializer if not i.dims and ("zero_point" in i.name or
+                                                                          i.name.endswith("_zp"))]
+    assert scalars == ["zero_point_int8"]  # one shared scalar zero for every activation
+    constants = {i.name for i in slim.graph.initializer}
+    consumers = {i: n.op_type for n in slim.graph.node for i in n.input}
+    weight_dq = [n for n in slim.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    assert {consumers[n.output[0]] for n in weight_dq if len(n.input) == 3} == {"Gemm"}  # only the classifier's
     names = [t for n in slim.graph.node for t in (*n.input, *n.output, n.name)]
     assert not any(t.endswith(("_QuantizeLinear_Output", "_DequantizeLinear_Output", "_quantized")) for t in names)
     assert [i.name for i in slim.graph.input] == [name] and slim.graph.output[0].name == raw.graph.output[0].name
@@ -334,3 +349,116 @@ def test_bad_format_and_precision_lists_are_refused(classify_run, capsys, monkey
     assert code == 2 and "allowed values are onnx, openvino, tensorrt" in err
     code, _, err = pathnas_edge("export", "--run-dir", str(run), "--data", str(data), "--precision", "int4")
     assert code == 2 and "allowed values are fp32, fp16, int8" in err
+
+
+class _Net(torch.nn.Module):
+    """Two convolutions and a classifier: three quantizable layers, named by the ONNX export."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _quantized_layers(path) -> set[str]:
+    """The Conv/Gemm nodes of a QDQ file whose weight comes through a DequantizeLinear."""
+    model = onnx.load(str(path))
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dq}
+
+
+def test_each_runtime_gets_the_float_layers_its_own_figures_need(tmp_path, monkeypatch):
+    """A constructed case of issue 19: the same QDQ graph, two runtimes that each break on another
+    layer (ONNX Runtime's real outputs, with the class order reversed when the runtime's weak layer
+    is quantized). Each runtime's accuracy control keeps its own layer float, in its own file, and
+    the export offers each runtime's INT8 artifact from its file; a runtime that cannot pass within
+    the size limit is exported as failed-validation with the reason in one line."""
+    from pathnas.deploy.runners import open_runner
+    from pathnas.export import quantize as q
+    from pathnas.export.artifacts import convert_artifacts
+
+    fp32 = tmp_path / "export" / "model.onnx"
+    fp32.parent.mkdir()
+    torch.onnx.export(_Net().eval(), torch.randn(1, 3, 16, 16), str(fp32), input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "batch"}}, dynamo=False)
+    nodes = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type in ("Conv", "Gemm")]
+    weak = {"onnxruntime": nodes[0], "openvino": nodes[2]}  # first conv; the classifier
+
+    class Runtime:  # ONNX Runtime's outputs, broken while the runtime's weak layer is quantized
+        def __init__(self, path, runtime, threads=None):
+            self.inner = open_runner(path, "onnxruntime", threads)
+            self.broken = weak[runtime] in _quantized_layers(path)
+
+        def run(self, x):
+            out = self.inner.run(x)
+            return out[:, ::-1].copy() if self.broken else out
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+    monkeypatch.setattr(q, "open_runner", Runtime)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((16, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    with open_runner(fp32, "onnxruntime") as runner:
+        reference = [runner.run(b) for b in batches]
+    validation = q.ValidationSet(batches, [r.argmax(1) for r in reference], "classify", 4, reference)
+    out = tmp_path / "quantize" / "model_int8.onnx"
+    out.parent.mkdir()
+    record = q.quantize_int8(fp32, out, batches, validation, runtimes=("onnxruntime", "openvino"), max_size_ratio=1.0)
+
+    ort, ov = record["runtimes"]["onnxruntime"], record["runtimes"]["openvino"]
+    assert ort["float_nodes"] == [weak["onnxruntime"]] and ov["float_nodes"] == [weak["openvino"]]
+    assert ort["file"] == "model_int8.onnx" and ov["file"] == "model_int8_openvino.onnx"
+    assert _quantized_layers(out) == set(nodes) - {weak["onnxruntime"]}
+    assert _quantized_layers(out.parent / ov["file"]) == set(nodes) - {weak["openvino"]}
+    for entry, runtime in ((ort, "onnxruntime"), (ov, "openvino")):
+        control = entry["accuracy_control"]
+        assert control["runtime"] == runtime and control["passed"] and control["figures"]["top1_agreement_pct"] == 100
+        assert control["steps"][0]["action"] == "quantize every layer" and not control["steps"][0]["passed"]
+        assert [(s["action"], s["node"]) for s in control["steps"][1:]] == [("keep float", weak[runtime])]
+        assert control["sensitivity"][0]["node"] == weak[runtime]  # ranked first: it carries the error
+    assert record["float_nodes"] == ort["float_nodes"] and record["accuracy_control"] == ort["accuracy_control"]
+
+    rows = convert_artifacts(fp32.parent, out.parent, ["onnx", "openvino"], ["int8"], (1, 3, 16, 16), record)
+    by_backend = {r["backend"]: r for r in rows}
+    assert [r["status"] for r in rows] == ["exported", "exported"]
+    assert by_backend["onnxruntime"]["path"] == str(out) and by_backend["openvino"]["float_nodes"] == ov["float_nodes"]
+    assert Path(by_backend["openvino"]["path"]).with_suffix(".bin").exists()
+
+    # within 1% of the FP32 size no layer may go back to float: neither runtime can pass
+    record = q.quantize_int8(fp32, out, batches, validation, runtimes=("onnxruntime", "openvino"),
+                             max_size_ratio=0.01)
+    assert not (out.parent / "model_int8_openvino.onnx").exists()  # both runtimes run the same file now
+    rows = convert_artifacts(fp32.parent, out.parent, ["onnx", "openvino"], ["int8"], (1, 3, 16, 16), record)
+    for row in rows:
+        assert row["status"] == "failed-validation" and "\n" not in row["reason"]
+        assert row["reason"].startswith(f"INT8 accuracy control for {row['backend']} on val: top-1 agreement")
+        assert "no other layer kept in float helps within 1% of the FP32 size" in row["reason"]
+
+
+def test_the_markdown_report_is_a_pipe_table_whatever_the_cells_hold():
+    from pathnas.export.report import COLUMNS, markdown
+
+    rows = [{"backend": "onnxruntime", "precision": "int8", "status": "failed-validation", "device": "CPU",
+             "reason": "top-1 agreement 96.67% < 98.0% | cosine 0.99707\nsecond line", "size_mb": 0.3,
+             "top1_agreement_pct": 96.67, "cosine": 0.99707, "max_abs_diff": 0.2, "metric": 60.0, "metric_delta": -1.5,
+             "latency_p50_ms": 1.0, "latency_p90_ms": 1.2, "images_per_s": 1000.0}]
+    text = markdown({"rows": rows, "images": 240, "split": "val", "thresholds": {"int8": {"agreement_pct": 98.0}},
+                     "versions": {"onnx": "1.23"}, "passed": False})
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and set(table[1]) <= {"|", "-"}
+    import re
+
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in table]  # unescaped pipes end cells
+    assert [len(c) for c in cells] == [len(COLUMNS)] * 3
+    assert cells[0][5].strip() == "max\\|Δ\\|" and "96.67% < 98.0% \\| cosine 0.99707 second line" in cells[2][3]
+    assert text.startswith("# Validation against PyTorch (240 val images; metric: metric)")
+    assert text.rstrip().endswith("Overall: FAILED")

@@ -6,13 +6,13 @@ run here too; `regress` of a bare model file takes a baseline file and a hardwar
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from pathnas.errors import ConfigError, MissingFileError
+from pathnas.deploy.regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
+from pathnas.errors import ConfigError
 
 from .common import JSON_HELP, console, on_interrupt, print_json
 
@@ -72,14 +72,17 @@ def verify(
 
 def regress(
     model: Path = typer.Argument(..., help="a bundle folder, an ONNX model (.onnx) or OpenVINO IR (.xml)"),
-    baseline: Optional[Path] = typer.Option(None, help="baseline JSON (a bundle's default: its signed manifest's); "
-                                                       "with --update-baseline, where to write it"),
+    baseline: Optional[Path] = typer.Option(None, help="baseline JSON: the previous release's, or one measured here "
+                                                       "(a bundle's default: its signed manifest's); with "
+                                                       "--update-baseline, where to write it"),
     device: Optional[str] = typer.Option(None, help="hardware profile of this machine, for a model file "
                                                     "(default: cpu)"),
-    tolerance: float = typer.Option(0.10, min=0.0, help="allowed slowdown, 0.10 = 10%"),
-    confidence: float = typer.Option(0.95, min=0.5, max=0.999),
-    rounds: int = typer.Option(10, min=1, help="timing rounds, each in fresh runtime sessions, of 20 samples "
-                                               "of the model and 20 of the reference model"),
+    tolerance: float = typer.Option(TOLERANCE, min=0.0, help=f"allowed slowdown, {TOLERANCE} = {100 * TOLERANCE:.0f}%"),
+    confidence: float = typer.Option(CONFIDENCE, min=0.5, max=0.999),
+    rounds: int = typer.Option(ROUNDS, min=1, help=f"timing rounds, each in fresh runtime sessions, of {ROUND_SIZE} "
+                                                   f"samples of the model and {ROUND_SIZE} of the reference model"),
+    same_model: bool = typer.Option(False, "--same-model", help="refuse a baseline measured for another model "
+                                                                "(default: compare with it and say whose it is)"),
     junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here (also when the check cannot run)"),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="measure here and write a baseline file "
                                                                           "(never into a bundle)"),
@@ -88,48 +91,34 @@ def regress(
 ) -> None:
     """Exit 1 when the model is slower on this device than its baseline beyond the tolerance, judged
     relative to a reference model timed alongside (so a machine uniformly slower than when the baseline
-    was taken does not fail) with a bootstrap confidence interval (a noisy run alone does not fail)."""
-    from pathnas.deploy.regress import (RunSettings, check_regression, junit_on_error, measure_baseline, save_baseline,
-                                        write_junit)
-    from pathnas.deploy.toolkit import regress_bundle
-    from pathnas.io import read_json
+    was taken does not fail) with a bootstrap confidence interval (a noisy run alone does not fail).
+    The check is the workstation toolkit's (`pathnas-infer regress`); a model file gets its run
+    settings from --device and the reference model built here."""
+    from pathnas.deploy.junit import junit_on_error
+    from pathnas.deploy.regress import RunSettings
+    from pathnas.deploy.toolkit import regress_bundle, regress_model
     from pathnas.pipeline.reference_model import write_reference_model
     from pathnas.profiling import load_profile
 
-    if model.is_dir():  # a bundle names its model and its profile: the workstation toolkit's check
+    with tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
         with junit_on_error(None if update_baseline else junit, model.name):
-            if device is not None:
-                raise ConfigError("--device is for model files; a bundle runs on the profile it was packaged for")
-        code = regress_bundle(model, baseline, tolerance, confidence, rounds, junit, update_baseline, as_json,
-                              trusted_key)
-        if code:
-            raise typer.Exit(code)
-        return
-    with junit_on_error(None if update_baseline else junit, model.name), \
-            tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
-        if not model.is_file():
-            raise MissingFileError(f"model {model} does not exist")
-        if baseline is None:
-            raise ConfigError("--baseline FILE is needed for a model file (a bundle carries its own)")
-        hw = RunSettings.of(load_profile(device or "cpu"))
-        # The same fixed reference model bundles carry (its SHA-256 is in the baseline), built afresh.
-        reference = write_reference_model(Path(tmp) / "reference.onnx")
-        if update_baseline:
-            fresh = measure_baseline(model, hw, reference, rounds)
-            save_baseline(baseline, fresh)
-            console.print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms", markup=False)
-            return
-        start = time.perf_counter()
-        stored = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
-        verdict = check_regression(model, hw, stored, tolerance, confidence, rounds, str(baseline), reference)
-    if junit:
-        write_junit(junit, f"{model.name}@{hw.name}", verdict, time.perf_counter() - start)
-    if as_json:
-        print_json({"model": str(model), "device": hw.name, **verdict.as_dict()})
-    else:
-        console.print(("[green]" if verdict.passed else "[red]") + verdict.summary(), markup=True)
-    if not verdict.passed:
-        raise typer.Exit(1)
+            if model.is_dir():  # a bundle names its model and its profile
+                if device is not None:
+                    raise ConfigError("--device is for model files; a bundle runs on the profile it was packaged for")
+            elif baseline is None:
+                raise ConfigError("--baseline FILE is needed for a model file (a bundle carries its own)")
+            else:
+                settings = RunSettings.of(load_profile(device or "cpu"))
+                # The same fixed reference model bundles carry (its SHA-256 is in the baseline), built afresh.
+                reference = write_reference_model(Path(tmp) / "reference.onnx")
+        if model.is_dir():
+            code = regress_bundle(model, baseline, tolerance, confidence, rounds, junit, update_baseline, as_json,
+                                  trusted_key, same_model)
+        else:
+            code = regress_model(model, baseline, settings, reference, tolerance, confidence, rounds, junit,
+                                 update_baseline, as_json, same_model)
+    if code:
+        raise typer.Exit(code)
 
 
 # -- signing keys --------------------------------------------------------------------------------
