@@ -31,6 +31,7 @@ from scipy import stats
 
 from pathnas.cost import measure_cost
 from pathnas.data import build_loaders, generate, list_classes, load_or_create_splits
+from pathnas.errors import RunLockedError
 from pathnas.pipeline.run import DEMO_DATA, DEMO_SPACE
 from pathnas.retrain import retrain
 from pathnas.search.targets import calibration_batches
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("supernets", "alone"), default=None,
                         help="do one part and stop (parts may run at once in several processes on one --work)")
     parser.add_argument("--slice", default="0/1", help="with --only alone: K/N trains paths K, K+N, K+2N...")
+    parser.add_argument("--reverse", action="store_true", help="with --only alone: the slice's paths last first "
+                                                                   "(a second process on the same slice)")
     parser.add_argument("--work", type=Path, default=None, help="keep data, supernets and trainings here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -132,8 +135,11 @@ def run(args, work: Path) -> None:
     paths = paths_over_flops(config, args.paths, args.seed, args.pool)
     if args.only == "alone":
         k, n = (int(v) for v in args.slice.split("/"))
-        for arch, _ in paths[k::n]:
-            standalone(config, data, arch, work, args)
+        for arch, _ in paths[k::n][::-1 if args.reverse else 1]:
+            try:
+                standalone(config, data, arch, work, args)
+            except RunLockedError:  # another process of this slice trains it
+                continue
         return
     inherited: dict[str, list[float]] = {}
     for sampler in samplers:
