@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,3 +241,35 @@ def test_shipped_tables_still_load_and_an_unusable_one_says_how_to_remeasure(tmp
     old.write_text(json.dumps({"schema": SCHEMA, "profile": "x86-cpu-ort"}))
     with pytest.raises(ValueError, match="lacks 'space_config'; measure it again with `pathnas-edge profile measure`"):
         load_table(old)
+
+
+def test_a_search_on_this_host_measures_the_table_it_lacks_and_runs_to_the_end(tmp_path, monkeypatch):
+    """`search --device cpu` on a 2-class data set at an input size no table has: the table is measured
+    first, stored in the user's folder, and the summary says so."""
+    from pathnas.profiling import ondemand
+    from pathnas.search import run_search
+    from pathnas.settings import SearchSettings
+    from pathnas.train import PretrainConfig, pretrain
+
+    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path / "tables"))
+    monkeypatch.setattr(ondemand, "ON_DEMAND_SUBNETS", 4)
+    monkeypatch.setattr(ondemand, "ON_DEMAND_FIT", 3)
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("benign", "tumour"):  # a 2-class image-folder data set
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    cfg = PretrainConfig(data=tmp_path / "data", run_dir=tmp_path / "supernet", epochs=1, batch_size=4, workers=0,
+                         eval_paths=0, device="cpu", max_steps_per_epoch=1)
+    config = space_config("shufflenet", **{**TINY, "num_classes": 2, "input_size": 48})
+    pretrain(config, cfg, progress=False)
+    settings = SearchSettings(device="cpu", supernet=tmp_path / "supernet" / "last.pt", data=tmp_path / "data",
+                              run_dir=tmp_path / "search", iterations=2, proposer="random", bn_images=4, batch_size=4,
+                              measure_local=False)
+    summary = run_search(settings, ondemand.latency_factory(settings))
+    assert summary["status"] == "completed"
+    stored = tmp_path / "tables" / "x86-cpu-ort" / f"shufflenet-{config_digest(config.model_dump(mode='json'))}.json"
+    assert stored.is_file() and summary["device"]["table"] == str(stored)
+    assert "measured on this machine" in summary["device"]["note"]
