@@ -213,7 +213,12 @@ class TiffLevelReader:
         try:
             segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:  # tifffile and imagecodecs raise their own types for bad data or a missing codec
-            raise _tiff_error(self.path, err) from None
+            if "imagecodecs" in str(err):
+                raise _tiff_error(self.path, err) from None
+            unit = "tile" if page.is_tiled else "strip"
+            y0, x0 = (index % self.per_plane) // self.per_row * self.seg_h, (index % self.per_row) * self.seg_w
+            raise InputError(f"{self.path}: the {unit} at x={x0}, y={y0} ({self.width}x{self.height} px level) is "
+                             f"damaged ({type(err).__name__}: {err})") from None
         if segment is None:
             raise InputError(f"{self.path}: segment {index} could not be decoded")
         segment = np.asarray(segment)

@@ -45,10 +45,12 @@ def done_row(out_dir: Path, name: str, key: str, outputs: tuple[str, ...]) -> di
         record = read_json(path, "done record")
     except UserError:  # unreadable: do the input again
         return None
-    row = record.get("row") if isinstance(record, dict) else None
-    if record.get("key") != key or not isinstance(row, dict) or row.get("status") != "ok":
+    if not isinstance(record, dict) or record.get("key") != key:
         return None
-    if not all(Path(row[field]).is_file() for field in outputs if row.get(field)):
+    row = record.get("row")
+    if not isinstance(row, dict) or row.get("status") != "ok":
+        return None
+    if not all(isinstance(row[field], str) and Path(row[field]).is_file() for field in outputs if row.get(field)):
         return None
     return row
 

@@ -129,6 +129,17 @@ def rehash(bundle: Path, edit=None) -> dict:
     return manifest
 
 
+def sync_config(bundle: Path, classes: list[str] | None = None) -> None:
+    """Rewrite WSInfer's config.json from the bundle's preprocess.json and labels, as a thorough tamperer
+    would (verify checks that they agree): what is left to catch such a change is the signature."""
+    from pathnas.deploy.wsinfer import model_config
+
+    config = json.loads((bundle / "config.json").read_text())
+    pre = json.loads((bundle / "preprocess.json").read_text())
+    labels = classes or json.loads((bundle / "labels.json").read_text())
+    (bundle / "config.json").write_text(json.dumps(model_config(pre, labels, config["architecture"])))
+
+
 def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1

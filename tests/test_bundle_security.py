@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bundle_helpers import (bundle, classify_run, cli, copy_bundle, infer, rehash,  # noqa: F401 (fixtures)
-                            run_infer_capture, run_infer_here)
+                            run_infer_capture, run_infer_here, sync_config)
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +158,12 @@ def test_re_hashing_a_changed_signed_bundle_does_not_get_past_the_signature(sign
     copy = _signed_copy(signed, tmp_path)
     if change == "labels":
         (copy / "labels.json").write_text(json.dumps(["benign", "in_situ", "normal", "invasive"]))
+        sync_config(copy)
         rehash(copy, lambda m: m.update(classes=["benign", "in_situ", "normal", "invasive"]))
     elif change == "preprocess":
         pre = json.loads((copy / "preprocess.json").read_text())
         (copy / "preprocess.json").write_text(json.dumps({**pre, "mean": [0.0, 0.0, 0.0]}))
+        sync_config(copy)
         rehash(copy)
     else:
         other = copy / "model/onnxruntime-fp32/model.onnx"
@@ -278,6 +280,7 @@ def test_a_model_whose_outputs_do_not_fit_the_labels_is_refused(bundle, tmp_path
     copy = copy_bundle(bundle, tmp_path / "b")
     three = ["benign", "in_situ", "invasive"]
     (copy / "labels.json").write_text(json.dumps(three))
+    sync_config(copy)
     rehash(copy, lambda m: m.update(classes=three))
     assert cli("verify", copy)[0] == 0
     image = tmp_path / "x.png"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tifffile
 
 from bundle_helpers import bundle, read_csv, run_infer_here, write_slide  # noqa: F401 (a fixture)
 
@@ -91,13 +92,20 @@ def test_one_bad_slide_never_stops_the_others(bundle, tmp_path):
     truncated = write_slide(slides / "truncated.tif", side=512, tile=128)
     truncated.write_bytes(truncated.read_bytes()[:-50_000])
     write_slide(slides / "blank.tif", side=512, tile=128, tissue=0.0)  # all glass
+    damaged = write_slide(slides / "damaged.tif", side=512, tile=128, tissue=0.5, compression="jpeg")
+    with tifffile.TiffFile(damaged) as tif:  # one JPEG tile's bytes zeroed, as a bad sector or copy would
+        offset, count = tif.pages.first.dataoffsets[5], tif.pages.first.databytecounts[5]
+    data = bytearray(damaged.read_bytes())
+    data[offset:offset + count] = bytes(count)
+    damaged.write_bytes(bytes(data))
     code, err = run_infer_here(bundle, slides, "--out", out)
     assert code == 1 and "Traceback" not in err  # the exit code says that a slide failed
+    assert f"{damaged}: the tile at x=128, y=128 (512x512 px level) is damaged (" in err
     assert f"{slides / 'truncated.tif'}: FAILED: {slides / 'truncated.tif'}: tile data lies beyond the end" in err
     assert f"{slides / 'blank.tif'}: 0 of 441 tiles classified, 441 background" in err and "no tissue found" in err
     meta = json.loads((out / "run_metadata.json").read_text())
     results = {Path(r["input"]).name: r for r in meta["results"]}
-    assert meta["failed"] == 1 and results["truncated.tif"]["status"] == "error"
+    assert meta["failed"] == 2 and results["truncated.tif"]["status"] == results["damaged.tif"]["status"] == "error"
     assert results["blank.tif"]["status"] == "ok" and "no tissue found" in results["blank.tif"]["note"]
     assert results["s0.tif"]["status"] == results["s1.tif"]["status"] == "ok"
     # what a run records of each slide: resolution, level, tiles seen / background / classified, seconds
@@ -110,7 +118,7 @@ def test_one_bad_slide_never_stops_the_others(bundle, tmp_path):
     assert meta["threads"] == 2 and meta["batch_size"] == 1 and meta["reader_threads"] == 2
     # a failed slide is tried again on the next run; the others are skipped
     code, err = run_infer_here(bundle, slides, "--out", out)
-    assert code == 1 and err.count(SKIPPED) == 3 and "truncated.tif: FAILED" in err
+    assert code == 1 and err.count(SKIPPED) == 3 and "truncated.tif: FAILED" in err and "damaged.tif: FAILED" in err
 
 
 @pytest.mark.parametrize("compression", [None, "jpeg"])

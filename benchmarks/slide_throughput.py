@@ -1,0 +1,165 @@
+"""Slide inference against the model's own speed: is reading the slide the limit, or the model?
+
+    python benchmarks/slide_throughput.py [--threads 2] [--batch-size 8] [--reader-threads 2]
+                                          [--models paper,small] [--side 6720] [--big] [--json]
+
+For the paper's ShuffleNet (width 1.0, 224 px input, a fixed mixed-kernel path, untrained
+weights: speed does not depend on them) and a small one (width 0.5), exported to ONNX through
+the toolchain's exporter and run in ONNX Runtime on this CPU:
+- pure inference: tiles/s of ``Model.predict`` on in-memory batches of real preprocessed tiles;
+- slide: tiles/s of the product's slide path (``Runner.tiled``: reading JPEG tiles of a
+  synthetic scanner TIFF, tissue detection, preprocessing, inference, the per-tile CSV, WSInfer
+  CSV, GeoJSON and heatmap) with the reader threads ahead of the model, and with
+  ``--reader-threads 0`` (reading and inference in turns), same threads and batch size;
+- the ratio slide / pure (the design's limit is 1.0; the goal is >= 0.9). Pure inference is
+  measured before and after the slide and averaged, since the machine may be shared;
+- peak resident memory of the process for the slide and a slide of 4x the area (flat: the
+  same within 10 %);
+- with ``--big``: seconds for a slide of 200 x 200 = 40,000 tissue tiles of 224 px, beside
+  H2G-Net's published ~58 s per slide on a CPU (a different model and pipeline).
+Every measurement runs in its own torch-free process, so a process's peak memory is that slide's.
+Tiles of 224 px at level 0 (no resolution stated: read as they are), no overlap, all tissue.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PAPER_ARCH = "35753575357535753575"
+MODELS = {"paper": dict(width_mult=1.0), "small": dict(width_mult=0.5)}
+SIZE = 224
+H2G_NET_CPU_S = 58  # H2G-Net's reported seconds per whole slide on a CPU (their paper)
+
+
+def export_model(name: str, out: Path) -> Path:
+    """The ShuffleNet path of the paper's space at 224 px, exported to ONNX (torch, in the parent only)."""
+    from pathnas.onnx import export_onnx
+    from pathnas.spaces import build_supernet, space_config
+
+    net = build_supernet(space_config("shufflenet", input_size=SIZE, num_classes=4, **MODELS[name])).eval()
+    path = out / f"{name}.onnx"
+    export_onnx(net.extract(PAPER_ARCH).eval(), path, (1, 3, SIZE, SIZE))
+    return path
+
+
+def child(args) -> None:
+    """One measurement in a fresh process: pure inference, then the slide, then pure inference again."""
+    import numpy as np
+
+    from pathnas.deploy.images import open_image
+    from pathnas.deploy.infer import Model, Runner, plan_reading
+    from pathnas.deploy.runners import open_runner
+
+    pre = {"input_size": SIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1 / 255,
+           "mpp": None, "image_px": SIZE}
+    model = Model(open_runner(args.model, "onnxruntime", args.threads), pre, ["a", "b", "c", "d"], "classify")
+    source = open_image(args.slide)
+    tiles = np.concatenate([model.preprocess(source.read_region(y * SIZE, x * SIZE, SIZE, SIZE))
+                            for y in range(2) for x in range(args.batch_size // 2 + 1)])[:args.batch_size]
+
+    def pure() -> float:
+        for _ in range(3):
+            model.predict(tiles)
+        n = max(4, args.pure_tiles // args.batch_size)
+        start = time.perf_counter()
+        for _ in range(n):
+            model.predict(tiles)
+        return n * args.batch_size / (time.perf_counter() - start)
+
+    before = pure()
+    run_args = argparse.Namespace(batch_size=args.batch_size, reader_threads=args.reader_threads, tile_overlap=0.0,
+                                  min_tissue=0.2, heatmap_size=512, tile_dir=args.out / "tiles",
+                                  mask_dir=args.out / "masks")
+    runner = Runner(model, run_args, args.out)
+    plan = plan_reading(source, None, SIZE)
+    start = time.perf_counter()
+    row = runner.tiled(Path(args.slide), source, plan)
+    seconds = time.perf_counter() - start
+    after = pure()
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak (torch loaded) into an exec'd child's
+    peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+    print(json.dumps({"tiles": row["tissue_tiles"], "seconds": seconds, "slide_tps": row["tissue_tiles"] / seconds,
+                      "pure_tps": (before + after) / 2, "pure_before": before, "pure_after": after,
+                      "peak_mb": peak_kb / 1024}))
+
+
+def measure(model: Path, slide: Path, args, reader_threads: int, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide), "--out", str(out),
+           "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+           "--reader-threads", str(reader_threads), "--pure-tiles", str(args.pure_tiles)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"measurement failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--reader-threads", type=int, default=2)
+    p.add_argument("--models", default="paper,small")
+    p.add_argument("--side", type=int, default=SIZE * 30, help="slide side in px (default 30 x 30 tiles of 224)")
+    p.add_argument("--pure-tiles", type=int, default=400)
+    p.add_argument("--big", action="store_true", help="also a slide of 40,000 tissue tiles (200 x 200 of 224 px)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from bundle_helpers import write_slide
+    from pathnas.deploy.machine import cpu_model
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        slides = {"1x": write_slide(tmp / "slide.tif", side=args.side, tile=256, tissue=1.0, compression="jpeg"),
+                  "4x": write_slide(tmp / "slide4.tif", side=2 * args.side, tile=256, tissue=1.0, compression="jpeg")}
+        if args.big:
+            slides["40k"] = write_slide(tmp / "big.tif", side=200 * SIZE, tile=256, tissue=1.0, compression="jpeg")
+        for name in names:
+            model = export_model(name, tmp)
+            ahead = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-ahead")
+            turns = measure(model, slides["1x"], args, 0, tmp / f"{name}-turns")
+            bigger = measure(model, slides["4x"], args, args.reader_threads, tmp / f"{name}-4x")
+            row = {"model": name, "pure_tps": ahead["pure_tps"], "slide_tps": ahead["slide_tps"],
+                   "ratio": ahead["slide_tps"] / ahead["pure_tps"], "turns_tps": turns["slide_tps"],
+                   "turns_ratio": turns["slide_tps"] / turns["pure_tps"], "tiles": ahead["tiles"],
+                   "peak_mb": ahead["peak_mb"], "peak_4x_mb": bigger["peak_mb"], "tiles_4x": bigger["tiles"]}
+            if args.big:
+                big = measure(model, slides["40k"], args, args.reader_threads, tmp / f"{name}-40k")
+                row.update(big_tiles=big["tiles"], big_s=big["seconds"], big_peak_mb=big["peak_mb"])
+            rows.append(row)
+    settings = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size,
+                "reader_threads": args.reader_threads, "side": args.side}
+    if args.json:
+        print(json.dumps({"settings": settings, "rows": rows}, indent=2))
+        return
+    print(f"# slide vs pure inference, {SIZE} px tiles, {settings['cpu']} ({settings['cores']} cores), "
+          f"{args.threads} threads,\n# batch {args.batch_size}, {args.reader_threads} reader threads; "
+          f"slide {args.side} px ({rows[0]['tiles'] if rows else 0} tiles)")
+    print("| model | pure t/s | slide t/s | ratio | in turns | ratio | MB | MB 4x |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['pure_tps']:.0f} | {r['slide_tps']:.0f} | {r['ratio']:.2f} | {r['turns_tps']:.0f} "
+              f"| {r['turns_ratio']:.2f} | {r['peak_mb']:.0f} | {r['peak_4x_mb']:.0f} |")
+    if args.big:
+        print(f"\n# a slide of 40,000 tissue tiles of {SIZE} px (H2G-Net: ~{H2G_NET_CPU_S} s per slide on a CPU)")
+        print("| model | tiles | seconds | peak MB |\n|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['model']} | {r['big_tiles']} | {r['big_s']:.0f} | {r['big_peak_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
