@@ -12,7 +12,6 @@ from .common import JSON_HELP, RUN_HELP, console, on_interrupt, print_json
 from .options import settings_options
 
 FORCE_HELP = "run the stage even if RUN/stages.json says it is up to date"
-STATUS_STYLE = {"passed": "green", "failed-validation": "red", "failed": "red", "skipped": "yellow"}
 
 
 def _layout(run_dir: Path):
@@ -145,33 +144,10 @@ def validate(
 
 
 def print_report(report: dict) -> None:
-    """The validation table, sized for the terminal: the full table from 150 columns, else the
-    figures that decide the verdict (report.md always has every column)."""
-    from rich.markup import escape
-    from rich.table import Table
+    """The validation table, sized for this terminal (export.report holds the one table; report.md has it all)."""
+    from pathnas.export.report import print_report as print_table
 
-    from pathnas.export.report import COLUMNS, row_cells
-
-    wide = console.width >= 150
-    table = Table(title=f"validation on {report['images']} {report['split']} images", title_justify="left")
-    columns = COLUMNS if wide else ("backend", "prec", "status", "agree %", "cosine", "p50 ms", "MB")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    notes = []
-    for r in report["rows"]:
-        cells = row_cells(r, with_reason=False)
-        if not wide:  # backend, precision, status, agreement, cosine, latency p50, size
-            p50 = "" if r.get("latency_p50_ms") is None else f"{r['latency_p50_ms']:.3f}"
-            cosine = "" if r.get("cosine") is None else f"{r['cosine']:.6f}"
-            cells = [cells[0], cells[2], cells[3], cells[7], cosine, p50, cells[4]]
-        if r.get("reason"):
-            notes.append(f"[{len(notes) + 1}] {r['backend']} {r['precision']}: {r['reason'].splitlines()[0]}")
-            cells[2 if not wide else 3] += f" [{len(notes)}]"
-        table.add_row(*(escape(c) for c in cells), style=STATUS_STYLE.get(r["status"]))
-    console.print(table)
-    for note in notes + report.get("notes", []):
-        console.print(note, soft_wrap=True, markup=False)
-    console.print("[green]all artifacts passed[/green]" if report["passed"] else "[red]validation FAILED[/red]")
+    print_table(report, console)
 
 
 @settings_options(PipelineSettings, tuple(f for f in PipelineSettings.model_fields if f != "space"),

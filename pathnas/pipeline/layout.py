@@ -15,7 +15,8 @@ from pathlib import Path
 from pathnas.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 from pathnas.data.datasets import MARKER_FILE
 from pathnas.export.artifacts import EXPORT_RECORD, LABELS, MODEL_ONNX, PREPROCESS
-from pathnas.export.quantize import CALIBRATION_RECORD
+from pathnas.export.quantize import CALIBRATION_RECORD, INT8_ONNX
+from pathnas.export.report import REPORT_JSON, REPORT_MD
 from pathnas.retrain import SUMMARY_FILE as RETRAIN_SUMMARY
 from pathnas.search.runfile import EVALUATIONS_FILE, SUMMARY_FILE as SEARCH_SUMMARY
 
@@ -130,7 +131,7 @@ class RunLayout:
 
     @property
     def int8_onnx(self) -> Path:
-        return self.quantize_dir / "model_int8.onnx"
+        return self.quantize_dir / INT8_ONNX
 
     @property
     def calibration_record(self) -> Path:
@@ -142,11 +143,11 @@ class RunLayout:
 
     @property
     def report(self) -> Path:
-        return self.validate_dir / "report.json"
+        return self.validate_dir / REPORT_JSON
 
     @property
     def report_markdown(self) -> Path:
-        return self.validate_dir / "report.md"
+        return self.validate_dir / REPORT_MD
 
     # -- packaging ---------------------------------------------------------------------------------
     @property
