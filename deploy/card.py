@@ -62,6 +62,9 @@ def model_card(manifest: dict, dataset: dict | None, retrain: dict | None) -> st
     lines += ["", "## Using it",
               "- `pathnas-infer verify BUNDLE` checks every file against the manifest (and, with `--trusted-key "
               "KEY.pub`, the packager's signature) before anything runs; `pathnas-infer` does the same itself.",
+              "- `pathnas-infer BUNDLE SLIDES/ --out DIR` runs a folder of slides (again: only those not done "
+              "yet) and writes per slide GeoJSON that QuPath opens, WSInfer's CSV and a heatmap, and "
+              "run_metadata.json for the run. `config.json` is this model's WSInfer config.",
               "- `pathnas-infer regress BUNDLE` re-checks the latency on the target against the baseline above.",
               "", "## Limitations",
               f"- Inputs are preprocessed as in preprocess.json. {resolution} Other stains or scanners are out of "
