@@ -136,7 +136,7 @@ def main() -> None:
           f"timed in {result['device_s']:.0f} s by {result['device_python']} (runtime only, torch blocked) on "
           f"{meta['cpu_model']}, {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}"
           + ("; a CPU-bound process ran beside it" if result["load"] else "")
-          + f"; load average before: {os.getloadavg()[0]:.1f}")
+          + f"; 1-minute load average when it ended: {os.getloadavg()[0]:.1f}")
     print(f"# overhead fit on {o['fit_subnets']} subnets: scale {o['scale']:.3f}, offset {o['offset_ms']:.4f} ms")
     print("| config | held-out | RMSE ms | RMSPE % | MAPE % | ±5% | ±10% | ±15% |")
     print("|---|---|---|---|---|---|---|---|")

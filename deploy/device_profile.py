@@ -245,10 +245,10 @@ def run(args) -> int:
         raise UserError("--rounds must be >= 1 and --repeats >= 3")
     pack = Path(args.pack)
     out = args.out or pack.parent / TIMINGS_FILE
-    manifest = read_pack(pack)
+    manifest = read_pack(pack, check_hashes=False)  # time_pack checks them
     count = len(manifest["items"])
-    rounds = args.rounds or int((manifest.get("timing") or {}).get("rounds", 3))
-    total = count + rounds
+    timing = manifest.get("timing") or {}
+    total = count + (args.rounds or int(timing.get("rounds", 3))) * (args.repeats or int(timing.get("repeats", 10)))
     state = {"done": 0}
 
     def advance() -> None:

@@ -11,14 +11,15 @@ from typing import Callable
 import numpy as np
 
 from pathnas.deploy.device_profile import read_pack, read_timings, time_pack
+from pathnas.deploy.machine import versions
 from pathnas.errors import ConfigError
 from pathnas.io import read_json
 
 from .fitting import accuracy_figures, fit_overhead
 from .machine import machine_metadata, same_machine
-from .pack import NET, PART, TOOLCHAIN_DISTRIBUTIONS, Item, plan_table, write_pack
+from .pack import NET, PART, TOOLCHAIN_DISTRIBUTIONS, Item, plan_table, profile_record, write_pack
 from .profiles import HardwareProfile
-from .tables import SCHEMA, tables_of
+from .tables import SCHEMA, config_digest, tables_of
 from .timed import TORCH_DEVICES, time_torch_modules
 
 # Probe subnets when every part but a few is reused: the overhead fit is redone on these.
@@ -105,9 +106,6 @@ def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: in
         advance = _progress(progress, f"timing {profile.name}", len(items) + rounds * repeats)
         results, providers = time_torch_modules(profile, [(i.name, i.build, i.input_shape) for i in items],
                                                 rounds, seed, repeats, advance)
-        from .pack import profile_record, versions
-        from .tables import config_digest
-
         manifest = {"profile": profile_record(profile), "space_config": config, "config_digest": config_digest(config),
                     "toolchain": versions(TOOLCHAIN_DISTRIBUTIONS), "items": [i.record() for i in items],
                     "reused_parts": reused or {}}
