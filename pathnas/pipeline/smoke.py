@@ -96,4 +96,4 @@ def workstation_commands(bundle: Path, trusted_key: Path | None, signed: bool) -
     trust = f" --trusted-key {trusted_key.name}" if trusted_key is not None else (" --trusted-key KEY.pub" if signed
                                                                                   else "")
     return [f"pathnas-infer verify {bundle.name}{trust}",
-            f"pathnas-infer {bundle.name} SLIDES_OR_IMAGES... --out results.csv{trust}"]
+            f"pathnas-infer {bundle.name} SLIDES_OR_FOLDER... --out results/{trust}"]
