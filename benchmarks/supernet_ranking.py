@@ -13,8 +13,11 @@ step trains m paths (4 here) on one batch, so the uniform supernet gets m times 
 both see the same image-passes. Kendall tau-b and Spearman's rho come with a 95 % bootstrap interval
 over the paths (scipy.stats.bootstrap, paired resampling). Every stand-alone path goes through
 `pathnas.retrain.retrain(from_scratch=True)`. --work keeps the data, both supernets and each path's
-training, so a second run only prints (and a killed one resumes). Sized to finish in about 20 minutes
-on 2 quiet CPU cores.
+training, so a second run only prints (and a killed one resumes); --only runs one part, so parts can run
+at once in several processes on the same --work. The FLOPs row is the floor a supernet must beat: the
+paths ranked by their FLOPs alone. Use --threads 1 on a shared CPU (two torch threads per process on a
+busy 2-core machine trained 10x slower than one). Measured once: 41 minutes of wall time in four processes
+on 2 cores shared with other work (load average about 20); on a quiet machine it is a fraction of that.
 """
 from __future__ import annotations
 
@@ -155,6 +158,8 @@ def run(args, work: Path) -> None:
         return
     alone = [standalone(config, data, arch, work, args)["val"][key] for arch, _ in paths]
     results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
+    # The floor a supernet must beat: ranking the paths by their FLOPs alone, no training at all.
+    results["FLOPs"] = correlation([f for _, f in paths], alone, args.seed)
     seconds = time.perf_counter() - started
     if args.json:
         json.dump({"space": config.model_dump(mode="json"), "metric": key, "epochs": epochs, "passes": passes,
@@ -177,7 +182,7 @@ def run(args, work: Path) -> None:
               + f" | {alone_metric:5.1f} |")
     print(f"\n| sampler | Kendall tau-b [95% CI]  | Spearman rho [95% CI]   |")
     print("|---------|-------------------------|-------------------------|")
-    for s in samplers:
+    for s in results:
         cells = [f"{r['value']:5.2f} [{r['ci95'][0]:5.2f}, {r['ci95'][1]:5.2f}]" for r in
                  (results[s]["kendall_tau_b"], results[s]["spearman_rho"])]
         print(f"| {s:<7} | {cells[0]:<23} | {cells[1]:<23} |")
