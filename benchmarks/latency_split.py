@@ -8,7 +8,7 @@
    reinstalls this checkout into it without dependencies on every run, so it runs this code.
 2. Packs the configuration's parts and `--fit-subnets` + `--holdout` probe subnets in THIS venv
    (`pathnas-edge profile pack`), times the pack in the device venv with torch blocked at
-   import (`python -m pathnas.deploy.device_profile`, what `pathnas-infer profile` runs), and
+   import (`pathnas-infer profile`, through `python -m pathnas.deploy.toolkit`), and
    assembles the table (`pathnas-edge profile assemble`).
 3. Prints nn-Meter's figures on the held-out subnets: RMSE, RMSPE, MAPE, share within ±5/10/15 %.
 `--load` runs a CPU-bound process (a busy loop) beside the device timing. `--incremental` also
@@ -75,7 +75,7 @@ def split(args, profile, python: Path, tmp: Path) -> dict:
     packed = time.perf_counter()
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if args.load else None
     try:
-        timed = subprocess.run([str(python), "-c", BLOCKED, "pathnas.deploy.device_profile", str(pack), "--out",
+        timed = subprocess.run([str(python), "-c", BLOCKED, "pathnas.deploy.toolkit", "profile", str(pack), "--out",
                                 str(tmp / "timings.json"), "--json"], capture_output=True, text=True)
     finally:
         if busy:

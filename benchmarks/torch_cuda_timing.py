@@ -3,7 +3,7 @@
     python benchmarks/torch_cuda_timing.py [--arch CODE] [--input-size 224] [--precision fp16] [--rounds 8] [--json]
 
 One ShuffleNet subnet of the default space. For eager calls and for the replay of a captured
-CUDA graph (profiling/tables.py, TorchItem), prints the median of each timing round (the
+CUDA graph (profiling/timed.py, TorchItem), prints the median of each timing round (the
 timing protocol: warm-up, repeated samples, CUDA synchronisation before every clock read) and,
 for eager calls, the host CPU time per call: when it equals the wall time per call, an eager
 figure times the host's Python dispatch, not the GPU. Needs a CUDA GPU.
@@ -18,16 +18,15 @@ import time
 import numpy as np
 import torch
 
-from pathnas.profiling.tables import TorchItem
+from pathnas.deploy.timing import time_callable
+from pathnas.profiling.timed import TorchItem
 from pathnas.spaces import build_supernet, space_config
 
 DEFAULT_ARCH = "77005373553057050753"
 
 
 def rounds_of(item: TorchItem, rounds: int) -> list[float]:
-    for _ in range(rounds):
-        item.time_once()
-    return [r.median_ms for r in item.rounds]
+    return [time_callable(item.call, repeats=15, sync=item.sync).median_ms for _ in range(rounds)]
 
 
 def main() -> None:

@@ -274,22 +274,10 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m pathnas.deploy.device_profile PACK --out TIMINGS`: the same as `pathnas-infer profile`."""
-    import argparse
+    """`python -m pathnas.deploy.device_profile PACK ...`: `pathnas-infer profile PACK ...`."""
+    from .toolkit import main as toolkit
 
-    parser = argparse.ArgumentParser(prog="pathnas-infer profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        code = run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    except KeyboardInterrupt:
-        print("interrupted: no timings were written; run the command again", file=sys.stderr)
-        raise SystemExit(130) from None
-    raise SystemExit(code)
+    toolkit(["profile", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

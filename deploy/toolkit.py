@@ -5,6 +5,8 @@
   pathnas-infer regress BUNDLE [--baseline F] [--same-model] [--junit F]
                                                        latency regression check on this machine, against
                                                        the bundle's baseline or another (the last release's)
+  pathnas-infer profile PACK --out TIMINGS             time a latency pack on this device (for
+                                                       `pathnas-edge profile assemble`)
 
 Every command takes --trusted-key PUB (repeatable; or $PATHNAS_TRUSTED_KEYS, or the folder
 /etc/pathnas-edge/trusted-keys): then only bundles signed by one of those keys are accepted.
@@ -24,7 +26,7 @@ from pathlib import Path
 from pathnas.errors import UserError
 
 EXIT_FAILED = 1  # a bundle that does not verify, a latency regression, an input that failed
-COMMANDS = ("verify", "regress", "predict")
+COMMANDS = ("verify", "regress", "predict", "profile")
 
 
 def _version() -> str:
@@ -139,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"pathnas-infer {_version()}")
-    commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress}")
+    commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress,profile}")
     predict = commands.add_parser("predict", help="classify or segment images and slides (the default command)")
     add_arguments(predict)
     verify = commands.add_parser("verify", help="check the manifest, every file's SHA-256 and the signature")
@@ -166,6 +168,11 @@ def parser() -> argparse.ArgumentParser:
                          help="measure here and write a baseline file (never into the bundle)")
     regress.add_argument("--json", action="store_true")
     add_trust_argument(regress)
+    from .device_profile import add_arguments as add_profile_arguments
+
+    profile = commands.add_parser("profile", help="time a latency pack here (the device half of `pathnas-edge "
+                                                  "profile measure`)")
+    add_profile_arguments(profile)
     return top
 
 
@@ -197,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
             code = run(args)
         elif args.command == "verify":
             code = verify_bundle(args.bundle, args.json, args.trusted_key)
+        elif args.command == "profile":
+            from .device_profile import run as time_a_pack
+
+            code = time_a_pack(args)
         else:
             code = regress_bundle(args.bundle, args.baseline, args.tolerance, args.confidence, args.rounds, args.junit,
                                   args.update_baseline, args.json, args.trusted_key, args.same_model)

@@ -5,8 +5,8 @@ reason: TensorRT absent, a precision this CPU has no kernels for), failed (with 
 an INT8 model whose accuracy control could not pass on val, failed-validation (with the reason).
 The canonical FP32 ONNX file is the source of every other artifact. Three jobs, three functions:
 ``export_canonical`` (the ONNX model and what describes it), ``convert_artifacts`` (format x
-precision dispatch) and ``write_export_record``; ``export_artifacts`` is the stage, all three with
-INT8 (export/quantize.py) between them.
+precision dispatch) and ``write_export_record``; the export stage (pathnas.pipeline.stages) runs
+them with the quantize stage (export/quantize.py:quantize_run, the one INT8 path) between them.
 """
 from __future__ import annotations
 
@@ -165,21 +165,6 @@ def write_export_record(root: Path, export_dir: Path, canonical: dict, rows: lis
     write_json_atomic(Path(export_dir) / EXPORT_RECORD, {
         **canonical, "onnx": {**canonical["onnx"], "path": rel(Path(export_dir) / MODEL_ONNX)}, "artifacts": rows})
     return rows
-
-
-def export_artifacts(root: Path, export_dir: Path, quant_dir: Path, model, meta: dict, loaders,
-                     formats: list[str], precisions: list[str], calibration_images: int = 512,
-                     dataset: dict | None = None) -> list[dict]:
-    """The export stage: ``export_canonical``, INT8 (export/quantize.py:quantize_run, calibrated on the
-    TRAIN images of ``loaders``, a pathnas.data DataBundle, and accuracy-controlled on VAL) when asked
-    for, ``convert_artifacts`` and ``write_export_record``; returns the rows."""
-    from .quantize import quantize_run
-
-    canonical = export_canonical(export_dir, model, meta, dataset)
-    int8 = (quantize_run(Path(export_dir) / MODEL_ONNX, quant_dir, loaders, calibration_images)
-            if "int8" in precisions else None)
-    rows = convert_artifacts(export_dir, quant_dir, formats, precisions, input_shape(meta), int8)
-    return write_export_record(root, export_dir, canonical, rows)
 
 
 class _Skip(Exception):

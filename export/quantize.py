@@ -479,16 +479,6 @@ def quantize_run(fp32_path: Path, quant_dir: Path, loaders, calibration_images: 
     return info
 
 
-def quantize_with_data(fp32_path: Path, out_path: Path, loaders, calibration_images: int = 512,
-                       keep_float: Iterable[str] = (), reduce_range: bool = True, accuracy_control: bool = True,
-                       threads: int | None = None) -> dict:
-    """Until pathnas/pipeline/stages.py calls ``quantize_run``: the same, into ``out_path``'s folder."""
-    if Path(out_path).name != INT8_ONNX:
-        raise ValueError(f"{out_path}: the INT8 model of a run is named {INT8_ONNX}")
-    return quantize_run(fp32_path, Path(out_path).parent, loaders, calibration_images, keep_float, reduce_range,
-                        accuracy_control, threads)
-
-
 def calibration_batches(calib_loader, images: int) -> list[np.ndarray]:
     """Preprocessed TRAIN-split images (the calib loader of pathnas.data.build_loaders)."""
     out, seen = [], 0
@@ -503,6 +493,3 @@ def calibration_batches(calib_loader, images: int) -> list[np.ndarray]:
     return out
 
 
-def write_calibration_record(path: Path, info: dict) -> None:
-    """Until pathnas/pipeline/stages.py calls ``quantize_run`` (which writes the record itself)."""
-    write_json_atomic(path, info)

@@ -28,3 +28,13 @@ def locked():
     for proc in holders:
         proc.stdin.close()
         proc.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _latency_tables_in_a_temporary_folder(tmp_path_factory):
+    """A search on this host measures a table it lacks into the user's table folder: in tests, a temporary
+    one, never the user's ~/.cache."""
+    import os
+
+    os.environ["PATHNAS_LATENCY_TABLES"] = str(tmp_path_factory.mktemp("latency-tables"))
+    yield

@@ -46,7 +46,7 @@ def pack(tiny, tmp_path_factory):
 def timings(pack):
     """The pack timed torch-free, as on a device with the runtime install only."""
     out = pack.parent / "timings.json"
-    result = torch_free("pathnas.deploy.device_profile", pack, "--out", out, "--repeats", "3")
+    result = torch_free("pathnas.deploy.toolkit", "profile", pack, "--out", out, "--repeats", "3")
     assert result.returncode == 0, result.stderr
     assert not {"torch", "onnx", "timm"} & imported_distributions(result)
     return out
@@ -104,7 +104,7 @@ def test_a_tampered_pack_or_foreign_timings_are_refused(pack, timings, tmp_path)
     (copy / PACK_MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackError, match="made from another pack"):
         assemble_files(copy, timings)
-    result = torch_free("pathnas.deploy.device_profile", tmp_path / "nothing", "--out", tmp_path / "t.json")
+    result = torch_free("pathnas.deploy.toolkit", "profile", tmp_path / "nothing", "--out", tmp_path / "t.json")
     assert result.returncode == 2 and "latency pack" in result.stderr and "Traceback" not in result.stderr
 
 

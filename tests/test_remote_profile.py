@@ -71,8 +71,7 @@ def ssh_host(tmp_path_factory):
     # pathnas-infer as the device has it: this checkout's runtime (the remote shell's PATH lacks the venv)
     infer = root / "bin" / "pathnas-infer"
     infer.parent.mkdir()
-    infer.write_text(f"#!/bin/sh\n[ \"$1\" = profile ] && shift\nexec {sys.executable} -m pathnas.deploy.device_profile "
-                     f"\"$@\"\n")
+    infer.write_text(f"#!/bin/sh\nexec {sys.executable} -m pathnas.deploy.toolkit \"$@\"\n")
     infer.chmod(0o755)
     try:
         yield root / "ssh_config", infer, root

@@ -85,12 +85,15 @@ def quantize(
                   f"{100 * info['size_mb'] / info['fp32_size_mb']:.0f}% of FP32); "
                   f"{info['quantizable_nodes'] - len(info['float_nodes'])} of {info['quantizable_nodes']} layers "
                   f"quantized, kept float: {', '.join(info['float_nodes']) or 'none'}", markup=False)
-    control = info["accuracy_control"]
-    if control:
+    for runtime, result in (info.get("runtimes") or {"onnxruntime": info}).items():
+        control = result["accuracy_control"]
+        if not control:
+            continue
         f = control["figures"]
-        console.print(f"on {control['images']} val images: top-1 agreement {f['top1_agreement_pct']:.2f}%, "
-                      f"{f['metric_name']} {f['metric_delta']:+.2f}, cosine {f['cosine']:.5f}, "
-                      f"max |delta| {f['max_abs_diff']:.3g}"
+        console.print(f"{runtime} ({result.get('file', layout.int8_onnx.name)}, kept float: "
+                      f"{', '.join(result['float_nodes']) or 'none'}) on {control['images']} val images: top-1 "
+                      f"agreement {f['top1_agreement_pct']:.2f}%, {f['metric_name']} {f['metric_delta']:+.2f}, cosine "
+                      f"{f['cosine']:.5f}, max |delta| {f['max_abs_diff']:.3g}"
                       + ("" if control["passed"] else f"; MISSES the INT8 thresholds: {control['reason']}"),
                       markup=False, style=None if control["passed"] else "red")
 

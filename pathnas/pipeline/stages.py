@@ -52,6 +52,7 @@ def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
     """The latency table of ``supernet``'s configuration for ``profile``: None when one is installed;
     measured here into RUN/latency when this machine is the device; NoLatencyTableError otherwise."""
     from pathnas.profiling import measure_table, predictor_for, save_table
+    from pathnas.profiling.measure import reusable_parts
     from pathnas.profiling.tables import NoLatencyTableError, table_filename
 
     try:
@@ -64,22 +65,22 @@ def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
     table = layout.latency_dir / table_filename(config)
     log.info("no latency table for %s and this configuration: measuring it here", profile.name)
     run_stage(layout, "profile", {"space": config, "device": profile.name}, [table],
-              lambda: save_table(measure_table(supernet, profile, subnets=20, fit_subnets=6, rounds=2), table))
+              lambda: save_table(measure_table(supernet, profile, subnets=20, fit_subnets=6, rounds=2,
+                                                   reuse=reusable_parts(profile)), table))
     return table
 
 
 def latency_factory(settings: SearchSettings) -> Callable:
-    """The search's latency source for its settings: the device's table (or a labelled roofline estimate);
-    for a tabular space, the benchmark's column measured on the device (``--device`` names it)."""
+    """The search's latency source for its settings: the device's table (measured first when this machine is
+    the device and has none; or a labelled roofline estimate); for a tabular space, the benchmark's column
+    measured on the device (``--device`` names it)."""
     if settings.tabular:
         from pathnas.search.tabular import BenchmarkLatency
 
         return BenchmarkLatency  # handed the benchmark table the search loaded
-    from pathnas.profiling import load_profile, predictor_for
+    from pathnas.profiling.ondemand import latency_factory as device_latency
 
-    profile = load_profile(settings.device)
-    return lambda supernet: predictor_for(profile, supernet, settings.latency_source, settings.latency_table,
-                                          measure_here=settings.measure_local).checked_here()
+    return device_latency(settings)
 
 
 def stage_search(layout: RunLayout, settings: SearchSettings) -> dict:
@@ -131,7 +132,7 @@ def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512,
     """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (calibrated on train,
     accuracy-controlled on val); returns the calibration record."""
     from pathnas.data import build_loaders
-    from pathnas.export.quantize import quantize_with_data, write_calibration_record
+    from pathnas.export.quantize import quantize_run
 
     source = _need(layout.onnx, "export --format onnx")
     settings = {"calibration_images": calibration_images, "keep_float": list(keep_float),
@@ -140,8 +141,8 @@ def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512,
     def quantize() -> None:
         preprocess = read_json(layout.preprocess, "preprocessing record")
         loaders = build_loaders(data, preprocess["input_size"], 16)
-        write_calibration_record(layout.calibration_record, quantize_with_data(
-            source, layout.int8_onnx, loaders, calibration_images, keep_float, reduce_range, accuracy_control))
+        quantize_run(source, layout.quantize_dir, loaders, calibration_images, keep_float, reduce_range,
+                     accuracy_control)
 
     run_stage(layout, "quantize", {"onnx": source, "data": Path(data), "settings": settings},
               [layout.int8_onnx, layout.calibration_record], quantize, force)
@@ -152,9 +153,11 @@ def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512,
 
 def stage_export(layout: RunLayout, data: Path, formats: list[str], precisions: list[str],
                  calibration_images: int = 512, force: bool = False) -> list[dict]:
-    """Every format x precision as an artifact (RUN/export/export.json lists them with their status)."""
-    from pathnas.data import build_loaders, dataset_summary
-    from pathnas.export.artifacts import export_artifacts
+    """Every format x precision as an artifact (RUN/export/export.json lists them with their status): the
+    canonical FP32 ONNX, then INT8 through the quantize stage (the one place INT8 happens; skipped when
+    RUN/quantize is up to date for it), then every conversion."""
+    from pathnas.data import dataset_summary
+    from pathnas.export.artifacts import convert_artifacts, export_canonical, input_shape, write_export_record
     from pathnas.subnet import load_subnet
 
     model_path = layout.model_for_export()
@@ -162,9 +165,10 @@ def stage_export(layout: RunLayout, data: Path, formats: list[str], precisions: 
 
     def export() -> None:
         model, meta = load_subnet(model_path)
-        loaders = build_loaders(data, meta["space_config"]["input_size"], 16)
-        export_artifacts(layout.root, layout.export_dir, layout.quantize_dir, model, meta, loaders, formats,
-                         precisions, calibration_images, dataset=dataset_summary(data))
+        canonical = export_canonical(layout.export_dir, model, meta, dataset_summary(data))
+        int8 = stage_quantize(layout, data, calibration_images, force=force) if "int8" in precisions else None
+        rows = convert_artifacts(layout.export_dir, layout.quantize_dir, formats, precisions, input_shape(meta), int8)
+        write_export_record(layout.root, layout.export_dir, canonical, rows)
 
     run_stage(layout, "export", {"model": model_path, "formats": list(formats), "precisions": list(precisions),
                                  "calibration_images": calibration_images}, [layout.export_record], export, force)
