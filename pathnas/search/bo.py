@@ -16,13 +16,13 @@ accuracy costs. So:
 4. Model: then a Gaussian process on the evaluations (a kernel on the decisions that differ plus
    a linear kernel on log FLOPs and log parameters) picks the candidate of highest expected
    improvement in the prior set. Its few lines are written here on purpose: scikit-learn's
-   GaussianProcessRegressor (one-hot decisions plus the capacity features; RBF + linear +
-   white-noise kernel; amplitudes, length scale and noise fitted by marginal likelihood at every
-   proposal) was measured against it with benchmarks/proposer_regret.py's rows and 50 seeds
-   (issue 15): its regret minus this one's, mean over the rows, -0.05 ± 0.05 points at 10
-   evaluations and +0.11 ± 0.06 (worse) at 20, at 4 to 18 times the wall time per proposal, and
-   scipy and scikit-learn would be new dependencies. 8 to 20 evaluations are too few to fit the
-   hyperparameters: the fixed ones here do as well at 10 and better at 20.
+   GaussianProcessRegressor (one-hot decisions plus the capacity features; RBF + white noise,
+   with or without a linear kernel; hyperparameters fitted by marginal likelihood at every
+   proposal) was measured against it on benchmarks/proposer_regret.py's 8 rows with 50 seeds
+   (issue 15). Its regret minus this one's, mean over the rows, in points: RBF -0.04 ± 0.07 at
+   10 and at 20 evaluations; RBF + linear -0.05 ± 0.05 at 10 and +0.11 ± 0.06 at 20 - no gain,
+   at 2 to 18 times the wall time per proposal and with scipy and scikit-learn as new
+   dependencies. 8 to 20 evaluations are too few to fit hyperparameters that beat fixed ones.
 
 Every proposal is a function of (seed, history) only, so a resumed search proposes what an
 uninterrupted one would have. The numbers (5 %, 8 design points, length scale half the
