@@ -56,6 +56,33 @@ def option_name(loc: tuple) -> str:
     return "--" + ".".join(map(str, loc)).replace("_", "-") if loc else "settings"
 
 
+class SupernetChoice(BaseModel):
+    """Which supernet a command is about: a pretrained checkpoint (its configuration fixed), or a space
+    and its knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: str | None = Field(None, description=f"search space: {', '.join(SPACES)}")
+    supernet: Path | None = Field(None, description="a pretrained supernet checkpoint (fixes the configuration)")
+    input_size: int | None = Field(None, ge=8, description="input side in pixels (default: the space's)")
+    width_mult: float | None = Field(None, gt=0, description="channel width multiplier (default: the space's)")
+    num_classes: int | None = Field(None, ge=2, description="classes (default: the space's)")
+    option: list[str] = Field(default_factory=list, description="extra space knob KEY=VALUE (repeatable), e.g. "
+                                                                "embed_dim=192 for vit")
+
+
+class RemoteDevice(BaseModel):
+    """A device reached over SSH for its half of a latency measurement (nothing is exported for it until
+    it answers and has pathnas-infer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remote: str | None = Field(None, description="time on this device over SSH ([user@]host, as ssh takes it); "
+                                                 "pathnas-infer must be installed there")
+    ssh_config: Path | None = Field(None, description="an ssh_config file for --remote (default: yours)")
+    remote_infer: str = Field("pathnas-infer", description="the pathnas-infer command on the remote device")
+
+
 class OptimConfig(BaseModel):
     """Optimisation settings shared by pretraining, fine-tuning and retraining."""
 
@@ -229,6 +256,7 @@ class PipelineSettings(BaseModel):
     budget_ms: float | None = Field(None, gt=0, description="latency budget on the device, ms per image")
     budget_mflops: float | None = Field(None, gt=0, description="FLOPs budget in MFLOPs (multiply-adds)")
     pretrain_epochs: int = Field(20, ge=1, description="supernet pretraining epochs")
+    sampler: Literal["uniform", "fair"] = Field("uniform", description="supernet path sampling (see PretrainConfig)")
     retrain_epochs: int = Field(10, ge=1, description="retraining epochs of the chosen path")
     batch_size: int = Field(32, ge=2, description="training batch of pretraining and retraining")
     pretrain_lr: float = Field(0.02, gt=0, description="supernet learning rate")
@@ -256,7 +284,7 @@ class PipelineSettings(BaseModel):
 
     def pretrain_config(self, data: Path, run_dir: Path) -> "PretrainConfig":
         return validated(PretrainConfig, "pretraining", data=data, run_dir=run_dir, epochs=self.pretrain_epochs,
-                         batch_size=self.batch_size, lr=self.pretrain_lr, workers=0, seed=self.seed,
+                         sampler=self.sampler, batch_size=self.batch_size, lr=self.pretrain_lr, workers=0, seed=self.seed,
                          skip_bad=self.skip_bad, **self._mixing(PretrainConfig))
 
     def retrain_config(self, data: Path) -> "RetrainConfig":

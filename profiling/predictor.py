@@ -163,9 +163,17 @@ class TablePredictor(LatencyPredictor):
                     probe["ratio"], subnets)
         calibrated = calibrate_table(self.table, self.supernet, self.profile, subnets=subnets, rounds=PROBE_ROUNDS,
                                      table_path=self.table_path)
+        record = calibrated["calibration"]
+        if not record["usable"]:
+            # Paths timed now that the refit cannot predict: the machine is busy (in a pipeline, right after
+            # training, torch's threads still compete), not drifted. Keep the table; never store such a fit.
+            log.warning("recalibration not used: only %.0f%% of the paths timed now within ±10%% after the refit (a "
+                        "busy machine?); the table stays as it was. When the machine is quiet: %s",
+                        record["after"]["within_10_pct"], calibrate_command(
+                            self.profile, self.supernet.config.model_dump(mode="json"), self.table_path, "NEW.json"))
+            return {k: record[k] for k in ("model", "factor", "before", "after", "usable")} | {"table": None}
         path = user_tables_dir(self.profile) / table_filename(self.supernet.config.model_dump(mode="json"))
         save_table(calibrated, path)
-        record = calibrated["calibration"]
         log.warning("recalibrated: within ±10%% on those paths %.0f%% before, %.0f%% after (each predicted by a fit "
                     "without it); the table is now %s", record["before"]["within_10_pct"],
                     record["after"]["within_10_pct"], path)

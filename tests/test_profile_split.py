@@ -186,7 +186,10 @@ def test_another_device_without_a_table_still_names_the_commands(tiny):
         ondemand.predictor_measuring_if_missing(load_profile("jetson"), tiny)
 
 
-def test_a_drifted_table_on_this_host_is_recalibrated_automatically(tiny, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("usable", [True, False])
+def test_a_drifted_table_on_this_host_is_recalibrated_automatically_when_the_refit_holds(tiny, tmp_path, monkeypatch,
+                                                                                         caplog, usable):
+    from pathnas.profiling import calibrate
     from test_profiling import hand_made_table
 
     monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
@@ -194,12 +197,27 @@ def test_a_drifted_table_on_this_host_is_recalibrated_automatically(tiny, tmp_pa
     predictor = predictor_for(load_profile("cpu"), tiny, table_path=path, measure_here=True)
     before = predictor.predict_ms("3333")
     monkeypatch.setattr(type(predictor), "measure_ms", lambda self, arch, rounds=1: 0.001 * self.predict_ms(arch))
+
+    def refit(table, supernet, profile, **kwargs):  # the refit's figures as given, not timed on this machine
+        after = 100.0 if usable else 40.0
+        return {**table, "overhead": {**table["overhead"], "scale": 0.001, "offset_ms": 0.0},
+                "calibration": {"model": "scale", "factor": 0.001, "before": {"within_10_pct": 0.0},
+                                "after": {"within_10_pct": after}, "usable": usable,
+                                "source_table": str(kwargs.get("table_path"))}}
+
+    monkeypatch.setattr(calibrate, "calibrate_table", refit)
     with caplog.at_level("WARNING", logger="pathnas.profiling"):
         probe = predictor.check_drift()
-    assert probe["drifted"] and probe["calibration"]["table"].startswith(str(tmp_path / "x86-cpu-ort"))
-    assert predictor.predict_ms("3333") != pytest.approx(before) and "recalibrated" in predictor.describe()["note"]
-    assert load_table(probe["calibration"]["table"])["calibration"]["source_table"] == str(path)
-    assert any("recalibrating it from 8 paths" in r.getMessage() for r in caplog.records)
+    assert probe["drifted"] and any("recalibrating it from 8 paths" in r.getMessage() for r in caplog.records)
+    if usable:  # used from now on, and kept in the user's folder for the next search
+        assert probe["calibration"]["table"].startswith(str(tmp_path / "x86-cpu-ort"))
+        assert predictor.predict_ms("3333") < 0.01 * before  # the refit (scale 0.001, no offset) is in use
+        assert "recalibrated" in predictor.describe()["note"]
+        assert load_table(probe["calibration"]["table"])["calibration"]["source_table"] == str(path)
+    else:  # a refit that cannot predict the paths timed now (a busy machine) is never used nor stored
+        assert probe["calibration"]["table"] is None and predictor.predict_ms("3333") == pytest.approx(before)
+        assert not (tmp_path / "x86-cpu-ort").exists()
+        assert any("recalibration not used" in r.getMessage() for r in caplog.records)
 
 
 # -- few-shot transfer from another device's table ---------------------------------------------------

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from pathnas.errors import ConfigError
-from pathnas.settings import SPACES, validated
+from pathnas.settings import SPACES, SupernetChoice, validated
 
 console = Console()
 err_console = Console(stderr=True)
@@ -83,6 +83,12 @@ def space_knobs(input_size: Optional[int], width_mult: Optional[float], num_clas
         if value is not None:
             knobs[key] = value
     return knobs
+
+
+def chosen_supernet(choice: SupernetChoice):
+    """The supernet a command's space options name (``@settings_options(SupernetChoice)``), and its checkpoint."""
+    knobs = space_knobs(choice.input_size, choice.width_mult, choice.num_classes, choice.option)
+    return resolve_supernet(choice.supernet, choice.space, knobs)
 
 
 def resolve_supernet(supernet: Optional[Path], space: Optional[str], knobs: dict[str, Any]):

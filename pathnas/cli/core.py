@@ -8,10 +8,11 @@ from typing import Optional
 import typer
 
 from pathnas.errors import ConfigError
-from pathnas.settings import PretrainConfig
+from pathnas.settings import PretrainConfig, SupernetChoice
 
-from .common import (JSON_HELP, OPTION_HELP, SPACE_HELP, build, console, on_interrupt, print_json, resolve_supernet,
+from .common import (JSON_HELP, OPTION_HELP, SPACE_HELP, build, chosen_supernet, console, on_interrupt, print_json,
                      setting, space_knobs)
+from .options import settings_options
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect data sets.")
 
@@ -111,14 +112,10 @@ def pretrain(
         console.print(f"[green]supernet trained[/green]: {run_dir}/last.pt, best: {run_dir}/best.pt")
 
 
+@settings_options(SupernetChoice, what="space")
 def inspect(
+    choice: SupernetChoice,
     arch: str = typer.Option(..., help="compact code or comma-separated choices (e.g. 3,5,7,id,...)"),
-    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
-    supernet: Optional[Path] = typer.Option(None, help="take the space configuration from this checkpoint"),
-    input_size: Optional[int] = typer.Option(None),
-    width_mult: Optional[float] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    option: list[str] = typer.Option([], help=OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Parameters, FLOPs (fvcore) and a per-layer table of one architecture."""
@@ -126,7 +123,7 @@ def inspect(
 
     from pathnas.cost import measure_cost
 
-    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    net, _ = chosen_supernet(choice)
     parsed = net.check(arch)
     cfg = net.config
     cost = measure_cost(net.extract(parsed), (1, cfg.in_chans, cfg.input_size, cfg.input_size))

@@ -24,16 +24,18 @@ from pathnas.settings import validated
 def _cli_type(annotation: Any) -> tuple[Any, tuple[str, ...]]:
     """The type typer parses for a field, and the allowed values when the field lists them.
 
-    Literals are read as text (pydantic checks them and names the allowed values); sequences as one
-    comma-separated text (the models split it), so that `--formats onnx,openvino` reads as it did."""
+    Literals are read as text (pydantic checks them and names the allowed values); tuples as one
+    comma-separated text (the models split it: `--formats onnx,openvino`); lists as a repeatable option."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner, allowed = _cli_type(next(a for a in args if a is not type(None)))
         return Optional[inner], allowed
     if origin is typing.Literal:
         return str, tuple(map(str, args))
-    if origin in (tuple, list):
+    if origin is tuple:
         return str, ()
+    if origin is list:  # a repeatable option
+        return list[typing.get_args(annotation)[0]], ()
     if annotation in (int, float, bool, str, Path):
         return annotation, ()
     raise TypeError(f"no command-line form for a field of type {annotation!r}")  # a programming error
@@ -45,7 +47,7 @@ def settings_option(model: type[BaseModel], field: str, *decls: str, **overrides
     annotation, allowed = _cli_type(info.annotation)
     default = ... if info.is_required() else info.get_default(call_default_factory=True)
     default = overrides.pop("default", default)
-    if isinstance(default, (tuple, list)):
+    if isinstance(default, tuple):
         default = ",".join(map(str, default))
     help_text = overrides.pop("help", info.description or "")
     if allowed and not any(a in help_text for a in allowed):
@@ -58,16 +60,19 @@ def settings_option(model: type[BaseModel], field: str, *decls: str, **overrides
 
 
 def settings_options(model: type[BaseModel], fields: tuple[str, ...] | None = None, *, what: str | None = None,
-                     options: dict[str, dict] | None = None) -> Callable:
-    """Decorate ``command(settings, **own_options)``: the model's fields (or ``fields``) become options.
+                     options: dict[str, dict] | None = None, into: str | None = None) -> Callable:
+    """Decorate a command: the model's fields (or ``fields``) become options, and the command receives the
+    validated model as its parameter ``into`` (default: its first parameter). Decorators stack, one model each.
 
     ``options`` maps a field to what its option changes: ``decls`` (other spellings), ``help``,
-    ``rich_help_panel``, ``min``/``max``..."""
+    ``rich_help_panel``, ``min``/``max``, ``default``..."""
     names = tuple(fields) if fields is not None else tuple(model.model_fields)
     options = options or {}
 
     def decorate(command: Callable) -> Callable:
-        own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+        params = list(inspect.signature(command, eval_str=True).parameters.values())
+        target = into or params[0].name
+        own = [p for p in params if p.name != target]
         generated = [settings_option(model, f, *options.get(f, {}).get("decls", ()),
                                      **{k: v for k, v in options.get(f, {}).items() if k != "decls"})
                      for f in names]
@@ -75,7 +80,7 @@ def settings_options(model: type[BaseModel], fields: tuple[str, ...] | None = No
         @functools.wraps(command)
         def wrapper(**values):
             settings = validated(model, what, **{f: values.pop(f) for f in names})
-            return command(settings, **values)
+            return command(**{target: settings}, **values)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
         wrapper.__signature__ = inspect.Signature(parameters)

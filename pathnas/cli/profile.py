@@ -12,8 +12,10 @@ import typer
 from typer.core import TyperGroup
 
 from pathnas.errors import ConfigError
+from pathnas.settings import RemoteDevice, SupernetChoice
 
-from .common import JSON_HELP, OPTION_HELP, SPACE_HELP, console, on_interrupt, print_json, resolve_supernet, space_knobs
+from .common import JSON_HELP, chosen_supernet, console, on_interrupt, print_json
+from .options import settings_options
 
 
 class _MeasureByDefault(TyperGroup):
@@ -30,10 +32,6 @@ profile_app = typer.Typer(cls=_MeasureByDefault, no_args_is_help=True,
                                "recalibrate one.")
 
 DEVICE_HELP = "hardware profile name or alias (see hardware_profiles/)"
-SUPERNET_HELP = "take the space configuration from this checkpoint"
-REMOTE_HELP = "time on this device over SSH ([user@]host, as ssh takes it); pathnas-infer must be installed there"
-SSH_CONFIG_HELP = "an ssh_config file for --remote (default: yours)"
-REMOTE_INFER_HELP = "the pathnas-infer command on the remote device"
 REUSE_HELP = "reuse the parts of this table (same device) whose module and shape are unchanged (repeatable)"
 
 
@@ -50,12 +48,12 @@ def _device_here(device: str, force: bool):
     return hw
 
 
-def _remote(remote: Optional[str], ssh_config: Optional[Path], remote_infer: str):
-    if remote is None:
+def _remote(link: RemoteDevice):
+    if link.remote is None:
         return None
     from pathnas.profiling.remote import Remote
 
-    return Remote(remote, ssh_config, remote_infer).check()  # fail in seconds, before anything is exported
+    return Remote(link.remote, link.ssh_config, link.remote_infer).check()  # fail in seconds, before anything is exported
 
 
 def _progress(as_json: bool):
@@ -99,14 +97,12 @@ def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None 
 
 
 @profile_app.command("measure")
+@settings_options(RemoteDevice, what="remote", into="device_link")
+@settings_options(SupernetChoice, what="space", into="choice")
 def measure(
+    choice: SupernetChoice,
+    device_link: RemoteDevice,
     device: str = typer.Option(..., help=DEVICE_HELP),
-    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
-    supernet: Optional[Path] = typer.Option(None, help=SUPERNET_HELP),
-    input_size: Optional[int] = typer.Option(None),
-    width_mult: Optional[float] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    option: list[str] = typer.Option([], help=OPTION_HELP),
     subnets: Optional[int] = typer.Option(None, min=4, help="random subnets measured end to end (default 40; 12 "
                                                             "when every part but a few is reused)"),
     fit_subnets: Optional[int] = typer.Option(None, min=1, help="of which fit the overhead model (default 10; 6 "
@@ -116,9 +112,6 @@ def measure(
                                                   "finds it: $PATHNAS_LATENCY_TABLES/<device>/<space>-<digest>.json)"),
     reuse: list[Path] = typer.Option([], help=REUSE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="time every part, reusing none from earlier tables"),
-    remote: Optional[str] = typer.Option(None, help=REMOTE_HELP),
-    ssh_config: Optional[Path] = typer.Option(None, help=SSH_CONFIG_HELP),
-    remote_infer: str = typer.Option("pathnas-infer", help=REMOTE_INFER_HELP),
     force: bool = typer.Option(False, "--force", help="measure even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -130,9 +123,9 @@ def measure(
     from pathnas.profiling.measure import INCREMENTAL_FIT, INCREMENTAL_SUBNETS, measure_table, reusable_parts
     from pathnas.profiling.tables import save_table, table_filename, user_tables_dir
 
-    link = _remote(remote, ssh_config, remote_infer)
+    link = _remote(device_link)
     hw = load_profile(device) if link else _device_here(device, force)
-    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    net, _ = chosen_supernet(choice)
     parts = {} if fresh else {**(reusable_parts(hw) if link is None else {}), **_reused(hw, reuse)}
     keys = {p.key for p in net.latency_parts()}
     incremental = len(keys & set(parts)) >= len(keys) / 2
@@ -149,15 +142,11 @@ def measure(
 
 
 @profile_app.command("pack")
+@settings_options(SupernetChoice, what="space")
 def pack(
+    choice: SupernetChoice,
     device: str = typer.Option(..., help=DEVICE_HELP),
     out: Path = typer.Option(..., help="the pack folder to write (copy it to the device)"),
-    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
-    supernet: Optional[Path] = typer.Option(None, help=SUPERNET_HELP),
-    input_size: Optional[int] = typer.Option(None),
-    width_mult: Optional[float] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    option: list[str] = typer.Option([], help=OPTION_HELP),
     subnets: int = typer.Option(40, min=4, help="random subnets to time end to end"),
     fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
     rounds: int = typer.Option(3, min=1, help="interleaved timing rounds the device runs (samples pooled)"),
@@ -170,7 +159,7 @@ def pack(
     from pathnas.profiling.pack import plan_table, write_pack
 
     hw = load_profile(device)
-    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    net, _ = chosen_supernet(choice)
     items, reused = plan_table(net, subnets, fit_subnets, 0, _reused(hw, reuse))
     on_interrupt("nothing was written: the pack appears only once every file is exported")
     with _progress(as_json) as bar:
@@ -209,14 +198,12 @@ def assemble(
 
 
 @profile_app.command("calibrate")
+@settings_options(RemoteDevice, what="remote", into="device_link")
+@settings_options(SupernetChoice, what="space", into="choice")
 def calibrate(
+    choice: SupernetChoice,
+    device_link: RemoteDevice,
     device: str = typer.Option(..., help=DEVICE_HELP),
-    space: Optional[str] = typer.Option(None, help=SPACE_HELP),
-    supernet: Optional[Path] = typer.Option(None, help=SUPERNET_HELP),
-    input_size: Optional[int] = typer.Option(None),
-    width_mult: Optional[float] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    option: list[str] = typer.Option([], help=OPTION_HELP),
     table: Optional[Path] = typer.Option(None, help="the table to recalibrate (default: the device's installed "
                                                     "table for this configuration)"),
     from_table: Optional[Path] = typer.Option(None, "--from", help="transfer: another device's table, whose parts "
@@ -224,9 +211,6 @@ def calibrate(
     out: Path = typer.Option(..., help="the recalibrated table (use it with search --latency-table)"),
     subnets: int = typer.Option(8, min=3, help="unseen subnets timed end to end now"),
     rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
-    remote: Optional[str] = typer.Option(None, help=REMOTE_HELP),
-    ssh_config: Optional[Path] = typer.Option(None, help=SSH_CONFIG_HELP),
-    remote_infer: str = typer.Option("pathnas-infer", help=REMOTE_INFER_HELP),
     force: bool = typer.Option(False, "--force", help="time even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -240,9 +224,9 @@ def calibrate(
 
     if table and from_table:
         raise ConfigError("give --table (this device's table) or --from (another device's), not both")
-    link = _remote(remote, ssh_config, remote_infer)
+    link = _remote(device_link)
     hw = load_profile(device) if link else _device_here(device, force)
-    net, _ = resolve_supernet(supernet, space, space_knobs(input_size, width_mult, num_classes, option))
+    net, _ = chosen_supernet(choice)
     config = net.config.model_dump(mode="json")
     source = from_table or find_table(hw, config, table)
     if source is None:

@@ -27,6 +27,21 @@ SUBNET_FILE = "subnet.pt"
 SMOKE_TEST_FILE = "smoke_test.json"
 
 
+class _InRun:
+    """A path of the run, ``parts`` joined under its root, declared once as a class attribute."""
+
+    def __init__(self, *parts: str):
+        self.parts, self.__doc__ = parts, "RUN/" + "/".join(parts)
+
+    def __get__(self, layout: "RunLayout | None", owner=None):
+        return self if layout is None else layout.root.joinpath(*self.parts)
+
+
+def _folder(name: str, *files: str) -> tuple[_InRun, ...]:
+    """A folder of the run and the files in it."""
+    return (_InRun(name), *(_InRun(name, f) for f in files))
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
@@ -39,122 +54,21 @@ class RunLayout:
         path = Path(path)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
-    # -- bookkeeping (the lock, RUN/.lock, is pathnas.lock.RunLock's) ------------------------------------------------------------------------
-    @property
-    def stages(self) -> Path:
-        return self.root / STAGES_FILE
-
-    @property
-    def summary(self) -> Path:
-        return self.root / PIPELINE_SUMMARY
-
-    # -- data and supernet --------------------------------------------------------------------
-    @property
-    def data(self) -> Path:
-        """The embedded synthetic data set (when the pipeline generates one)."""
-        return self.root / "data"
-
-    @property
-    def data_marker(self) -> Path:
-        """Written last by the generator: the embedded data set is complete."""
-        return self.data / MARKER_FILE
-
-    @property
-    def supernet_dir(self) -> Path:
-        return self.root / "supernet"
-
-    @property
-    def supernet(self) -> Path:
-        return self.supernet_dir / LAST_CHECKPOINT
-
-    @property
-    def latency_dir(self) -> Path:
-        return self.root / "latency"
-
-    # -- search and extraction ----------------------------------------------------------------
-    @property
-    def search_dir(self) -> Path:
-        return self.root / "search"
-
-    @property
-    def search_summary(self) -> Path:
-        return self.search_dir / SEARCH_SUMMARY
-
-    @property
-    def evaluations(self) -> Path:
-        return self.search_dir / EVALUATIONS_FILE
-
-    @property
-    def subnet(self) -> Path:
-        return self.root / "extract" / SUBNET_FILE
-
-    @property
-    def retrain_dir(self) -> Path:
-        return self.root / "retrain"
-
-    @property
-    def retrained(self) -> Path:
-        return self.retrain_dir / BEST_CHECKPOINT
-
-    @property
-    def retrain_summary(self) -> Path:
-        return self.retrain_dir / RETRAIN_SUMMARY
-
     def model_for_export(self) -> Path:
         """The retrained model if there is one, else the extracted one."""
         return self.retrained if self.retrained.exists() else self.subnet
 
-    # -- export, quantization, validation --------------------------------------------------------
-    @property
-    def export_dir(self) -> Path:
-        return self.root / "export"
-
-    @property
-    def onnx(self) -> Path:
-        return self.export_dir / MODEL_ONNX
-
-    @property
-    def export_record(self) -> Path:
-        return self.export_dir / EXPORT_RECORD
-
-    @property
-    def preprocess(self) -> Path:
-        return self.export_dir / PREPROCESS
-
-    @property
-    def labels(self) -> Path:
-        return self.export_dir / LABELS
-
-    @property
-    def quantize_dir(self) -> Path:
-        return self.root / "quantize"
-
-    @property
-    def int8_onnx(self) -> Path:
-        return self.quantize_dir / INT8_ONNX
-
-    @property
-    def calibration_record(self) -> Path:
-        return self.quantize_dir / CALIBRATION_RECORD
-
-    @property
-    def validate_dir(self) -> Path:
-        return self.root / "validate"
-
-    @property
-    def report(self) -> Path:
-        return self.validate_dir / REPORT_JSON
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.validate_dir / REPORT_MD
-
-    # -- packaging ---------------------------------------------------------------------------------
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
-    @property
-    def smoke_test(self) -> Path:
-        """The torch-free runtime's outputs on a few validation images against PyTorch's (stage_smoke_test)."""
-        return self.root / SMOKE_TEST_FILE
+    # The pipeline's own files (the lock, RUN/.lock, is pathnas.lock.RunLock's).
+    stages, summary, smoke_test = _InRun(STAGES_FILE), _InRun(PIPELINE_SUMMARY), _InRun(SMOKE_TEST_FILE)
+    # The embedded synthetic data set, when the pipeline generates one; its marker is written last.
+    data, data_marker = _folder("data", MARKER_FILE)
+    supernet_dir, supernet = _folder("supernet", LAST_CHECKPOINT)
+    (latency_dir,) = _folder("latency")
+    search_dir, search_summary, evaluations = _folder("search", SEARCH_SUMMARY, EVALUATIONS_FILE)
+    _extract_dir, subnet = _folder("extract", SUBNET_FILE)
+    retrain_dir, retrained, retrain_summary = _folder("retrain", BEST_CHECKPOINT, RETRAIN_SUMMARY)
+    export_dir, onnx, export_record, preprocess, labels = _folder("export", MODEL_ONNX, EXPORT_RECORD, PREPROCESS,
+                                                                  LABELS)
+    quantize_dir, int8_onnx, calibration_record = _folder("quantize", INT8_ONNX, CALIBRATION_RECORD)
+    validate_dir, report, report_markdown = _folder("validate", REPORT_JSON, REPORT_MD)
+    (bundle,) = _folder("bundle")

@@ -50,6 +50,11 @@ def _plan(layout: RunLayout, settings: PipelineSettings) -> _Plan:
     if demo_data:
         task, num_classes = "classify", len(CLASSES)
     else:
+        from pathnas.data.shards import is_pack
+
+        if is_pack(data):  # the smoke test runs pathnas-infer on image files, as a workstation would
+            raise ConfigError(f"{data} is a pack: the pipeline needs the image folder it was packed from (pretrain "
+                              f"and search read the pack itself)")
         task = detect_task(data)  # a missing or empty data folder is named here
         num_classes = len(list_classes(data) if task == "classify" else segmentation_classes(data))
     name = settings.space.get("space")
@@ -111,11 +116,14 @@ def _ship(layout: RunLayout, plan: _Plan, report: dict) -> dict:
     """The bundle for the device, verified and run once without PyTorch; or why there is none."""
     from pathnas.deploy.bundle import RUNTIME_BACKENDS
 
-    if not report["passed"]:
-        return {"bundle": None, "bundle_note": f"no bundle: validation failed (see {layout.report_markdown})"}
     if plan.profile.runtime not in RUNTIME_BACKENDS:
         return {"bundle": None, "bundle_note": f"no bundle: {plan.profile.name} runs {plan.profile.runtime}, and "
                                                f"bundles run without PyTorch"}
+    backend = RUNTIME_BACKENDS[plan.profile.runtime]
+    if not any(r["backend"] == backend and r["status"] == "passed" for r in report["rows"]):
+        # An artifact that missed its thresholds is never offered; the bundle ships those that passed.
+        return {"bundle": None, "bundle_note": f"no bundle: no {backend} artifact passed validation (see "
+                                               f"{layout.report_markdown})"}
     bundle = stages.stage_package(layout, plan.profile, sign_key=plan.settings.sign_key)
     smoke = stages.stage_smoke_test(layout, plan.data, bundle, sign_key=plan.settings.sign_key)
     return {"bundle": str(bundle), "signed": smoke["signed"], "smoke_test_passed": smoke["passed"],

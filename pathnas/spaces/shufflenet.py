@@ -130,13 +130,6 @@ class ClassifierHead(nn.Module):
         return self.fc(self.drop(self.pool(self.conv(x)).flatten(1)))
 
 
-class ShuffleNetSubnet(PathModel):
-    """A standalone ShuffleNetV2 path: stem, the chosen units, head."""
-
-    def __init__(self, stem: nn.Module, features: nn.Sequential, head: nn.Module, arch_code: str):
-        super().__init__(arch_code, stem=stem, features=features, head=head)
-
-
 class ShuffleNetSupernet(Supernet):
     task = "classify"
 
@@ -164,14 +157,15 @@ class ShuffleNetSupernet(Supernet):
             x = layer(x, self.option_index(pos, value))
         return self.head(x)
 
-    def extract(self, arch: Architecture | str) -> ShuffleNetSubnet:
+    def extract(self, arch: Architecture | str) -> PathModel:
         arch = self.check(arch)
         blocks = OrderedDict()
         for pos, (layer, value) in enumerate(zip(self.layers, arch.values)):
             chosen = layer.candidates[self.option_index(pos, value)]
             if not isinstance(chosen, nn.Identity):  # true identities leave the graph
                 blocks[f"layer{pos:02d}"] = copy.deepcopy(chosen)
-        subnet = ShuffleNetSubnet(copy.deepcopy(self.stem), nn.Sequential(blocks), copy.deepcopy(self.head), arch.code)
+        subnet = PathModel(arch.code, stem=copy.deepcopy(self.stem), features=nn.Sequential(blocks),
+                           head=copy.deepcopy(self.head))
         return subnet.train(self.training)
 
     def latency_parts(self) -> list[LatencyPart]:

@@ -202,13 +202,6 @@ class ViTHead(nn.Module):
         return self.fc(self.drop(self.norm(x)[:, 0]))
 
 
-class ViTSubnet(PathModel):
-    """A standalone ViT path: patch embedding, the chosen blocks, head."""
-
-    def __init__(self, embed: ViTEmbedding, blocks: nn.Sequential, head: ViTHead, arch_code: str):
-        super().__init__(arch_code, embed=embed, blocks=blocks, head=head)
-
-
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
@@ -245,10 +238,10 @@ class ViTSupernet(Supernet):
             x = block(x, heads, hidden)
         return self.head(x)
 
-    def extract(self, arch: Architecture | str) -> ViTSubnet:
+    def extract(self, arch: Architecture | str) -> PathModel:
         arch = self.check(arch)
         blocks = nn.Sequential(*(block.extract(heads, hidden) for block, heads, hidden in self._layers(arch)))
-        subnet = ViTSubnet(copy.deepcopy(self.embed), blocks, copy.deepcopy(self.head), arch.code)
+        subnet = PathModel(arch.code, embed=copy.deepcopy(self.embed), blocks=blocks, head=copy.deepcopy(self.head))
         return subnet.train(self.training)
 
     def latency_parts(self) -> list[LatencyPart]:
