@@ -48,6 +48,12 @@ def _device_here(device: str, force: bool):
     return hw
 
 
+def _timed_on_a_device(command):
+    """The options of a command that times a supernet's paths on a device: the space, and --remote."""
+    command = settings_options(SupernetChoice, what="space", into="choice")(command)
+    return settings_options(RemoteDevice, what="remote", into="device_link")(command)
+
+
 def _remote(link: RemoteDevice):
     if link.remote is None:
         return None
@@ -97,8 +103,7 @@ def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None 
 
 
 @profile_app.command("measure")
-@settings_options(RemoteDevice, what="remote", into="device_link")
-@settings_options(SupernetChoice, what="space", into="choice")
+@_timed_on_a_device
 def measure(
     choice: SupernetChoice,
     device_link: RemoteDevice,
@@ -198,14 +203,13 @@ def assemble(
 
 
 @profile_app.command("calibrate")
-@settings_options(RemoteDevice, what="remote", into="device_link")
-@settings_options(SupernetChoice, what="space", into="choice")
+@_timed_on_a_device
 def calibrate(
     choice: SupernetChoice,
     device_link: RemoteDevice,
-    device: str = typer.Option(..., help=DEVICE_HELP),
     table: Optional[Path] = typer.Option(None, help="the table to recalibrate (default: the device's installed "
                                                     "table for this configuration)"),
+    device: str = typer.Option(..., help=DEVICE_HELP),
     from_table: Optional[Path] = typer.Option(None, "--from", help="transfer: another device's table, whose parts "
                                                                     "are fitted to this device from a few probes"),
     out: Path = typer.Option(..., help="the recalibrated table (use it with search --latency-table)"),
