@@ -76,7 +76,8 @@ def split(args, profile, python: Path, tmp: Path) -> dict:
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if args.load else None
     try:
         timed = subprocess.run([str(python), "-c", BLOCKED, "pathnas.deploy.toolkit", "profile", str(pack), "--out",
-                                str(tmp / "timings.json"), "--json"], capture_output=True, text=True)
+                                str(tmp / "timings.json"), "--json"], capture_output=True, text=True,
+                               cwd=tmp)  # not the checkout: its pathnas/ folder would shadow the installed package
     finally:
         if busy:
             busy.kill()
