@@ -54,7 +54,9 @@ class PackageInputs:
     reference: Path | None = None  # the latency reference model (regress.py), timed beside the model
 
 
-def _chosen_rows(report: dict, profile, report_path: Path) -> list[dict]:
+def packageable_rows(report: dict, profile, report_path: Path) -> list[dict]:
+    """The validation rows a bundle for ``profile`` may ship: artifacts of its runtime that passed (an
+    artifact that missed its thresholds is never offered); an error naming why there are none."""
     if profile.runtime not in RUNTIME_BACKENDS:
         raise ConfigError(f"profile {profile.name} runs {profile.runtime}; a bundle runs without PyTorch, on a profile "
                           f"whose runtime is one of {', '.join(RUNTIME_BACKENDS)}")
@@ -211,7 +213,7 @@ def package(inputs: PackageInputs, profile, out: Path, measure_latency: bool = T
     """
     out = Path(out)
     report = read_json(inputs.report, "validation report", "run `pathnas-edge validate` first")
-    rows = _chosen_rows(report, profile, inputs.report)
+    rows = packageable_rows(report, profile, inputs.report)
     if not replace:
         for path in (out, zip_path(out)):
             if path.exists():

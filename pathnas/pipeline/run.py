@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathnas.errors import ConfigError
+from pathnas.errors import ConfigError, UserError
 from pathnas.io import read_json, write_json_atomic
 from pathnas.lock import RunLock
 from pathnas.settings import DEMO_DATA, DEMO_SPACE, PipelineSettings, PretrainConfig, RetrainConfig, SearchSettings
@@ -114,16 +114,12 @@ def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
 
 def _ship(layout: RunLayout, plan: _Plan, report: dict) -> dict:
     """The bundle for the device, verified and run once without PyTorch; or why there is none."""
-    from pathnas.deploy.bundle import RUNTIME_BACKENDS
+    from pathnas.deploy.bundle import packageable_rows
 
-    if plan.profile.runtime not in RUNTIME_BACKENDS:
-        return {"bundle": None, "bundle_note": f"no bundle: {plan.profile.name} runs {plan.profile.runtime}, and "
-                                               f"bundles run without PyTorch"}
-    backend = RUNTIME_BACKENDS[plan.profile.runtime]
-    if not any(r["backend"] == backend and r["status"] == "passed" for r in report["rows"]):
-        # An artifact that missed its thresholds is never offered; the bundle ships those that passed.
-        return {"bundle": None, "bundle_note": f"no bundle: no {backend} artifact passed validation (see "
-                                               f"{layout.report_markdown})"}
+    try:  # the bundle ships what passed for the device's runtime; an artifact that missed is never offered
+        packageable_rows(report, plan.profile, layout.report)
+    except UserError as err:
+        return {"bundle": None, "bundle_note": f"no bundle: {err}"}
     bundle = stages.stage_package(layout, plan.profile, sign_key=plan.settings.sign_key)
     smoke = stages.stage_smoke_test(layout, plan.data, bundle, sign_key=plan.settings.sign_key)
     return {"bundle": str(bundle), "signed": smoke["signed"], "smoke_test_passed": smoke["passed"],
