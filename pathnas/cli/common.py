@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from pathnas.errors import ConfigError
-from pathnas.settings import SPACES, SupernetChoice, validated
+from pathnas.settings import SPACES, SupernetChoice
 
 console = Console()
 err_console = Console(stderr=True)
@@ -53,13 +53,11 @@ def setup_logging(verbose: bool) -> None:
 
 
 def setting(model: type[BaseModel], field: str, *param_decls: str, **kwargs) -> Any:
-    """A typer option whose default and help come from ``model.field`` (never re-declared here)."""
-    info = model.model_fields[field]
-    kwargs.setdefault("help", info.description)
-    return typer.Option(info.default, *param_decls, **kwargs)
+    """One typer option whose default and help come from ``model.field``, for a command that takes a few
+    fields of a model without the model itself (``options.settings_options`` builds the model)."""
+    from .options import settings_option
 
-
-build = validated  # ``build(Model, **option_values)``: the settings, or one error naming each option at fault
+    return settings_option(model, field, *param_decls, **kwargs).default
 
 
 def parse_options(options: list[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import typer
 from pathnas.errors import ConfigError
 from pathnas.settings import PretrainConfig, SupernetChoice
 
-from .common import (JSON_HELP, OPTION_HELP, SPACE_HELP, build, chosen_supernet, console, on_interrupt, print_json,
+from .common import (JSON_HELP, OPTION_HELP, SPACE_HELP, chosen_supernet, console, on_interrupt, print_json,
                      setting, space_knobs)
 from .options import settings_options
 
@@ -65,48 +65,34 @@ def data_pack(
                   + (f", {summary['skipped']} unusable file(s) skipped" if summary["skipped"] else ""))
 
 
+@settings_options(PretrainConfig, ("data", "run_dir", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                                   "mixup_alpha", "cutmix_alpha", "eval_paths", "bn_images", "workers", "device", "seed",
+                                   "max_steps_per_epoch", "skip_bad", "sampler"), what="pretraining", options={
+    "data": {"help": "image folder (class subfolders) or images/ + masks/, or a pack of one (`data pack`)"},
+    "run_dir": {"help": "where checkpoints and logs go"},
+    "skip_bad": {"help": "skip unreadable images and report how many"}})
 def pretrain(
-    data: Path = typer.Option(..., help="image folder (class subfolders) or images/ + masks/, or a pack of one "
-                                         "(`data pack`)"),
-    run_dir: Path = typer.Option(..., help="where checkpoints and logs go"),
+    train_cfg: PretrainConfig,
     space: str = typer.Option("shufflenet", help=SPACE_HELP),
-    epochs: int = setting(PretrainConfig, "epochs"),
-    batch_size: int = setting(PretrainConfig, "batch_size"),
-    lr: float = setting(PretrainConfig, "lr"),
-    weight_decay: float = setting(PretrainConfig, "weight_decay"),
-    warmup_epochs: float = setting(PretrainConfig, "warmup_epochs"),
-    mixup_alpha: float = setting(PretrainConfig, "mixup_alpha"),
-    cutmix_alpha: float = setting(PretrainConfig, "cutmix_alpha"),
     input_size: Optional[int] = typer.Option(None, help="input side (default: the space's, 224)"),
     width_mult: Optional[float] = typer.Option(None, help="channel width multiplier"),
     option: list[str] = typer.Option([], help=OPTION_HELP),
-    eval_paths: int = setting(PretrainConfig, "eval_paths"),
-    bn_images: int = setting(PretrainConfig, "bn_images"),
-    workers: int = setting(PretrainConfig, "workers"),
-    device: str = setting(PretrainConfig, "device", help="auto, cpu or cuda"),
-    seed: int = setting(PretrainConfig, "seed"),
-    max_steps_per_epoch: Optional[int] = setting(PretrainConfig, "max_steps_per_epoch"),
-    skip_bad: bool = setting(PretrainConfig, "skip_bad", "--skip-bad", help="skip unreadable images and report how many"),
-    sampler: str = setting(PretrainConfig, "sampler", help="uniform (SPOS: one random path per step) or fair "
-                                                           "(FairNAS: every choice of every layer once per step)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --run-dir"),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Pretrain a single-path one-shot supernet (SPOS). Use torchrun for several GPUs or nodes."""
+    from pathnas.checkpoint import LAST_CHECKPOINT
     from pathnas.data import detect_task, list_classes
     from pathnas.spaces import space_config
     from pathnas.train import pretrain as run_pretrain
 
+    data, run_dir = train_cfg.data, train_cfg.run_dir
     knobs = space_knobs(input_size, width_mult, None, option)
     task = detect_task(data)
     knobs.setdefault("num_classes", len(list_classes(data)) if task == "classify" else 2)
     cfg = space_config(space, **knobs)
-    train_cfg = build(PretrainConfig, data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, mixup_alpha=mixup_alpha,
-                      cutmix_alpha=cutmix_alpha, eval_paths=eval_paths, bn_images=bn_images, workers=workers,
-                      device=device, seed=seed, skip_bad=skip_bad, max_steps_per_epoch=max_steps_per_epoch,
-                      sampler=sampler)
-    on_interrupt(f"every finished epoch is saved in {run_dir / 'last.pt'}; continue with the same command and --resume")
+    on_interrupt(f"every finished epoch is saved in {run_dir / LAST_CHECKPOINT}; continue with the same command and "
+                 f"--resume")
     result = run_pretrain(cfg, train_cfg, resume=resume, progress=not no_progress)
     if result.history:
         console.print(f"[green]supernet trained[/green]: {run_dir}/last.pt, best: {run_dir}/best.pt")
