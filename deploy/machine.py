@@ -1,6 +1,7 @@
 """This machine, as figures must state it: CPU, instruction sets, library versions. Torch-free."""
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from importlib import metadata
@@ -37,3 +38,46 @@ def versions(distributions: list[str] | tuple[str, ...]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+class OtherLoad:
+    """CPU time the rest of the machine used while this process timed something, in cores
+    (``cores()``: 0.0 on a quiet machine, ~1.0 beside one CPU-bound program); None where the
+    kernel does not say (no /proc/stat). A timing made beside other load is off by more than its
+    own noise: on a 2-core VM beside one busy loop, a demo table predicted 71 % of its held-out
+    paths within ±10 %, against 92-100 % on the quiet machine (benchmarks/latency_split.py --load)."""
+
+    def __init__(self):
+        self._start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float] | None:
+        import time
+
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4)) / ticks  # all but idle, iowait
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def cores(self) -> float | None:
+        end = self._now()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        wall, busy, own = (e - s for e, s in zip(end, self._start))
+        return round(max(0.0, (busy - own) / wall), 2)
+
+
+# Other programs' use of the CPU, in cores, above which a timing says the machine was busy.
+BUSY_CORES = 0.25
+
+
+def busy_warning(other_load_cores: float | None) -> str | None:
+    """The line a timing made beside other load carries (None when the machine was quiet)."""
+    if other_load_cores is None or other_load_cores < BUSY_CORES:
+        return None
+    return (f"other programs used {other_load_cores:.2f} CPU cores while this was timed: these figures are less "
+            f"reliable than on a quiet machine; time again when it is quiet")

@@ -72,11 +72,38 @@ def _dim(d) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+# Intra-op threads of this process's shared ONNX Runtime thread pool, once one is made.
+_shared_pool_threads: int | None = None
+
+
+def use_shared_thread_pool(threads: int) -> None:
+    """Run every ONNX Runtime session of this process on one shared pool of ``threads`` threads (a
+    process that times models: `pathnas-infer profile`). Once made, ONNX Runtime requires every
+    later session of the process to use it, whatever threads it asks for.
+
+    Why: each session otherwise owns a pool whose workers spin for a while after every run, and
+    each pool is placed anew. Timing the 55 files of a demo latency pack in alternation, each
+    session's spinning workers competed with the next one's on a 2-core machine: the same parts
+    timed 0.7-1.3x from one run to the next, end-to-end paths ~4x slower than alone, and a table
+    predicted 50 % of its own held-out paths within ±10 %. One shared pool of the profile's
+    threads is what a deployed process running one model has (benchmarks/latency_split.py)."""
+    global _shared_pool_threads
+    if _shared_pool_threads is None:
+        import onnxruntime as ort
+
+        ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
+        _shared_pool_threads = threads
+    elif _shared_pool_threads != threads:
+        raise ConfigError(f"this process already runs ONNX Runtime on a shared pool of {_shared_pool_threads} "
+                          f"threads, not {threads}: time each thread count in its own process")
+
+
 def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
     """An onnxruntime InferenceSession on ``device`` (cpu, cuda, tensorrt), provider verified.
 
     ``precision`` only matters for TensorRT, which builds FP32 engines unless told otherwise
     (INT8 comes from the Q/DQ nodes of a quantized model, with FP16 for the layers left in float).
+    In a process with a shared thread pool (``use_shared_thread_pool``) the session runs on it.
     """
     import onnxruntime as ort
 
@@ -90,7 +117,9 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
             f"{wanted} is not available in this onnxruntime build (available: {', '.join(ort.get_available_providers())})"
         )
     options = ort.SessionOptions()
-    if threads:
+    if _shared_pool_threads is not None:
+        options.use_per_session_threads = False
+    elif threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

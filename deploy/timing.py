@@ -137,6 +137,25 @@ def time_interleaved(
     return samples
 
 
+def median_polish(log_times: np.ndarray, sweeps: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Tukey's median polish of a callables x passes matrix of log times: log t[i, p] ~ a[i] + b[p].
+
+    ``a`` is each callable's log time at the machine's typical speed, ``b`` each pass's speed
+    (centred on its median, 0): a pass the machine ran 1.5x slower moves its ``b``, not the
+    callables' ``a``. Medians throughout, so a preempted sample moves nothing."""
+    residual = np.array(log_times, dtype=float)
+    rows, cols = np.zeros(residual.shape[0]), np.zeros(residual.shape[1])
+    for _ in range(sweeps):
+        r = np.median(residual, axis=1)
+        residual -= r[:, None]
+        rows += r
+        c = np.median(residual, axis=0)
+        residual -= c[None, :]
+        cols += c
+    shift = np.median(cols)
+    return rows + shift, cols - shift
+
+
 def time_in_rounds(
     fns: dict[str, Callable[[], object]],
     rounds: int = 3,
@@ -151,10 +170,13 @@ def time_in_rounds(
     (``time_interleaved``), each pass in a new shuffled order, ``repeats`` samples per pass.
 
     A sample lasts at least ``min_sample_s`` (5 ms by default: a 0.01 ms part is called hundreds of
-    times per sample, so the clock and the scheduler's tick are a small share of it). Each
-    callable's figure is the median of all its samples, pooled over rounds: interference (other
-    load, a slower spell of the machine) touches every callable alike, since their samples
-    alternate, and the pooled median is the figure least moved by it.
+    times per sample, so the clock and the scheduler's tick are a small share of it). A pass takes
+    one sample of every callable back to back, so each pass sees the machine at one speed; that
+    speed is taken out by a median polish of the callables x passes matrix (``median_polish``),
+    and each callable's figure is its time at the machine's typical speed over the run. A machine
+    whose speed changes during the run (this project's 2-core VM ran some rounds 1.5x slower than
+    others) then moves every figure alike or not at all, instead of each by how many of its
+    samples fell in the slow spell. With one callable the figure is the plain median.
     ``advance`` is called once per warm-up and once per pass over all callables.
     """
     import random
@@ -175,10 +197,12 @@ def time_in_rounds(
                                    inner=[inner[n] for n in order], advance=advance)
         for name, s in zip(order, samples):
             per_round[name].append(s)
+    log_times = np.log(np.array([np.concatenate(per_round[name]) for name in names]))
+    level, speed = median_polish(log_times)
     out = {}
-    for name in names:
-        pooled = np.concatenate(per_round[name])
-        out[name] = {"median_ms": float(np.median(pooled)), "p90_ms": float(np.percentile(pooled, 90)),
+    for k, name in enumerate(names):
+        steadied = np.exp(log_times[k] - speed)  # this callable's samples at the typical speed
+        out[name] = {"median_ms": float(np.exp(level[k])), "p90_ms": float(np.percentile(steadied, 90)),
                      "rounds_median_ms": [round(float(np.median(s)), 6) for s in per_round[name]],
-                     "runs": int(pooled.size), "inner": inner[name]}
+                     "runs": int(steadied.size), "inner": inner[name]}
     return out

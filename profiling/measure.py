@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from pathnas.deploy.device_profile import read_pack, read_timings, time_pack
+from pathnas.deploy.device_profile import read_pack, read_timings, time_pack_in_processes
 from pathnas.deploy.machine import versions
 from pathnas.errors import ConfigError
 from pathnas.io import read_json
@@ -119,8 +119,9 @@ def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: in
         if remote is not None:
             timings = remote.time_pack(pack, Path(tmp) / "timings.json")
         else:
-            timings = time_pack(pack, advance=_progress(progress, f"timing {profile.name}",
-                                                        len(items) + rounds * repeats))
+            # as a device does: `pathnas-infer profile`, each round in a fresh process of its own
+            timings = time_pack_in_processes(pack, Path(tmp) / "timings.json", rounds, repeats, advance=_progress(
+                progress, f"timing {profile.name}", rounds * (len(items) + repeats)))
         return read_json(pack / "pack.json", "latency pack manifest"), timings
 
 

@@ -96,6 +96,67 @@ def test_timing_protocol_statistics(monkeypatch):
         timing_module.time_callable(fn, repeats=2)
 
 
+def test_a_slow_spell_of_the_machine_moves_no_callable_against_another():
+    # Three callables of 1, 2 and 4 ms over 12 passes; passes 4-7 ran 1.5x slower, and one sample
+    # was preempted. The pooled median of the fast callable would depend on how its samples fell.
+    true_ms = np.array([1.0, 2.0, 4.0])
+    speed = np.ones(12)
+    speed[4:8] = 1.5
+    times = true_ms[:, None] * speed[None, :]
+    times[0, 2] *= 10
+    level, pass_speed = timing_module.median_polish(np.log(times))
+    np.testing.assert_allclose(np.exp(level), true_ms, rtol=1e-9)
+    np.testing.assert_allclose(np.exp(pass_speed[4:8]), 1.5, rtol=1e-9)
+    # one callable: its plain median
+    level, _ = timing_module.median_polish(np.log(np.array([[1.0, 3.0, 2.0]])))
+    assert np.exp(level[0]) == pytest.approx(2.0)
+
+
+def test_time_in_rounds_takes_the_machines_speed_out(monkeypatch):
+    clock = {"t": 0.0, "slow": False}
+    monkeypatch.setattr(timing_module.time, "perf_counter", lambda: clock["t"])
+
+    def call(ms):
+        def fn():
+            clock["t"] += ms / 1e3 * (3.0 if clock["slow"] else 1.0)
+        return fn
+
+    passes = {"n": 0}
+
+    def advance():  # after each pass; the second round (passes 5-9) runs 3x slower
+        passes["n"] += 1
+        clock["slow"] = 5 <= passes["n"] - 2 < 10  # 2 warm-ups come first
+
+    out = timing_module.time_in_rounds({"a": call(1.0), "b": call(0.25)}, rounds=3, repeats=5, warmup_s=0.0,
+                                       min_sample_s=0.0, advance=advance)
+    assert out["a"]["median_ms"] == pytest.approx(1.0) and out["b"]["median_ms"] == pytest.approx(0.25)
+    assert max(out["a"]["rounds_median_ms"]) == pytest.approx(3.0)  # the slow round, kept on record
+
+
+def test_a_process_that_times_shares_one_onnxruntime_thread_pool(onnx_model):
+    script = (
+        "import numpy as np\n"
+        "from pathnas.deploy.runners import ConfigError, open_profile_runner, use_shared_thread_pool\n"
+        "use_shared_thread_pool(2)\n"
+        "x = np.zeros((1, 3, 32, 32), np.float32)\n"
+        f"a, b = (open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', t) for t in (2, 1))\n"
+        "assert a.run(x).shape == b.run(x).shape == (1, 4)\n"
+        "try:\n    use_shared_thread_pool(1)\nexcept ConfigError as err:\n    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=onnx_model.parent)
+    assert done.returncode == 0, done.stderr
+    assert "already runs ONNX Runtime on a shared pool of 2 threads, not 1" in done.stdout
+
+
+def test_a_timing_beside_other_load_says_so():
+    from pathnas.deploy.machine import OtherLoad, busy_warning
+
+    assert busy_warning(None) is None and busy_warning(0.1) is None
+    assert "0.67 CPU cores" in busy_warning(0.67)
+    cores = OtherLoad().cores()
+    assert cores is None or cores >= 0.0
+
+
 # -- tables and the predictor -----------------------------------------------------------------
 
 def hand_made_table(supernet, part_ms=1.0, scale=2.0, offset=0.5, drop_key=None) -> dict:

@@ -89,6 +89,8 @@ def _reused(hw, tables: list[Path]) -> dict:
 
 
 def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None = None) -> None:
+    from pathnas.deploy.machine import busy_warning
+
     acc, meta = table["accuracy"], table["metadata"]
     if as_json:
         print_json({"table": str(path), "profile": table["profile"], "parts": len(table["parts"]),
@@ -100,6 +102,9 @@ def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None 
                   f"{len(table['end_to_end'])} subnets ({table['overhead']['fit_subnets']} fit the overhead)"
                   + (f", {seconds:.0f} s" if seconds is not None else ""), markup=False)
     console.print(f"held-out accuracy on {acc['subnets']} subnets: {_accuracy_line(acc)}", markup=False)
+    busy = busy_warning(meta.get("other_load_cores"))
+    if busy:
+        console.print(f"warning: {busy}", markup=False)
 
 
 @profile_app.command("measure")
