@@ -161,20 +161,18 @@ def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None =
               advance=None, warn=None) -> dict:
     """Open every file of the pack in its profile's runtime here and time them all with the tables'
     protocol, in this process, ONNX Runtime's sessions on one shared thread pool
-    (``runners.use_shared_thread_pool``: from here on, every session of this process runs on it).
+    (``runners.open_profile_runner``: from here on, every session of this process runs on it).
     Returns the timings record (unsaved). ``warn(text)`` receives the device mismatch (default:
     printed to stderr); ``advance`` is called once per warm-up and per timing pass. A table's
     timings come from ``time_pack_in_processes``, which runs this once per round."""
     import numpy as np
 
-    from .runners import open_profile_runner, use_shared_thread_pool
+    from .runners import open_profile_runner
     from .timing import time_in_rounds
 
     root = Path(root)
     manifest = read_pack(root)
     profile, timing = manifest["profile"], manifest.get("timing") or {}
-    if profile["runtime"] == "onnxruntime-cpu":
-        use_shared_thread_pool(int(profile["threads"]))
     rounds = rounds or int(timing.get("rounds", 3))
     repeats = repeats or int(timing.get("repeats", 10))
     differs = mismatches(profile)

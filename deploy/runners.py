@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from pathnas.errors import ConfigError, MissingFileError, UserError
+
+log = logging.getLogger("pathnas.deploy")
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -76,10 +80,11 @@ def _dim(d) -> int | None:
 _shared_pool_threads: int | None = None
 
 
-def use_shared_thread_pool(threads: int) -> None:
-    """Run every ONNX Runtime session of this process on one shared pool of ``threads`` threads (a
-    process that times models: `pathnas-infer profile`). Once made, ONNX Runtime requires every
-    later session of the process to use it, whatever threads it asks for.
+def use_shared_thread_pool(threads: int) -> bool:
+    """Run every ONNX Runtime session of this process on one shared pool of ``threads`` threads, as
+    every process that times models does (``open_profile_runner``). Once made, ONNX Runtime requires
+    every later session of the process to use it, whatever threads it asks for: False (and a
+    warning) when this process's pool has another size.
 
     Why: each session otherwise owns a pool whose workers spin for a while after every run, and
     each pool is placed anew. Timing the 55 files of a demo latency pack in alternation, each
@@ -94,8 +99,10 @@ def use_shared_thread_pool(threads: int) -> None:
         ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
         _shared_pool_threads = threads
     elif _shared_pool_threads != threads:
-        raise ConfigError(f"this process already runs ONNX Runtime on a shared pool of {_shared_pool_threads} "
-                          f"threads, not {threads}: time each thread count in its own process")
+        log.warning("this process already runs ONNX Runtime on a shared pool of %d threads, not %d: time each "
+                    "thread count in a process of its own", _shared_pool_threads, threads)
+        return False
+    return True
 
 
 def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
@@ -273,7 +280,9 @@ def open_profile_runner(path: str | Path, runtime: str, threads: int | None = No
     """A runner for ``path`` in a hardware profile's runtime (see RUNTIME_SUFFIXES).
 
     Under the ``tensorrt`` runtime an ONNX file runs in onnxruntime's TensorRT provider (which
-    builds the engine on this GPU) and a serialized engine in TensorRT itself.
+    builds the engine on this GPU) and a serialized engine in TensorRT itself. These are the
+    runners that are timed: ONNX Runtime's run on the process's shared thread pool
+    (``use_shared_thread_pool``).
     """
     path = Path(path)
     if runtime == "torch-cuda":
@@ -284,6 +293,7 @@ def open_profile_runner(path: str | Path, runtime: str, threads: int | None = No
         raise ConfigError(f"{path}: runtime {runtime} runs {', '.join(RUNTIME_SUFFIXES[runtime])} files, "
                           f"not {path.suffix or 'a file without suffix'}")
     if runtime == "onnxruntime-cpu":
+        use_shared_thread_pool(threads or os.cpu_count() or 1)
         return open_runner(path, "onnxruntime", threads, precision)
     if runtime == "openvino-cpu":
         return open_runner(path, "openvino", threads, precision)

@@ -136,16 +136,18 @@ def test_time_in_rounds_takes_the_machines_speed_out(monkeypatch):
 def test_a_process_that_times_shares_one_onnxruntime_thread_pool(onnx_model):
     script = (
         "import numpy as np\n"
-        "from pathnas.deploy.runners import ConfigError, open_profile_runner, use_shared_thread_pool\n"
-        "use_shared_thread_pool(2)\n"
+        "from pathnas.deploy import runners\n"
         "x = np.zeros((1, 3, 32, 32), np.float32)\n"
-        f"a, b = (open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', t) for t in (2, 1))\n"
+        f"a, b = (runners.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', t) for t in (2, 1))\n"
         "assert a.run(x).shape == b.run(x).shape == (1, 4)\n"
-        "try:\n    use_shared_thread_pool(1)\nexcept ConfigError as err:\n    print(err)\n"
+        "plain = runners.open_runner(" + repr(str(onnx_model)) + ", 'onnxruntime', threads=1)\n"
+        "assert plain.run(x).shape == (1, 4)\n"
+        "print(runners._shared_pool_threads, runners.use_shared_thread_pool(2), runners.use_shared_thread_pool(1))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=onnx_model.parent)
     assert done.returncode == 0, done.stderr
-    assert "already runs ONNX Runtime on a shared pool of 2 threads, not 1" in done.stdout
+    assert done.stdout.split() == ["2", "True", "False"]  # made by the first timed runner, kept
+    assert "already runs ONNX Runtime on a shared pool of 2 threads, not 1" in done.stderr
 
 
 def test_a_timing_beside_other_load_says_so():
