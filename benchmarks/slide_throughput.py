@@ -53,12 +53,11 @@ def child(args) -> None:
     import numpy as np
 
     from pathnas.deploy.images import open_image
-    from pathnas.deploy.infer import Model, Runner, plan_reading
-    from pathnas.deploy.runners import open_runner
+    from pathnas.deploy.infer import Model, Runner, open_model_runner, plan_reading
 
     pre = {"input_size": SIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1 / 255,
            "mpp": None, "image_px": SIZE}
-    model = Model(open_runner(args.model, "onnxruntime", args.threads), pre, ["a", "b", "c", "d"], "classify")
+    model = Model(open_model_runner(args.model, "onnxruntime", args.threads), pre, ["a", "b", "c", "d"], "classify")
     source = open_image(args.slide)
     tiles = np.concatenate([model.preprocess(source.read_region(y * SIZE, x * SIZE, SIZE, SIZE))
                             for y in range(2) for x in range(args.batch_size // 2 + 1)])[:args.batch_size]

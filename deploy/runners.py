@@ -105,12 +105,15 @@ def use_shared_thread_pool(threads: int) -> bool:
     return True
 
 
-def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
+def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
+                spin: bool = True):
     """An onnxruntime InferenceSession on ``device`` (cpu, cuda, tensorrt), provider verified.
 
     ``precision`` only matters for TensorRT, which builds FP32 engines unless told otherwise
     (INT8 comes from the Q/DQ nodes of a quantized model, with FP16 for the layers left in float).
     In a process with a shared thread pool (``use_shared_thread_pool``) the session runs on it.
+    ``spin=False``: its idle workers sleep at once instead of spinning for the next run, leaving the
+    CPU to other threads of the process (a slide's readers decoding the next tiles).
     """
     import onnxruntime as ort
 
@@ -129,6 +132,8 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     elif threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers: list = list(PROVIDERS[device])
     if device == "tensorrt":
@@ -142,8 +147,9 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
 class OrtRunner(Runner):
     """An ONNX model in onnxruntime."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
-        self.session = ort_session(path, device, threads, precision)
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
+                 spin: bool = True):
+        self.session = ort_session(path, device, threads, precision, spin)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = tuple(_dim(d) for d in first.shape)
@@ -251,12 +257,13 @@ def require_backend(backend: str) -> None:
 
 
 def open_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp32",
-                device: str = "cpu") -> Runner:
+                device: str = "cpu", spin: bool = True) -> Runner:
     """A runner for an artifact of ``backend`` (onnxruntime, openvino, tensorrt).
 
     ``device`` is onnxruntime's execution provider (cpu, cuda, tensorrt). An INT8 model is a Q/DQ
     ONNX file, so on the CPU backends ``precision`` only sets OpenVINO's inference precision
-    hint (f16 for fp16) and TensorRT's build flags through onnxruntime.
+    hint (f16 for fp16) and TensorRT's build flags through onnxruntime. ``spin``: see ``ort_session``
+    (onnxruntime only).
     """
     path = Path(path)
     if backend not in BACKEND_SUFFIXES:
@@ -270,7 +277,7 @@ def open_runner(path: str | Path, backend: str, threads: int | None = None, prec
         raise MissingFileError(f"model {path} does not exist")
     require_backend(backend)
     if backend == "onnxruntime":
-        return OrtRunner(path, device, threads, precision)
+        return OrtRunner(path, device, threads, precision, spin)
     if backend == "openvino":
         return OpenVinoRunner(path, "CPU", threads, "f16" if precision == "fp16" else "f32")
     return TensorRTRunner(path)

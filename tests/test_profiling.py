@@ -541,3 +541,14 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
         assert predictor.predict_ms(r["arch"]) == pytest.approx(r["predicted_after_ms"])
     code, _, err = pathnas_edge("profile", "calibrate", "--device", "jetson", *knobs, "--out", out_path)
     assert code == 2 and "this machine cannot measure jetson-orin-nano" in err
+
+
+def test_a_session_that_must_not_spin_leaves_the_cpu_to_other_threads(onnx_model):
+    from pathnas.deploy.runners import open_runner
+
+    key = "session.intra_op.allow_spinning"
+    with open_runner(onnx_model, "onnxruntime", threads=2, spin=False) as quiet:
+        assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    with open_runner(onnx_model, "onnxruntime", threads=2) as default:
+        with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spin
+            default.session.get_session_options().get_session_config_entry(key)
