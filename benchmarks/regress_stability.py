@@ -123,19 +123,16 @@ def main() -> None:
         raise SystemExit(f"{model} does not exist: run `make demo` first, or pass --run / --model")
 
     from pathnas.deploy.machine import cpu_model
-    from pathnas.deploy.regress import RunSettings, time_rounds
+    from pathnas.deploy.regress import RunSettings, measure_with_reference
     from pathnas.deploy.regress_stats import compare, compare_normalized
-    from pathnas.deploy.runners import open_profile_runner
     from pathnas.pipeline.reference_model import write_reference_model
     from pathnas.profiling import load_profile
 
     profile = RunSettings.of(load_profile(args.device))
 
     def measure(reference: Path, current: Path = model) -> tuple[list[float], list[float]]:
-        """One check as `regress` times it (deploy.regress.time_rounds: fresh sessions every round)."""
-        return time_rounds(lambda: open_profile_runner(current, profile.runtime, profile.threads, profile.precision),
-                           lambda: open_profile_runner(reference, profile.runtime, profile.threads),
-                           profile.batch_size, args.rounds)
+        """One check as `regress` times it (deploy.regress.measure_with_reference)."""
+        return measure_with_reference(current, reference, profile, args.rounds)
 
     with tempfile.TemporaryDirectory() as tmp:
         reference = write_reference_model(Path(tmp) / "reference.onnx")

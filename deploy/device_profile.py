@@ -158,21 +158,23 @@ def manifest_digest(root: str | Path) -> str:
 
 
 def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None = None, force: bool = False,
-              advance=None, warn=None) -> dict:
+              advance=None, warn=None, shared_pool: bool = False) -> dict:
     """Open every file of the pack in its profile's runtime here and time them all with the tables'
-    protocol, in this process, ONNX Runtime's sessions on one shared thread pool
-    (``runners.open_profile_runner``: from here on, every session of this process runs on it).
-    Returns the timings record (unsaved). ``warn(text)`` receives the device mismatch (default:
+    protocol, in this process. ``shared_pool``: ONNX Runtime's sessions on one shared thread pool
+    (``runners.use_shared_thread_pool``), for a process that does nothing else: every later session
+    of the process must then run on it. Returns the timings record (unsaved). ``warn(text)`` receives the device mismatch (default:
     printed to stderr); ``advance`` is called once per warm-up and per timing pass. A table's
     timings come from ``time_pack_in_processes``, which runs this once per round."""
     import numpy as np
 
-    from .runners import open_profile_runner
+    from .runners import open_profile_runner, use_shared_thread_pool
     from .timing import time_in_rounds
 
     root = Path(root)
     manifest = read_pack(root)
     profile, timing = manifest["profile"], manifest.get("timing") or {}
+    if shared_pool and profile["runtime"] == "onnxruntime-cpu":
+        use_shared_thread_pool(int(profile["threads"]))
     rounds = rounds or int(timing.get("rounds", 3))
     repeats = repeats or int(timing.get("repeats", 10))
     differs = mismatches(profile)
@@ -330,8 +332,8 @@ def run(args) -> int:
             print(f"\rtiming {count} items: {state['done']}/{total}", end="", file=sys.stderr, flush=True)
 
     try:
-        if args.one_process:
-            timings = time_pack(pack, args.rounds, args.repeats, advance=advance)
+        if args.one_process:  # this process only times: its sessions share one pool
+            timings = time_pack(pack, args.rounds, args.repeats, advance=advance, shared_pool=True)
             write_json_atomic(out, timings)
         else:
             timings = time_pack_in_processes(pack, out, args.rounds, args.repeats, advance=advance)

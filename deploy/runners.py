@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +80,11 @@ _shared_pool_threads: int | None = None
 
 
 def use_shared_thread_pool(threads: int) -> bool:
-    """Run every ONNX Runtime session of this process on one shared pool of ``threads`` threads, as
-    every process that times models does (``open_profile_runner``). Once made, ONNX Runtime requires
-    every later session of the process to use it, whatever threads it asks for: False (and a
-    warning) when this process's pool has another size.
+    """Run every ONNX Runtime session of this process on one shared pool of ``threads`` threads: only
+    in a process that does nothing but time a pack (`pathnas-infer profile`'s rounds). Once made,
+    ONNX Runtime refuses every later session of the process that asks for a pool of its own, also
+    those other libraries make (onnxruntime.quantization's calibrators): ``ort_session`` puts ours on
+    it, theirs fail. Returns False (and warns) when this process's pool has another size.
 
     Why: each session otherwise owns a pool whose workers spin for a while after every run, and
     each pool is placed anew. Timing the 55 files of a demo latency pack in alternation, each
@@ -287,9 +287,7 @@ def open_profile_runner(path: str | Path, runtime: str, threads: int | None = No
     """A runner for ``path`` in a hardware profile's runtime (see RUNTIME_SUFFIXES).
 
     Under the ``tensorrt`` runtime an ONNX file runs in onnxruntime's TensorRT provider (which
-    builds the engine on this GPU) and a serialized engine in TensorRT itself. These are the
-    runners that are timed: ONNX Runtime's run on the process's shared thread pool
-    (``use_shared_thread_pool``).
+    builds the engine on this GPU) and a serialized engine in TensorRT itself.
     """
     path = Path(path)
     if runtime == "torch-cuda":
@@ -300,7 +298,6 @@ def open_profile_runner(path: str | Path, runtime: str, threads: int | None = No
         raise ConfigError(f"{path}: runtime {runtime} runs {', '.join(RUNTIME_SUFFIXES[runtime])} files, "
                           f"not {path.suffix or 'a file without suffix'}")
     if runtime == "onnxruntime-cpu":
-        use_shared_thread_pool(threads or os.cpu_count() or 1)
         return open_runner(path, "onnxruntime", threads, precision)
     if runtime == "openvino-cpu":
         return open_runner(path, "openvino", threads, precision)
