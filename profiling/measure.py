@@ -1,6 +1,7 @@
 """A table from a pack and its timings (``assemble_table``), and the one way to measure one:
-pack -> time -> assemble (``measure_table``), in one process here, or with the timing done on a
-device without the toolchain (`pathnas-infer profile`, by hand or over SSH: ``remote``).
+pack -> time -> assemble (``measure_table``). The timing is always the device half's code
+(`pathnas-infer profile`): here in child processes, or on a device without the toolchain, by hand
+or over SSH (``remote``).
 """
 from __future__ import annotations
 
