@@ -226,7 +226,8 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     recalibrated in one, carries that process's speed into every later prediction. So each round
     runs in its own process, and each item's figure is taken across them by a median polish
     (``timing.median_polish``, items x processes): a slow process moves no item against another,
-    and the level is that of the typical process."""
+    and the level is that of the typical process. Under TensorRT all rounds run in one process: each
+    process would build every file's engine anew (minutes per file on a Jetson)."""
     import numpy as np
 
     from .timing import median_polish
@@ -235,11 +236,13 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = read_pack(root)
     rounds = rounds or int((manifest.get("timing") or {}).get("rounds", 3))
-    command = [sys.executable, "-m", "pathnas.deploy.toolkit", "profile", str(root), "--rounds", "1",
-               "--one-process", "--progress", "lines", *(["--repeats", str(repeats)] if repeats else [])]
+    processes = 1 if manifest["profile"]["runtime"] == "tensorrt" else rounds
+    command = [sys.executable, "-m", "pathnas.deploy.toolkit", "profile", str(root), "--rounds",
+               str(rounds // processes), "--one-process", "--progress", "lines",
+               *(["--repeats", str(repeats)] if repeats else [])]
     records = []
     with tempfile.TemporaryDirectory(prefix="pathnas-rounds-", dir=out.parent) as tmp:
-        for k in range(rounds):
+        for k in range(processes):
             part = Path(tmp) / f"round-{k}.json"
             with tempfile.TemporaryFile("w+") as errors:
                 # cwd: never a checkout, whose top-level pathnas/ folder would shadow the installed package
@@ -251,7 +254,7 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
                 errors.seek(0)
                 said = [line.strip() for line in errors.read().splitlines() if line.strip()]
             if child.returncode != 0:
-                raise UserError(f"timing {root} failed (round {k + 1} of {rounds}): "
+                raise UserError(f"timing {root} failed (process {k + 1} of {processes}): "
                                 f"{said[-1] if said else 'no message'}")
             if k == 0:
                 for line in said:
@@ -261,14 +264,14 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     names = list(records[0]["results"])
     medians = np.log([[r["results"][n]["median_ms"] for r in records] for n in names])
     level, _ = median_polish(medians)
-    results = {}
-    for i, name in enumerate(names):
+    results = {} if processes > 1 else records[0]["results"]
+    for i, name in enumerate(names if processes > 1 else []):
         each = [r["results"][name] for r in records]
         results[name] = {"median_ms": float(np.exp(level[i])), "p90_ms": float(np.median([e["p90_ms"] for e in each])),
                          "rounds_median_ms": [round(e["median_ms"], 6) for e in each],
                          "runs": sum(e["runs"] for e in each), "inner": each[0]["inner"]}
     loads = [r["metadata"]["other_load_cores"] for r in records if r["metadata"].get("other_load_cores") is not None]
-    metadata = {**records[0]["metadata"], "timing_rounds": rounds, "timing_processes": rounds,
+    metadata = {**records[0]["metadata"], "timing_rounds": rounds, "timing_processes": processes,
                 "other_load_cores": max(loads) if loads else None}
     timings = {**records[0], "metadata": metadata, "results": results}
     write_json_atomic(out, timings)
