@@ -25,6 +25,7 @@ from pathlib import Path
 from pathnas.errors import MissingFileError, UserError
 from pathnas.io import read_json, sha256_file, write_json_atomic
 
+from .child import run_module
 from .machine import OtherLoad, busy_warning, cpu_flags, cpu_info, cpu_model, versions
 from .manifest import _safe_relative  # the bundle's rule: a relative POSIX path inside the folder
 
@@ -237,25 +238,15 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     manifest = read_pack(root)
     rounds = rounds or int((manifest.get("timing") or {}).get("rounds", 3))
     processes = 1 if manifest["profile"]["runtime"] == "tensorrt" else rounds
-    command = [sys.executable, "-m", "pathnas.deploy.toolkit", "profile", str(root), "--rounds",
-               str(rounds // processes), "--one-process", "--progress", "lines",
-               *(["--repeats", str(repeats)] if repeats else [])]
+    args = [str(root), "--rounds", str(rounds // processes), "--one-process", "--progress", "lines",
+            *(["--repeats", str(repeats)] if repeats else [])]
     records = []
     with tempfile.TemporaryDirectory(prefix="pathnas-rounds-", dir=out.parent) as tmp:
         for k in range(processes):
             part = Path(tmp) / f"round-{k}.json"
-            with tempfile.TemporaryFile("w+") as errors:
-                # cwd: never a checkout, whose top-level pathnas/ folder would shadow the installed package
-                with subprocess.Popen([*command, "--out", str(part)], stdout=subprocess.PIPE, stderr=errors, text=True,
-                                      cwd=tmp) as child:
-                    for line in child.stdout:
-                        if advance and line.startswith('{"done"'):
-                            advance()
-                errors.seek(0)
-                said = [line.strip() for line in errors.read().splitlines() if line.strip()]
-            if child.returncode != 0:
-                raise UserError(f"timing {root} failed (process {k + 1} of {processes}): "
-                                f"{said[-1] if said else 'no message'}")
+            said = run_module("pathnas.deploy.toolkit", ["profile", *args, "--out", str(part)], tmp,
+                              f"timing {root} failed (process {k + 1} of {processes})",
+                              lambda line: advance() if advance and line.startswith('{"done"') else None)
             if k == 0:
                 for line in said:
                     if line.startswith("warning: "):

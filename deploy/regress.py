@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathnas.errors import ConfigError, InvalidFileError, MissingFileError, User
 from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .machine import cpu_model
+from .child import run_module
 from .manifest import MANIFEST, verify
 from .runners import open_profile_runner, use_shared_thread_pool
 from .regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE, Verdict, compare, compare_normalized
@@ -121,14 +121,10 @@ def measure_with_reference(path: str | Path, reference: str | Path, profile: Run
         return _time_with_reference(path, reference, profile, rounds, repeats)
     with tempfile.TemporaryDirectory(prefix="pathnas-regress-") as tmp:
         out = Path(tmp) / "samples.json"
-        settings = json.dumps(dataclasses.asdict(profile))
-        # cwd: never a checkout, whose top-level pathnas/ folder would shadow the installed package
-        done = subprocess.run([sys.executable, "-m", "pathnas.deploy.regress", str(Path(path).resolve()),
-                               str(Path(reference).resolve()), settings, str(rounds), str(repeats), str(out)],
-                              capture_output=True, text=True, cwd=tmp)
-        if done.returncode != 0:
-            said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-            raise ConfigError(f"timing {path} beside the reference model failed: {said[-1] if said else 'no message'}")
+        run_module("pathnas.deploy.regress", [str(Path(path).resolve()), str(Path(reference).resolve()),
+                                               json.dumps(dataclasses.asdict(profile)), str(rounds), str(repeats),
+                                               str(out)], tmp, f"timing {path} beside the reference model failed",
+                   error=ConfigError)
         samples = read_json(out, "regress timings")
     return samples["model_ms"], samples["reference_ms"]
 
@@ -302,12 +298,17 @@ def measure_bundle_baseline(bundle: Path, out: Path | None = None, rounds: int =
     return baseline, out
 
 
-if __name__ == "__main__":  # measure_with_reference's own process: MODEL REFERENCE SETTINGS ROUNDS REPEATS OUT
-    _model, _reference, _settings, _rounds, _repeats, _out = sys.argv[1:7]
-    _profile = RunSettings(**json.loads(_settings))
-    use_shared_thread_pool(_profile.threads)  # this process only times
+def _timing_process(argv: list[str]) -> None:
+    """measure_with_reference's own process: MODEL REFERENCE SETTINGS ROUNDS REPEATS OUT."""
+    model, reference, settings, rounds, repeats, out = argv
+    profile = RunSettings(**json.loads(settings))
+    use_shared_thread_pool(profile.threads)  # this process only times
     try:
-        _model_ms, _reference_ms = _time_with_reference(_model, _reference, _profile, int(_rounds), int(_repeats))
-    except UserError as _err:
-        sys.exit(str(_err))  # the parent reports this line
-    write_json_atomic(Path(_out), {"model_ms": _model_ms, "reference_ms": _reference_ms})
+        model_ms, reference_ms = _time_with_reference(model, reference, profile, int(rounds), int(repeats))
+    except UserError as err:
+        sys.exit(str(err))  # the parent quotes this line
+    write_json_atomic(Path(out), {"model_ms": model_ms, "reference_ms": reference_ms})
+
+
+if __name__ == "__main__":
+    _timing_process(sys.argv[1:])

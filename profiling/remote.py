@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pathnas.deploy.child import last_line
 from pathnas.deploy.device_profile import TIMINGS_FILE, read_timings
 from pathnas.errors import UserError
 
@@ -23,11 +24,6 @@ INSTALL_HINT = "pip install 'pathnas-edge[runtime]' (the torch-free runtime) the
 
 class RemoteError(UserError):
     """The remote device could not be reached, lacks pathnas-infer, or failed to time the pack."""
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
 
 
 @dataclass
@@ -59,7 +55,7 @@ class Remote:
         except OSError as err:
             raise RemoteError(f"{self.host}: cannot run {argv[0]} ({err})") from None
         if result.returncode == 255 or (argv[0] == "scp" and result.returncode != 0):
-            raise RemoteError(f"cannot reach {self.host} over SSH to {what}: {_last_line(result.stderr)} "
+            raise RemoteError(f"cannot reach {self.host} over SSH to {what}: {last_line(result.stderr)} "
                               f"(try `ssh {self.host}` by hand; the device needs an SSH server and your key)")
         return result
 
@@ -79,7 +75,7 @@ class Remote:
         made = self.ssh(["mktemp", "-d", "/tmp/pathnas-profile.XXXXXX"], "make a working folder")
         folder = made.stdout.strip()
         if made.returncode != 0 or not folder.startswith("/tmp/pathnas-profile."):
-            raise RemoteError(f"{self.host}: cannot make a working folder in /tmp ({_last_line(made.stderr)})")
+            raise RemoteError(f"{self.host}: cannot make a working folder in /tmp ({last_line(made.stderr)})")
         try:
             self.check()
             self._run(["scp", "-r", "-q", *self._options(), str(pack), f"{self.host}:{folder}/pack"], "copy the pack")
@@ -87,7 +83,7 @@ class Remote:
                        *(["--rounds", str(rounds)] if rounds else [])]
             timed = self.ssh(command, "time the pack")
             if timed.returncode != 0:
-                raise RemoteError(f"{self.host}: `pathnas-infer profile` failed: {_last_line(timed.stderr)} "
+                raise RemoteError(f"{self.host}: `pathnas-infer profile` failed: {last_line(timed.stderr)} "
                                   f"(is the profile's runtime installed there? {INSTALL_HINT})")
             with tempfile.TemporaryDirectory(prefix="pathnas-timings-") as tmp:
                 local = Path(tmp) / TIMINGS_FILE
