@@ -9,8 +9,9 @@ other device the error names the pack / profile / assemble commands (or --remote
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Callable
+
+from pathnas.progress import progress_bar
 
 from .measure import INCREMENTAL_FIT, INCREMENTAL_SUBNETS, measure_table, reusable_parts
 from .predictor import LatencyPredictor, TablePredictor, predictor_for
@@ -24,12 +25,6 @@ log = logging.getLogger("pathnas.profiling")
 ON_DEMAND_SUBNETS, ON_DEMAND_FIT = 24, 8
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
 
 
 def measure_missing_table(profile: HardwareProfile, supernet) -> TablePredictor:
@@ -44,7 +39,7 @@ def measure_missing_table(profile: HardwareProfile, supernet) -> TablePredictor:
     log.warning("no %s latency table for this %s configuration: this machine is the device, so it is measured now "
                 "(%s) and stored at %s", profile.name, config["space"],
                 f"{len(keys & set(reuse))} of {len(keys)} parts reused" if incremental else "every part", path)
-    with _progress() as bar:
+    with progress_bar(transient=True) as bar:
         table = measure_table(supernet, profile, subnets=subnets, fit_subnets=fit, progress=bar, reuse=reuse)
     save_table(table, path)
     acc = table["accuracy"]

@@ -46,13 +46,11 @@ def data_pack(
     """Decode every image once into a pack that pretrain, evaluate and search read as they read the folder.
 
     Resumes where a killed pack stopped; run again on a finished pack, it verifies it by content hash."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from pathnas.data.shards import pack
+    from pathnas.progress import progress_bar
 
     on_interrupt(f"the rows written are kept in {out}; run the same command again to continue")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=as_json) as bar:
+    with progress_bar(console=console, disable=as_json) as bar:
         job = bar.add_task(f"packing {source.name}", total=None)
         summary = pack(source, out, size=size, seed=seed, skip_bad=skip_bad,
                        advance=lambda done, total: bar.update(job, completed=done, total=total))

@@ -63,10 +63,9 @@ def _remote(link: RemoteDevice):
 
 
 def _progress(as_json: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from pathnas.progress import progress_bar
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=as_json)
+    return progress_bar(console=console, transient=True, disable=as_json)
 
 
 def _accuracy_line(acc: dict) -> str:

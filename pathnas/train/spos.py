@@ -294,9 +294,9 @@ def _pretrain(space_config: SpaceConfig, cfg: PretrainConfig, ctx: DistContext, 
             "skipped_images": [str(p) for p in trainer.data.skipped],
         })
     if progress and ctx.is_main:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from pathnas.progress import progress_bar
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        with progress_bar() as bar:
             history = trainer.run(bar)
     else:
         history = trainer.run(None)
