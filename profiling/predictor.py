@@ -49,14 +49,20 @@ class LatencyPredictor:
         raise NotImplementedError
 
     def measure_ms(self, arch, rounds: int = 1) -> float | None:
-        """The path's latency timed on this machine (the tables' protocol, ``rounds`` rounds), or None
-        when this machine is not the device."""
+        """The path's latency timed on this machine now, or None when this machine is not the device.
+
+        Timed exactly as a table's paths are (``measure.time_items``: exported, then ``rounds`` rounds each
+        in a fresh process that does nothing else), so a probe compares like with like. Timed in this
+        process, a path ran beside whatever the search had just done: right after pretraining, torch's
+        threads competed with it and a probe found a good table 2.3x off."""
         if not self.measures_here:
             return None
-        from .timed import measure_model_latency
+        from .measure import time_items
+        from .pack import net_items
 
-        shape = tuple(self.supernet.example_input().shape)
-        return measure_model_latency(self.supernet.extract(arch), self.profile, shape, rounds=rounds)["median_ms"]
+        _, timings = time_items(self.profile, self.supernet, net_items(self.supernet, [arch], lambda j: "probe"),
+                                rounds)
+        return timings["results"][f"net:{arch.code}"]["median_ms"]
 
     def checked_here(self) -> "LatencyPredictor":
         """Check the predictions against this machine where that means something (see
