@@ -3,21 +3,25 @@ recalibrated, exactly as the search scores a path) and stand-alone accuracy (eac
 from scratch), for a supernet pretrained with uniform single-path sampling (SPOS) and one pretrained
 with fair sampling (FairNAS), at the same number of image-passes.
 
-    python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 5]
-                                          [--bn-images 256] [--threads 1] [--work DIR] [--seed 0] [--json]
-                                          [--only supernets|alone [--slice K/N]]
+    python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 20]
+                                          [--n-per-class 800] [--bn-images 256] [--threads N] [--work DIR]
+                                          [--ceiling] [--seed 0] [--json] [--only supernets|alone [--slice K/N]]
 
 The paths are spread over the FLOPs range of the demo space (the pipeline's DEMO_SPACE / DEMO_DATA):
 every path's FLOPs are counted (fvcore) and the paths at evenly spaced FLOPs ranks are taken. A fair
 step trains m paths (4 here) on one batch, so the uniform supernet gets m times the fair one's epochs:
 both see the same image-passes. Kendall tau-b and Spearman's rho come with a 95 % bootstrap interval
 over the paths (scipy.stats.bootstrap, paired resampling). Every stand-alone path goes through
-`pathnas.retrain.retrain(from_scratch=True)`. --work keeps the data, both supernets and each path's
+`pathnas.retrain.retrain(from_scratch=True)`. Everything trains and evaluates from a pack of the data
+(`pathnas-edge data pack`, the fast data path), which is what makes a ground truth worth ranking against
+affordable here: 800 images per class (480 validation images, 0.21-point steps) and 20 stand-alone epochs.
+--ceiling trains every path a second time with another seed and ranks the two stand-alone results against
+each other: no proxy can agree with the ground truth better than the ground truth agrees with itself.
+--work keeps the data, both supernets and each path's
 training, so a second run only prints (and a killed one resumes); --only runs one part, so parts can run
 at once in several processes on the same --work. The FLOPs row is the floor a supernet must beat: the
 paths ranked by their FLOPs alone. Use --threads 1 on a shared CPU (two torch threads per process on a
-busy 2-core machine trained 10x slower than one). Measured once: 41 minutes of wall time in four processes
-on 2 cores shared with other work (load average about 20); on a quiet machine it is a fraction of that.
+busy 2-core machine trained 10x slower than one).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from scipy import stats
 
 from pathnas.cost import measure_cost
 from pathnas.data import build_loaders, generate, list_classes, load_or_create_splits
+from pathnas.data.shards import pack
 from pathnas.errors import RunLockedError
 from pathnas.pipeline.run import DEMO_DATA, DEMO_SPACE
 from pathnas.retrain import retrain
@@ -77,8 +82,10 @@ def correlation(x: list[float], y: list[float], seed: int) -> dict:
     return out
 
 
-def standalone(config, data: Path, arch, work: Path, args) -> dict:
-    """One path trained alone from scratch (resumed or read back when --work holds it)."""
+def standalone(config, data: Path, arch, work: Path, args, seed: int | None = None) -> dict:
+    """One path trained alone from scratch (resumed or read back when --work holds it); ``seed`` other than
+    --seed trains it again into a folder of its own."""
+    seed = args.seed if seed is None else seed
     subnet = work / "paths" / arch.code / "subnet.pt"
     if not subnet.exists():
         subnet.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +93,9 @@ def standalone(config, data: Path, arch, work: Path, args) -> dict:
         save_subnet(subnet, build_subnet(config.model_dump(mode="json"), arch.code), config.model_dump(mode="json"),
                     arch.code, net.task, list_classes(data))
     return retrain(subnet, RetrainConfig(data=data, epochs=args.standalone_epochs, batch_size=32, lr=0.02,
-                                         from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=args.seed,
-                                         device="cpu"), work / "paths" / arch.code / "alone")
+                                         from_scratch=True, mixup_alpha=0, cutmix_alpha=0, seed=seed,
+                                         device="cpu"),
+                   work / "paths" / arch.code / ("alone" if seed == args.seed else f"alone-seed{seed}"))
 
 
 def main() -> None:
@@ -96,7 +104,10 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=64, help="random paths whose FLOPs are counted to pick from")
     parser.add_argument("--fair-epochs", type=int, default=10,
                         help="fair supernet epochs; the uniform one gets m times as many (same image-passes)")
-    parser.add_argument("--standalone-epochs", type=int, default=5)
+    parser.add_argument("--standalone-epochs", type=int, default=20)
+    parser.add_argument("--n-per-class", type=int, default=800, help="synthetic images per class (15 %% are val)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="train every path a second time (seed + 1): how well the ground truth ranks itself")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bn-images", type=int, default=256)
     parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: uniform, fair")
@@ -124,12 +135,13 @@ def run(args, work: Path) -> None:
     samplers = [s for s in args.samplers.split(",") if s]
     if not samplers or set(samplers) - set(SAMPLERS):
         sys.exit(f"error: --samplers {args.samplers!r}: allowed values are {', '.join(SAMPLERS)}")
-    data = work / "data"
-    if not (data / "dataset.json").exists():
-        generate(data, "classify", seed=args.seed, **DEMO_DATA)
-    load_or_create_splits(data, seed=args.seed)
+    folder = work / "data"
+    generate(folder, "classify", seed=args.seed, **{**DEMO_DATA, "n_per_class": args.n_per_class})
+    load_or_create_splits(folder, seed=args.seed)
     knobs = {k: v for k, v in DEMO_SPACE.items() if k != "space"}
-    config = space_config(DEMO_SPACE["space"], **knobs, num_classes=len(list_classes(data)))
+    config = space_config(DEMO_SPACE["space"], **knobs, num_classes=len(list_classes(folder)))
+    data = work / "pack"  # tiles at the input size: what the folder path resizes every image to first
+    pack(folder, data, size=config.input_size, seed=args.seed)
     reference = build_supernet(config)
     passes, key = fair_path_count(reference.space), primary_metric(reference.task)
     epochs = {"fair": args.fair_epochs, "uniform": args.fair_epochs * passes}
@@ -139,10 +151,11 @@ def run(args, work: Path) -> None:
     if args.only == "alone":
         k, n = (int(v) for v in args.slice.split("/"))
         for arch, _ in paths[k::n][::-1 if args.reverse else 1]:
-            try:
-                standalone(config, data, arch, work, args)
-            except RunLockedError:  # another process of this slice trains it
-                continue
+            for seed in (args.seed, args.seed + 1) if args.ceiling else (args.seed,):
+                try:
+                    standalone(config, data, arch, work, args, seed)
+                except RunLockedError:  # another process of this slice trains it
+                    continue
         return
     inherited: dict[str, list[float]] = {}
     for sampler in samplers:
@@ -160,10 +173,14 @@ def run(args, work: Path) -> None:
     results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
     # The floor a supernet must beat: ranking the paths by their FLOPs alone, no training at all.
     results["FLOPs"] = correlation([f for _, f in paths], alone, args.seed)
+    if args.ceiling:  # the ground truth against itself, trained again with another seed
+        again = [standalone(config, data, arch, work, args, args.seed + 1)["val"][key] for arch, _ in paths]
+        results["ceiling"] = correlation(again, alone, args.seed)
     seconds = time.perf_counter() - started
     if args.json:
         json.dump({"space": config.model_dump(mode="json"), "metric": key, "epochs": epochs, "passes": passes,
-                   "standalone_epochs": args.standalone_epochs, "bn_images": args.bn_images, "seconds": seconds,
+                   "standalone_epochs": args.standalone_epochs, "n_per_class": args.n_per_class,
+                   "val_images": len(loaders.val.dataset), "bn_images": args.bn_images, "seconds": seconds,
                    "correlation": results,
                    "paths": [{"arch": a.code, "mflops": f / 1e6, "standalone": s,
                               **{f"inherited_{k}": v[i] for k, v in inherited.items()}}
@@ -174,7 +191,7 @@ def run(args, work: Path) -> None:
           f"{list(config.stage_repeats)}), {key} on val; {len(paths)} paths over the FLOPs range")
     print(f"# supernets: " + ", ".join(f"{s} {epochs[s]} epochs" for s in samplers)
           + f" (same image-passes); BN recalibration on {args.bn_images} images; each path alone "
-            f"{args.standalone_epochs} epochs from scratch")
+            f"{args.standalone_epochs} epochs from scratch; {len(loaders.val.dataset)} val images")
     print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |")
     print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|")
     for i, ((arch, flops), alone_metric) in enumerate(zip(paths, alone)):

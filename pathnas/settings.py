@@ -269,6 +269,9 @@ class PipelineSettings(BaseModel):
         None, description=f"comma-separated: {', '.join(PRECISIONS)} (default: FP32 plus the device profile's)")
     seed: int = 0
     skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
+    pack_data: bool = Field(True, description="decode the data set once into RUN/pack, which pretraining, the search "
+                                              "and retraining read (several times the images/s of decoding files "
+                                              "every epoch: benchmarks/loader_throughput.py)")
     sign_key: Path | None = Field(None, description="sign the bundle's manifest with this private key "
                                                     "(`pathnas-edge keys new`)")
 

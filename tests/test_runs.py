@@ -297,6 +297,54 @@ def test_a_moved_run_directory_reruns_no_stage(data, tmp_path, monkeypatch):
     assert stages.stage_pretrain(moved, SPACE, cfg(moved.root), progress=False) == moved.supernet
 
 
+# -- the pipeline trains from a pack of its data ----------------------------------------------------
+
+def test_the_pipeline_trains_from_a_pack_and_keeps_the_folder_for_export(tmp_path):
+    from pathnas.pipeline.run import _plan
+    from pathnas.settings import PipelineSettings
+
+    layout = RunLayout(tmp_path / "run")
+    packed = _plan(layout, PipelineSettings())
+    assert packed.pretrain.data == packed.search.data == packed.retrain.data == layout.pack
+    assert packed.data == layout.data  # export, validation and the smoke test read image files
+    folder = _plan(layout, PipelineSettings(pack_data=False))
+    assert folder.pretrain.data == folder.retrain.data == layout.data
+
+
+def test_the_pack_stage_packs_at_the_input_size_once_and_afresh_when_the_data_change(data, tmp_path):
+    from pathnas.data import load_or_create_splits
+    from pathnas.data.shards import open_pack
+    from pathnas.pipeline import stages
+
+    layout, source = RunLayout(tmp_path / "run"), tmp_path / "data"
+    shutil.copytree(data, source)
+    load_or_create_splits(source)  # as the pipeline does: drawn before any stage hashes the data
+    assert stages.stage_pack(layout, source, 24, seed=0, skip_bad=False, progress=False) == layout.pack
+    first = open_pack(layout.pack)
+    assert first.size == 24 and first.splits["train"] == json.loads((source / "splits.json").read_text())["train"]
+    written = layout.pack_index.stat().st_mtime_ns
+    stages.stage_pack(layout, source, 24, seed=0, skip_bad=False, progress=False)
+    assert layout.pack_index.stat().st_mtime_ns == written  # up to date: not packed again
+    changed = source / first.splits["train"][0]
+    changed.write_bytes((source / first.splits["train"][1]).read_bytes())
+    stages.stage_pack(layout, source, 24, seed=0, skip_bad=False, progress=False)
+    again = open_pack(layout.pack)  # a stale pack would fail verification; the stage packs afresh instead
+    assert again.index["source_sha256"][0] == again.index["source_sha256"][1]
+
+
+def test_the_pack_stage_refuses_a_disk_too_small_and_names_the_way_out(data, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from pathnas.pipeline import stages
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    layout = RunLayout(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"at 224 px needs [0-9.]+ MiB .*0\.0 MiB are free.*--no-pack-data"):
+        stages.stage_pack(layout, data, 224, seed=0, skip_bad=False, progress=False)
+    assert not layout.pack.exists()
+
+
 def test_a_stage_sweeps_orphaned_temporaries(tmp_path):
     layout = RunLayout(tmp_path / "run")
     layout.root.mkdir()

@@ -149,6 +149,15 @@ def _problem(image: Path, mask: Path | None) -> tuple[Path, str] | None:
     return None
 
 
+def pack_bytes(source: str | os.PathLike, size: int, seed: int = 0) -> int:
+    """The bytes the arrays of a pack of ``source`` at ``size`` px take (what to check the free disk against)."""
+    source = Path(source)
+    task = detect_task(source)
+    splits = load_or_create_splits(source, task, seed=seed)
+    rows = sum(len(splits[s]) for s in SPLITS)
+    return rows * (3 * size * size + (size * size if task == "segment" else 8))
+
+
 def pack(source: str | os.PathLike, out: str | os.PathLike, size: int = 224, seed: int = 0, skip_bad: bool = False,
          advance: Callable[[int, int], None] | None = None) -> dict:
     """Pack the image folder ``source`` into ``out``; resumes a pack a kill interrupted, verifies a finished one.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pathnas.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 from pathnas.data.datasets import MARKER_FILE
+from pathnas.data.shards import PACK_INDEX
 from pathnas.export.artifacts import EXPORT_RECORD, LABELS, MODEL_ONNX, PREPROCESS
 from pathnas.export.quantize import CALIBRATION_RECORD, INT8_ONNX
 from pathnas.export.report import REPORT_JSON, REPORT_MD
@@ -62,6 +63,8 @@ class RunLayout:
     stages, summary, smoke_test = _InRun(STAGES_FILE), _InRun(PIPELINE_SUMMARY), _InRun(SMOKE_TEST_FILE)
     # The embedded synthetic data set, when the pipeline generates one; its marker is written last.
     data, data_marker = _folder("data", MARKER_FILE)
+    # The data set decoded once for the training stages (pathnas.data.shards); its index is written last.
+    pack, pack_index = _folder("pack", PACK_INDEX)
     supernet_dir, supernet = _folder("supernet", LAST_CHECKPOINT)
     (latency_dir,) = _folder("latency")
     search_dir, search_summary, evaluations = _folder("search", SEARCH_SUMMARY, EVALUATIONS_FILE)

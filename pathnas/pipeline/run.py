@@ -68,14 +68,15 @@ def _plan(layout: RunLayout, settings: PipelineSettings) -> _Plan:
         from pathnas.deploy.signing import key_fingerprint
 
         key_fingerprint(settings.sign_key)  # a missing or unreadable key is named now, not after the training
+    training_data = layout.pack if settings.pack_data else data  # the image folder stays for export and checks
     return _Plan(settings, data, demo_data, profile, config,
-                 settings.pretrain_config(data, layout.supernet_dir),
-                 settings.search_settings(data, layout.supernet, layout.search_dir),
-                 settings.retrain_config(data), precisions)
+                 settings.pretrain_config(training_data, layout.supernet_dir),
+                 settings.search_settings(training_data, layout.supernet, layout.search_dir),
+                 settings.retrain_config(training_data), precisions)
 
 
 def run_pipeline(run: Path, settings: PipelineSettings | None = None, *, progress: bool = True) -> dict:
-    """Data -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate
+    """Data -> pack (unless --no-pack-data) -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate
     -> bundle for the device (signed when ``settings.sign_key`` is given) -> torch-free smoke test of it."""
     layout = RunLayout(Path(run))
     plan = _plan(layout, settings or PipelineSettings())
@@ -95,6 +96,8 @@ def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
     load_or_create_splits(data, seed=seed)  # drawn before any stage hashes the data, so later runs see the same hash
     if skip_bad:  # list the unusable files in splits.json now, before any stage hashes the data set
         build_loaders(data, plan.space.input_size, 1, seed=seed, skip_bad=True)
+    if plan.settings.pack_data:
+        stages.stage_pack(layout, data, plan.space.input_size, seed, skip_bad, progress)
     supernet_ckpt = stages.stage_pretrain(layout, plan.space, plan.pretrain, progress)
     supernet, _ = load_supernet(supernet_ckpt)
     latency_table = stages.stage_profile(layout, plan.profile, supernet)

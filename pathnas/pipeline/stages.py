@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from pathnas.errors import MissingFileError, UserError
+from pathnas.errors import ConfigError, MissingFileError, UserError
 from pathnas.io import read_json, write_json_atomic
 from pathnas.settings import PretrainConfig, RetrainConfig, SearchSettings
 
@@ -37,6 +37,34 @@ def stage_data(layout: RunLayout, n_per_class: int, image_size: int, seed: int) 
     run_stage(layout, "data", {"generator": ["synth", n_per_class, image_size, seed]}, [layout.data_marker],
               lambda: generate(layout.data, "classify", n_per_class=n_per_class, image_size=image_size, seed=seed))
     return layout.data
+
+
+def stage_pack(layout: RunLayout, data: Path, size: int, seed: int, skip_bad: bool, progress: bool = True) -> Path:
+    """``data`` decoded once into RUN/pack at the model's input size, for the training stages: every epoch then
+    reads pixels instead of decoding image files (the folder path resizes every image to that size first,
+    so the pack holds the same pixels it would train on)."""
+    import shutil
+
+    from pathnas.data.shards import pack, pack_bytes
+    from pathnas.progress import progress_bar
+
+    def build() -> None:
+        if layout.pack_index.exists():  # a finished pack of other files or settings: derived, so packed afresh
+            shutil.rmtree(layout.pack)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        need, free = pack_bytes(data, size), shutil.disk_usage(layout.root).free
+        if need > free:
+            raise ConfigError(f"packing {data} at {size} px needs {need / 2**20:,.1f} MiB in {layout.pack}, and "
+                              f"{free / 2**20:,.1f} MiB are free: free some, or run with --no-pack-data (the "
+                              f"training stages then decode the image files every epoch)")
+        with progress_bar(transient=True, disable=not progress or None) as bar:
+            job = bar.add_task("packing the data", total=None)
+            pack(data, layout.pack, size=size, seed=seed, skip_bad=skip_bad,
+                 advance=lambda done, total: bar.update(job, completed=done, total=total))
+
+    run_stage(layout, "pack", {"data": Path(data), "size": size, "seed": seed, "skip_bad": skip_bad},
+              [layout.pack_index], build)
+    return layout.pack
 
 
 def stage_pretrain(layout: RunLayout, space_config, cfg: PretrainConfig, progress: bool = True) -> Path:
