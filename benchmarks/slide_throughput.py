@@ -2,6 +2,7 @@
 
     python benchmarks/slide_throughput.py [--threads 2] [--batch-size 8] [--reader-threads 2]
                                           [--models paper,small] [--side 6720] [--big] [--json]
+    python benchmarks/slide_throughput.py --batch-sweep 1,4,8,16 [--runtimes onnxruntime,openvino]
 
 For the paper's ShuffleNet (width 1.0, 224 px input, a fixed mixed-kernel path, untrained
 weights: speed does not depend on them) and a small one (width 0.5), exported to ONNX through
@@ -18,6 +19,8 @@ the toolchain's exporter and run in ONNX Runtime on this CPU:
 - with ``--big``: seconds for a slide of 200 x 200 = 40,000 tissue tiles of 224 px, beside
   H2G-Net's published ~58 s per slide on a CPU (a different model and pipeline).
 Every measurement runs in its own torch-free process, so a process's peak memory is that slide's.
+``--batch-sweep`` prints pure inference tiles/s of both models at each batch size in each runtime
+(interleaved, best of 3 passes): the figure behind a profile's ``slide_batch_size``.
 Tiles of 224 px at level 0 (no resolution stated: read as they are), no overlap, all tissue.
 """
 from __future__ import annotations
@@ -88,6 +91,38 @@ def child(args) -> None:
                       "peak_mb": peak_kb / 1024}))
 
 
+def batch_sweep(args) -> None:
+    """Pure inference tiles/s per batch size and runtime, each batch size timed in turn within a pass."""
+    import tempfile
+
+    import numpy as np
+
+    from pathnas.deploy.infer import open_model_runner
+
+    batches = [int(b) for b in args.batch_sweep.split(",")]
+    x = np.random.default_rng(0).standard_normal((max(batches), 3, SIZE, SIZE), dtype=np.float32)
+    print(f"# pure inference tiles/s, {SIZE} px, {args.threads} threads, best of 3 passes")
+    print("| model | runtime | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    print("|---|---|" + "---:|" * len(batches))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            path = export_model(name, Path(tmp))
+            for runtime in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
+                runner = open_model_runner(path, runtime, args.threads)
+                best = {b: 0.0 for b in batches}
+                for _ in range(3):
+                    for b in batches:
+                        for _ in range(2):
+                            runner.run(x[:b])
+                        calls = max(4, args.pure_tiles // b)
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            runner.run(x[:b])
+                        best[b] = max(best[b], calls * b / (time.perf_counter() - start))
+                runner.close()
+                print(f"| {name} | {runtime} | " + " | ".join(f"{best[b]:.0f}" for b in batches) + " |")
+
+
 def measure(model: Path, slide: Path, args, reader_threads: int, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide), "--out", str(out),
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
@@ -108,6 +143,8 @@ def main() -> None:
     p.add_argument("--pure-tiles", type=int, default=400)
     p.add_argument("--big", action="store_true", help="also a slide of 40,000 tissue tiles (200 x 200 of 224 px)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-sweep", default=None, help="comma-separated batch sizes: pure inference only")
+    p.add_argument("--runtimes", default="onnxruntime,openvino", help="with --batch-sweep")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
@@ -115,6 +152,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.batch_sweep:
+        return batch_sweep(args)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from bundle_helpers import write_slide
     from pathnas.deploy.machine import cpu_model

@@ -167,7 +167,9 @@ def _manifest(profile, report: dict, rows: list[dict], export: dict, retrain: di
         "preprocess": "preprocess.json", "labels": "labels.json", "config": CONFIG,
         "model": {"artifacts": artifacts, "default": preferred["path"], "precision_note": precision_note},
         "profile": {"name": profile.name, "runtime": profile.runtime, "precision": profile.precision,
-                    "threads": profile.threads, "batch_size": profile.batch_size, "description": profile.description},
+                    "threads": profile.threads, "batch_size": profile.batch_size,
+                    "slide_batch_size": profile.slide_batch_size or profile.batch_size,
+                    "description": profile.description},
         "versions": {"validated_with": report.get("versions", {}), "packaged_with": runtime_versions()},
         "dataset": export.get("dataset"),
         # rows: the packaged artifacts' validation; others: what was not packaged, and why

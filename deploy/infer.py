@@ -433,7 +433,8 @@ def run(args) -> int:
     out, out_dir = results_path(args.out)
     if args.format is None:
         args.format = "json" if out.suffix.lower() == ".json" else "csv"
-    args.batch_size = args.batch_size or int(model.manifest["profile"].get("batch_size") or 1)
+    profile = model.manifest["profile"]
+    args.batch_size = args.batch_size or int(profile.get("slide_batch_size") or profile.get("batch_size") or 1)
     for attr, default in (("mask_dir", out_dir / "masks"), ("tile_dir", out_dir / "tiles")):
         if getattr(args, attr) is None:
             setattr(args, attr, default)
@@ -529,7 +530,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="onnxruntime execution provider (fails rather than falling back to the CPU)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the bundle's device profile)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per inference (default: the bundle's device "
-                                                                "profile)")
+                                                                "profile's slide batch)")
     p.add_argument("--reader-threads", type=int, default=2,
                    help="threads reading and preparing tiles ahead of the model (0: read, then infer, in turns)")
     p.add_argument("--redo", action="store_true",

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from pathnas.errors import InvalidFileError, UserError
 from pathnas.io import read_json, sha256_file
 
+from .runners import ENGINE_MAX_BATCH
 from .signing import SIGNATURE, SignatureCheck, TrustedKeys, check_signature
 from .wsinfer import config_problems
 
@@ -149,6 +150,9 @@ def structure_problems(root: Path, manifest: dict) -> list[str]:
             or not isinstance(profile.get("batch_size", 1), int) or not isinstance(profile.get("precision"), str):
         problems.append(f"{at}: profile needs a name, a runtime ({', '.join(RUNTIMES)}), a precision and integer "
                         "threads and batch_size")
+    slide_batch = profile.get("slide_batch_size", 1)  # absent in bundles made before it existed
+    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or not 1 <= slide_batch <= ENGINE_MAX_BATCH:
+        problems.append(f"{at}: profile.slide_batch_size {slide_batch!r} is not an integer from 1 to {ENGINE_MAX_BATCH}")
     return problems
 
 

@@ -38,6 +38,9 @@ RUNTIMES = (*RUNTIME_SUFFIXES, "torch-cuda")
 # Backends (as artifacts, validation reports and bundles name them) -> the files each one runs.
 BACKEND_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "tensorrt": (".engine", ".plan")}
 PRECISIONS = ("fp32", "fp16", "int8")  # as hardware profiles name them
+# The largest batch a TensorRT engine is built for (its optimisation profile spans 1..this); the other
+# runtimes take any batch, since the ONNX file's batch axis is dynamic.
+ENGINE_MAX_BATCH = 8
 
 
 # What each backend needs installed, and the extra of pathnas-edge that brings it.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pathnas.deploy.runners import BACKEND_EXTRAS, cuda_device_count
+from pathnas.deploy.runners import BACKEND_EXTRAS, ENGINE_MAX_BATCH, cuda_device_count
 from pathnas.errors import ConfigError
 from pathnas.io import atomic_path, sha256_file
 
@@ -48,7 +48,7 @@ def engine_path(cache_dir: Path, onnx_path: Path, input_shape: tuple[int, ...], 
 
 
 def build_engine(onnx_path: Path, cache_dir: Path, input_shape: tuple[int, ...], precision: str,
-                 max_batch: int = 8, workspace_bytes: int = 1 << 30) -> Path:
+                 max_batch: int = ENGINE_MAX_BATCH, workspace_bytes: int = 1 << 30) -> Path:
     """The cached engine for this GPU, or a freshly built one."""
     if precision not in ("fp16", "int8", "fp32"):
         raise ConfigError(f"precision {precision!r}: allowed values are fp32, fp16, int8")

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pathnas.deploy.machine import cpu_flags, cpu_info
-from pathnas.deploy.runners import cuda_device_count
+from pathnas.deploy.runners import ENGINE_MAX_BATCH, cuda_device_count
 from pathnas.errors import ConfigError
 from pathnas.io import read_text
 
@@ -41,7 +41,11 @@ class HardwareProfile(BaseModel):
     description: str
     runtime: Literal["onnxruntime-cpu", "openvino-cpu", "tensorrt", "torch-cuda"]
     precision: Literal["fp32", "fp16", "int8"]
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="the batch latency is measured and regress-checked at")
+    slide_batch_size: int | None = Field(
+        None, ge=1, le=ENGINE_MAX_BATCH,
+        description="tiles per inference when pathnas-infer runs slides and folders (default: batch_size); set only "
+                    "where measured (benchmarks/slide_throughput.py --batch-sweep)")
     threads: int = Field(ge=1)
     input_sizes: list[int]
     notes: str = ""

@@ -220,6 +220,8 @@ CASES = {
                         "labels ['w', 'x', 'y', 'z'] disagree with the manifest's classes"),
     "WSInfer config disagrees": (lambda b, t: _edit_json(b / "config.json", spacing_um_px=0.25), None,
                                  "config.json: spacing_um_px is 0.25, but preprocess.json and the labels say 2.0"),
+    "slide batch beyond the engines'": (None, lambda m: m["profile"].update(slide_batch_size=64),
+                                        "profile.slide_batch_size 64 is not an integer from 1 to 8"),
     "preprocessing changed under the config": (lambda b, t: _edit_json(b / "preprocess.json", image_px=64), None,
                                                "config.json: patch_size_pixels is 32, but preprocess.json and the "
                                                "labels say 64"),

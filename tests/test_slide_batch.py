@@ -114,8 +114,8 @@ def test_one_bad_slide_never_stops_the_others(bundle, tmp_path):
     assert s1["tiles"] == 441 and s1["tissue_tiles"] + s1["background_tiles"] == 441 and s1["seconds"] > 0
     assert meta["settings"] == {"tile": "auto", "tile_size": 32, "tile_overlap": 0.25, "min_tissue": 0.2,
                                 "heatmap_size": 512, "device": "cpu"}
-    # threads and batch size come from the bundle's device profile (x86-cpu-ort: 2 threads, batch 1)
-    assert meta["threads"] == 2 and meta["batch_size"] == 1 and meta["reader_threads"] == 2
+    # threads and batch size come from the bundle's device profile (x86-cpu-ort: 2 threads, slides at batch 8)
+    assert meta["threads"] == 2 and meta["batch_size"] == 8 and meta["reader_threads"] == 2
     # a failed slide is tried again on the next run; the others are skipped
     code, err = run_infer_here(bundle, slides, "--out", out)
     assert code == 1 and err.count(SKIPPED) == 3 and "truncated.tif: FAILED" in err and "damaged.tif: FAILED" in err
@@ -160,3 +160,14 @@ def test_dicom_slides_need_openslide_4_and_a_folder_of_levels_is_one_slide(bundl
         monkeypatch.setattr(openslide, "__library_version__", "3.4.1")
         code, err = run_infer_here(bundle, folder, "--out", tmp_path / "out")
         assert code == 1 and f"{needs} (this is 3.4.1)" in err
+
+
+def test_a_bundle_from_before_slide_batches_runs_slides_at_its_profile_batch(bundle, tmp_path):
+    from bundle_helpers import copy_bundle, rehash
+
+    old = copy_bundle(bundle, tmp_path / "old")
+    rehash(old, lambda m: m["profile"].pop("slide_batch_size"))
+    slides = _slides(tmp_path / "slides", 1)
+    code, err = run_infer_here(old, slides, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "run_metadata.json").read_text())["batch_size"] == 1
