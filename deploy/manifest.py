@@ -152,7 +152,8 @@ def structure_problems(root: Path, manifest: dict) -> list[str]:
                         "threads and batch_size")
     slide_batch = profile.get("slide_batch_size", 1)  # absent in bundles made before it existed
     if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or not 1 <= slide_batch <= ENGINE_MAX_BATCH:
-        problems.append(f"{at}: profile.slide_batch_size {slide_batch!r} is not an integer from 1 to {ENGINE_MAX_BATCH}")
+        problems.append(f"{at}: profile.slide_batch_size {slide_batch!r} is not an integer from 1 to "
+                        f"{ENGINE_MAX_BATCH}")
     return problems
 
 

@@ -24,6 +24,14 @@ BEST_CHECKPOINT = "best.pt"  # the epoch with the best validation metric
 METRICS_LOG = "metrics.jsonl"  # one line per finished epoch
 
 
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint made with other settings than this run's; ``changes`` names them."""
+
+    def __init__(self, message: str, changes: list[str]):
+        super().__init__(message)
+        self.changes = changes
+
+
 class DiskFullError(UserError):
     """No space left to write a checkpoint; the previous one is kept."""
 
@@ -112,10 +120,10 @@ def resume_training(path: str | os.PathLike, expected_format: str, kind: str, mo
         changed.append(_difference("settings", ckpt.get("settings") or {}, settings))
     if changed:
         why = sorted({reason for name, reason in _WHY.items() if any(f" {name} " in f" {c} " for c in changed)})
-        raise ConfigError(f"{path} was made with other settings ({'; '.join(changed)})"
-                          + (f": {'; '.join(why)}" if why else "")
-                          + f"; use another run directory (or delete {Path(path).parent} to start afresh), "
-                            f"or restore the settings to resume it")
+        raise CheckpointMismatchError(
+            f"{path} was made with other settings ({'; '.join(changed)})" + (f": {'; '.join(why)}" if why else "")
+            + f"; use another run directory (or delete {Path(path).parent} to start afresh), or restore the "
+              f"settings to resume it", changed)
     model.load_state_dict(ckpt["model"])
     parts.load_state_dict(ckpt["training"])
     epoch = int(ckpt["epoch"])

@@ -9,6 +9,7 @@ other device the error names the pack / profile / assemble commands (or --remote
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 from pathnas.progress import progress_bar
@@ -25,13 +26,13 @@ log = logging.getLogger("pathnas.profiling")
 ON_DEMAND_SUBNETS, ON_DEMAND_FIT = 24, 8
 
 
-
-
-def measure_missing_table(profile: HardwareProfile, supernet) -> TablePredictor:
-    """Measure this configuration's table here (this machine is the device), store it in the user's
-    folder and return its predictor."""
+def measure_missing_table(profile: HardwareProfile, supernet, path: Path | None = None) -> TablePredictor:
+    """Measure this configuration's table here (this machine is the device), reusing every part a table
+    of this machine already timed; store it at ``path`` (default: the user's table folder, where later
+    measurements find its parts) and return its predictor. The one way a missing table is measured: for
+    a search, and for the pipeline's profile stage (which keeps it in the run directory)."""
     config = supernet.config.model_dump(mode="json")
-    path = user_tables_dir(profile) / table_filename(config)
+    path = path or user_tables_dir(profile) / table_filename(config)
     reuse = reusable_parts(profile)
     keys = {p.key for p in supernet.latency_parts()}
     incremental = len(keys & set(reuse)) >= len(keys) / 2

@@ -345,6 +345,45 @@ def test_the_pack_stage_refuses_a_disk_too_small_and_names_the_way_out(data, tmp
     assert not layout.pack.exists()
 
 
+def test_the_profile_stage_measures_a_missing_table_the_one_way_into_the_run(tmp_path, monkeypatch):
+    from pathnas.pipeline import stages
+    from pathnas.profiling import load_profile
+    from pathnas.spaces import build_supernet
+
+    supernet = build_supernet(space_config("shufflenet", width_mult=0.25, input_size=40, num_classes=3,
+                                           stage_repeats=[1, 1, 1, 1]))
+    calls = []
+
+    def measured(profile, net, path):  # what a search that lacks a table calls too (profiling.ondemand)
+        calls.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+
+    monkeypatch.setattr("pathnas.profiling.ondemand.measure_missing_table", measured)
+    layout = RunLayout(tmp_path / "run")
+    table = stages.stage_profile(layout, load_profile("cpu"), supernet)
+    assert calls == [table] and table.parent == layout.latency_dir
+    assert stages.stage_profile(layout, load_profile("cpu"), supernet) == table and len(calls) == 1  # recorded
+
+
+def test_a_pipeline_stage_moves_stale_training_aside_and_trains_afresh(data, tmp_path, caplog):
+    from pathnas.data import load_or_create_splits
+    from pathnas.pipeline import stages
+
+    layout = RunLayout(tmp_path / "run")
+    shutil.copytree(data, layout.root / "data")
+    load_or_create_splits(layout.root / "data")
+    cfg = settings(layout.root / "data", layout.supernet_dir, epochs=1, max_steps_per_epoch=1, eval_paths=0)
+    stages.stage_pretrain(layout, SPACE, cfg, progress=False)
+    before = layout.supernet.read_bytes()
+    # the run's settings changed (say, the learning rate): the stage re-runs, and the old checkpoint is stale
+    stages.stage_pretrain(layout, SPACE, cfg.model_copy(update={"lr": cfg.lr / 2}), progress=False)
+    kept = [p for p in layout.root.iterdir() if p.name.startswith("supernet-before-")]
+    assert len(kept) == 1 and (kept[0] / "last.pt").read_bytes() == before  # never deleted
+    assert layout.supernet.exists() and layout.supernet.read_bytes() != before
+    assert "lr" in caplog.text and str(kept[0]) in caplog.text
+
+
 def test_a_stage_sweeps_orphaned_temporaries(tmp_path):
     layout = RunLayout(tmp_path / "run")
     layout.root.mkdir()

@@ -306,6 +306,21 @@ def test_the_pipeline_stage_resumes_the_search_and_applies_a_new_budget(world, t
     assert again["evaluations"] == 3 and again["best"]["flops"] / 1e6 <= budget  # never a path over the budget
 
 
+def test_the_pipeline_stage_keeps_a_stale_search_aside_and_starts_afresh(world, tmp_path, caplog):
+    from pathnas.pipeline import RunLayout
+    from pathnas.pipeline.stages import stage_search
+
+    layout = RunLayout(tmp_path / "pipe")
+    stage_search(layout, settings(world, layout.search_dir, proposer="random", iterations=2, resume=True))
+    old = read_evaluations(layout.evaluations)
+    # this run's supernet was retrained with another seed, say: the search's own seed changed with it
+    fresh = stage_search(layout, settings(world, layout.search_dir, proposer="random", iterations=2, seed=1,
+                                          resume=True))
+    kept = [p for p in layout.root.iterdir() if p.name.startswith("search-before-")]
+    assert len(kept) == 1 and read_evaluations(kept[0] / "evaluations.jsonl") == old  # never deleted
+    assert fresh["evaluations"] == 2 and "--seed changed: 0 then, 1 now" in caplog.text and str(kept[0]) in caplog.text
+
+
 def test_a_resume_with_other_evaluation_settings_is_refused_naming_them(world, tmp_path):
     run = tmp_path / "run"
     search(settings(world, run, proposer="random", iterations=1))

@@ -76,8 +76,9 @@ def _plan(layout: RunLayout, settings: PipelineSettings) -> _Plan:
 
 
 def run_pipeline(run: Path, settings: PipelineSettings | None = None, *, progress: bool = True) -> dict:
-    """Data -> pack (unless --no-pack-data) -> supernet -> latency table -> search -> extract -> retrain -> export (+ quantize) -> validate
-    -> bundle for the device (signed when ``settings.sign_key`` is given) -> torch-free smoke test of it."""
+    """Data -> pack (unless --no-pack-data) -> supernet -> latency table -> search -> extract -> retrain -> export
+    (+ quantize) -> validate -> bundle for the device (signed when ``settings.sign_key`` is given) -> torch-free
+    smoke test of it."""
     layout = RunLayout(Path(run))
     plan = _plan(layout, settings or PipelineSettings())
     layout.root.mkdir(parents=True, exist_ok=True)

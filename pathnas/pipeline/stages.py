@@ -22,6 +22,27 @@ from .record import run_stage
 log = logging.getLogger("pathnas.pipeline")
 
 
+def _afresh_if_stale(folder: Path, what: str, fn: Callable[[], object]) -> None:
+    """Run ``fn``, which resumes the work in ``folder``. When that work was made with other inputs (this run's
+    settings changed, or an earlier stage was redone), it cannot be resumed: it is moved aside to
+    FOLDER-before-<time>, never deleted, a warning says what changed, and ``fn`` runs afresh. Every input of
+    a stage is the pipeline's, so such work is a stale stage of this same run, not someone else's."""
+    import datetime as dt
+
+    from pathnas.checkpoint import CheckpointMismatchError
+    from pathnas.search import SearchMismatchError
+
+    try:
+        fn()
+    except (CheckpointMismatchError, SearchMismatchError) as err:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        kept = folder.with_name(f"{folder.name}-before-{stamp}")
+        folder.rename(kept)
+        log.warning("%s was made with other inputs (%s): moved to %s, and %s starts afresh", folder,
+                    "; ".join(err.changes), kept, what)
+        fn()
+
+
 def _need(path: Path, command: str) -> Path:
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: run `pathnas-edge {command}` first")
@@ -72,15 +93,16 @@ def stage_pretrain(layout: RunLayout, space_config, cfg: PretrainConfig, progres
 
     run_stage(layout, "pretrain", {"data": cfg.data, "space": space_config.model_dump(mode="json"),
                                    "train": cfg.model_dump(mode="json")}, [layout.supernet],
-              lambda: pretrain(space_config, cfg, resume=True, progress=progress))
+              lambda: _afresh_if_stale(layout.supernet_dir, "the supernet's training",
+                                       lambda: pretrain(space_config, cfg, resume=True, progress=progress)))
     return layout.supernet
 
 
 def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
     """The latency table of ``supernet``'s configuration for ``profile``: None when one is installed;
     measured here into RUN/latency when this machine is the device; NoLatencyTableError otherwise."""
-    from pathnas.profiling import measure_table, predictor_for, save_table
-    from pathnas.profiling.measure import reusable_parts
+    from pathnas.profiling import predictor_for
+    from pathnas.profiling.ondemand import measure_missing_table
     from pathnas.profiling.tables import NoLatencyTableError, table_filename
 
     try:
@@ -91,10 +113,8 @@ def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
             raise
     config = supernet.config.model_dump(mode="json")
     table = layout.latency_dir / table_filename(config)
-    log.info("no latency table for %s and this configuration: measuring it here", profile.name)
     run_stage(layout, "profile", {"space": config, "device": profile.name}, [table],
-              lambda: save_table(measure_table(supernet, profile, subnets=20, fit_subnets=6, rounds=2,
-                                                   reuse=reusable_parts(profile)), table))
+              lambda: measure_missing_table(profile, supernet, table))
     return table
 
 
@@ -112,8 +132,9 @@ def latency_factory(settings: SearchSettings) -> Callable:
 
 
 def stage_search(layout: RunLayout, settings: SearchSettings) -> dict:
-    """The search into RUN/search (it resumes what it recorded: with other budgets it recomputes the
-    verdicts, with another supernet or data it refuses, naming what changed)."""
+    """The search into RUN/search. It resumes what it recorded; with other budgets it recomputes the verdicts.
+    Evaluations made with other inputs (this run's supernet retrained, its data or evaluation settings
+    changed) are moved aside and the search starts afresh (``_afresh_if_stale``)."""
     from pathnas.search import SearchStopped, run_search
 
     def search() -> None:
@@ -125,7 +146,8 @@ def stage_search(layout: RunLayout, settings: SearchSettings) -> dict:
     inputs = {"settings": settings.model_dump(mode="json", exclude={"resume"})}
     inputs.update({name: path for name, path in (("supernet", settings.supernet), ("benchmark", settings.benchmark))
                    if path is not None})
-    run_stage(layout, "search", inputs, [layout.search_summary], search)
+    run_stage(layout, "search", inputs, [layout.search_summary],
+              lambda: _afresh_if_stale(Path(settings.run_dir), "the search", search))
     return read_json(layout.search_summary, "search summary")
 
 
@@ -151,7 +173,9 @@ def stage_retrain(layout: RunLayout, cfg: RetrainConfig, force: bool = False) ->
 
     subnet = _need(layout.subnet, "extract")
     run_stage(layout, "retrain", {"subnet": subnet, "settings": cfg.model_dump(mode="json")},
-              [layout.retrain_summary], lambda: retrain(subnet, cfg, layout.retrain_dir), force)
+              [layout.retrain_summary], lambda: _afresh_if_stale(layout.retrain_dir, "the retraining",
+                                                                 lambda: retrain(subnet, cfg, layout.retrain_dir)),
+              force)
     return read_json(layout.retrain_summary, "retrain summary")
 
 

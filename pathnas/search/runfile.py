@@ -43,7 +43,11 @@ _RECORD_KEYS = frozenset({"iteration", "arch", "metric", "flops", "params", "lat
 
 
 class SearchMismatchError(UserError):
-    """A run directory's evaluations were made with other inputs than this search's."""
+    """A run directory's evaluations were made with other inputs than this search's; ``changes`` says which."""
+
+    def __init__(self, message: str, changes: list[str]):
+        super().__init__(message)
+        self.changes = changes
 
 
 def repair_torn_tail(path: Path) -> bool:
@@ -98,7 +102,7 @@ def open_evaluations(path: Path, header: dict, resume: bool, rescore) -> list[di
         return []
     if old is None:
         raise SearchMismatchError(f"{path} records no settings (it was written by an older version): search into "
-                                  f"another --run-dir")
+                                  f"another --run-dir", ["written by an older version"])
     if old.get("format") != FORMAT:
         raise InvalidFileError(f"{path}: format {old.get('format')!r}, this version reads {FORMAT}")
     for line, record in enumerate(history, start=2):
@@ -108,7 +112,7 @@ def open_evaluations(path: Path, header: dict, resume: bool, rescore) -> list[di
     changed = _changes(old.get("identity", {}), header["identity"])
     if changed:
         raise SearchMismatchError(f"{path} holds evaluations made with other inputs: {'; '.join(changed)}. Resume "
-                                  f"with the same ones, or search into another --run-dir")
+                                  f"with the same ones, or search into another --run-dir", changed)
     same_device = old.get("device") == header["device"]
     rescored = [rescore(r, same_device) for r in history]
     moved = sum(1 for a, b in zip(history, rescored) if a != b)
