@@ -3,6 +3,7 @@
     python benchmarks/slide_throughput.py [--threads 2] [--batch-size 8] [--reader-threads 2]
                                           [--models paper,small] [--side 6720] [--big] [--json]
     python benchmarks/slide_throughput.py --batch-sweep 1,4,8,16 [--runtimes onnxruntime,openvino]
+    python benchmarks/slide_throughput.py --read-costs [--side 3360]
 
 For the paper's ShuffleNet (width 1.0, 224 px input, a fixed mixed-kernel path, untrained
 weights: speed does not depend on them) and a small one (width 0.5), exported to ONNX through
@@ -21,6 +22,10 @@ the toolchain's exporter and run in ONNX Runtime on this CPU:
 Every measurement runs in its own torch-free process, so a process's peak memory is that slide's.
 ``--batch-sweep`` prints pure inference tiles/s of both models at each batch size in each runtime
 (interleaved, best of 3 passes): the figure behind a profile's ``slide_batch_size``.
+``--read-costs`` prints the reading side's CPU time per tile in one thread (reading and decoding,
+tissue detection, preprocessing; best of 3 passes over the slide), beside each model's inference CPU
+time per tile (threads x seconds per tile): on a machine whose cores are all busy with both, the
+ratio slide / pure cannot pass inference / (inference + reading).
 Tiles of 224 px at level 0 (no resolution stated: read as they are), no overlap, all tissue.
 """
 from __future__ import annotations
@@ -123,6 +128,60 @@ def batch_sweep(args) -> None:
                 print(f"| {name} | {runtime} | " + " | ".join(f"{best[b]:.0f}" for b in batches) + " |")
 
 
+def read_costs(args) -> None:
+    """The reading side's CPU ms per tile, one thread, against each model's inference CPU ms per tile."""
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from bundle_helpers import write_slide
+    from pathnas.deploy.images import open_image, tile_grid, tissue_fraction
+    from pathnas.deploy.infer import Model, open_model_runner
+
+    pre = {"input_size": SIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1 / 255,
+           "mpp": None, "image_px": SIZE}
+    with tempfile.TemporaryDirectory() as tmp:
+        slide = write_slide(Path(tmp) / "slide.tif", side=args.side, tile=256, tissue=1.0, compression="jpeg")
+        source = open_image(slide)
+        grid = list(tile_grid(source.height, source.width, SIZE, 0.0, getattr(source, "block", None)))
+        source.close()
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+        models = {n: Model(open_model_runner(export_model(n, Path(tmp)), "onnxruntime", args.threads), pre,
+                           ["a", "b", "c", "d"], "classify") for n in names}
+        best = {"read and decode": np.inf, "tissue detection": np.inf, "preprocess": np.inf}
+        for _ in range(3):
+            reader = open_image(slide)  # a cold segment cache every pass
+            start = time.process_time()
+            regions = [reader.read_region(y, x, SIZE, SIZE) for y, x in grid]
+            best["read and decode"] = min(best["read and decode"], time.process_time() - start)
+            start = time.process_time()
+            for region in regions:
+                tissue_fraction(region)
+            best["tissue detection"] = min(best["tissue detection"], time.process_time() - start)
+            start = time.process_time()
+            batch = np.concatenate([models[names[0]].preprocess(region) for region in regions])
+            best["preprocess"] = min(best["preprocess"], time.process_time() - start)
+        inference = {}
+        for name, model in models.items():
+            chunk = batch[:args.batch_size]
+            model.predict(chunk)
+            start = time.process_time()
+            for _ in range(max(2, args.pure_tiles // len(chunk))):
+                model.predict(chunk)
+            inference[name] = (time.process_time() - start) / (max(2, args.pure_tiles // len(chunk)) * len(chunk))
+    reading = sum(best.values()) / len(grid)
+    print(f"# CPU ms per tile, {SIZE} px, {len(grid)} tiles of a JPEG slide; reading in one thread; inference at "
+          f"batch {args.batch_size}, {args.threads} threads (process CPU time)")
+    print("| step | CPU ms per tile |\n|---|---:|")
+    for step, seconds in best.items():
+        print(f"| {step} | {seconds / len(grid) * 1e3:.3f} |")
+    print(f"| reading side, all | {reading * 1e3:.3f} |")
+    for name, seconds in inference.items():
+        print(f"| inference, {name} | {seconds * 1e3:.3f} (bound on slide / pure with every core busy: "
+              f"{seconds / (seconds + reading):.2f}) |")
+
+
 def measure(model: Path, slide: Path, args, reader_threads: int, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide), "--out", str(out),
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
@@ -145,6 +204,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-sweep", default=None, help="comma-separated batch sizes: pure inference only")
     p.add_argument("--runtimes", default="onnxruntime,openvino", help="with --batch-sweep")
+    p.add_argument("--read-costs", action="store_true", help="CPU ms per tile of reading and of inference")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
@@ -154,6 +214,8 @@ def main() -> None:
         return child(args)
     if args.batch_sweep:
         return batch_sweep(args)
+    if args.read_costs:
+        return read_costs(args)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from bundle_helpers import write_slide
     from pathnas.deploy.machine import cpu_model
