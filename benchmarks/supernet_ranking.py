@@ -173,6 +173,7 @@ def run(args, work: Path) -> None:
     results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
     # The floor a supernet must beat: ranking the paths by their FLOPs alone, no training at all.
     results["FLOPs"] = correlation([f for _, f in paths], alone, args.seed)
+    again = None
     if args.ceiling:  # the ground truth against itself, trained again with another seed
         again = [standalone(config, data, arch, work, args, args.seed + 1)["val"][key] for arch, _ in paths]
         results["ceiling"] = correlation(again, alone, args.seed)
@@ -183,6 +184,7 @@ def run(args, work: Path) -> None:
                    "val_images": len(loaders.val.dataset), "bn_images": args.bn_images, "seconds": seconds,
                    "correlation": results,
                    "paths": [{"arch": a.code, "mflops": f / 1e6, "standalone": s,
+                              **({"standalone_again": again[i]} if again else {}),
                               **{f"inherited_{k}": v[i] for k, v in inherited.items()}}
                              for i, ((a, f), s) in enumerate(zip(paths, alone))]}, sys.stdout, indent=2)
         print()
@@ -192,11 +194,15 @@ def run(args, work: Path) -> None:
     print(f"# supernets: " + ", ".join(f"{s} {epochs[s]} epochs" for s in samplers)
           + f" (same image-passes); BN recalibration on {args.bn_images} images; each path alone "
             f"{args.standalone_epochs} epochs from scratch; {len(loaders.val.dataset)} val images")
-    print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |")
-    print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|")
+    print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |"
+          + (" again |" if again else ""))
+    print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|" + ("-------|" if again else ""))
     for i, ((arch, flops), alone_metric) in enumerate(zip(paths, alone)):
         print(f"| {arch.code:<8} | {flops / 1e6:6.2f} | " + " | ".join(f"{inherited[s][i]:7.2f}" for s in samplers)
-              + f" | {alone_metric:5.1f} |")
+              + f" | {alone_metric:5.1f} |" + (f" {again[i]:5.1f} |" if again else ""))
+    if again:
+        print(f"\nalone vs again (another seed): mean |difference| {np.mean(np.abs(np.subtract(alone, again))):.2f} "
+              f"points; the paths' own spread (std) {np.std(alone):.2f} and {np.std(again):.2f}")
     print(f"\n| sampler | Kendall tau-b [95% CI]  | Spearman rho [95% CI]   |")
     print("|---------|-------------------------|-------------------------|")
     for s in results:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import ConfigError, InvalidFileError, MissingFileError, UserError
+from .errors import ConfigError, InvalidFileError, MadeOtherwiseError, MissingFileError, UserError
 from .io import atomic_path
 
 
@@ -24,12 +24,8 @@ BEST_CHECKPOINT = "best.pt"  # the epoch with the best validation metric
 METRICS_LOG = "metrics.jsonl"  # one line per finished epoch
 
 
-class CheckpointMismatchError(ConfigError):
-    """A checkpoint made with other settings than this run's; ``changes`` names them."""
-
-    def __init__(self, message: str, changes: list[str]):
-        super().__init__(message)
-        self.changes = changes
+class CheckpointMismatchError(MadeOtherwiseError, ConfigError):
+    """A checkpoint made with other settings than this run's."""
 
 
 class DiskFullError(UserError):

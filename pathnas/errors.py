@@ -29,5 +29,14 @@ class AlreadyExistsError(UserError, FileExistsError):
     """Writing would overwrite something that must not be overwritten."""
 
 
+class MadeOtherwiseError(UserError):
+    """Work in a run directory (a checkpoint, a search's evaluations) made with other inputs than this run's, so
+    it cannot be resumed; ``changes`` names what changed. The pipeline moves such work aside and starts afresh."""
+
+    def __init__(self, message: str, changes: list[str]):
+        super().__init__(message)
+        self.changes = changes
+
+
 class RunLockedError(UserError):
     """Another process is writing the same run directory."""

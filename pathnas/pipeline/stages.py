@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from pathnas.errors import ConfigError, MissingFileError, UserError
+from pathnas.errors import ConfigError, MadeOtherwiseError, MissingFileError, UserError
 from pathnas.io import read_json, write_json_atomic
 from pathnas.settings import PretrainConfig, RetrainConfig, SearchSettings
 
@@ -29,12 +29,9 @@ def _afresh_if_stale(folder: Path, what: str, fn: Callable[[], object]) -> None:
     a stage is the pipeline's, so such work is a stale stage of this same run, not someone else's."""
     import datetime as dt
 
-    from pathnas.checkpoint import CheckpointMismatchError
-    from pathnas.search import SearchMismatchError
-
     try:
         fn()
-    except (CheckpointMismatchError, SearchMismatchError) as err:
+    except MadeOtherwiseError as err:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         kept = folder.with_name(f"{folder.name}-before-{stamp}")
         folder.rename(kept)

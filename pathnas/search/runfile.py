@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from pathnas.errors import AlreadyExistsError, InvalidFileError, UserError
+from pathnas.errors import AlreadyExistsError, InvalidFileError, MadeOtherwiseError
 from pathnas.io import read_jsonl, rewrite_jsonl, write_bytes_atomic
 
 log = logging.getLogger("pathnas.search")
@@ -42,12 +42,8 @@ _NAMES = {
 _RECORD_KEYS = frozenset({"iteration", "arch", "metric", "flops", "params", "latency_ms"})
 
 
-class SearchMismatchError(UserError):
-    """A run directory's evaluations were made with other inputs than this search's; ``changes`` says which."""
-
-    def __init__(self, message: str, changes: list[str]):
-        super().__init__(message)
-        self.changes = changes
+class SearchMismatchError(MadeOtherwiseError):
+    """A run directory's evaluations were made with other inputs than this search's."""
 
 
 def repair_torn_tail(path: Path) -> bool:
