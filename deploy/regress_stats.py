@@ -43,6 +43,32 @@ class Verdict:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_record(cls, record: object, where: str) -> "Verdict":
+        """A verdict from its ``as_dict`` JSON made elsewhere (a device over SSH): checked field by field,
+        ValueError naming ``where`` and the field at fault."""
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: the verdict is not a JSON object")
+        numbers = ("ratio", "ci_low", "ci_high", "tolerance", "confidence", "current_median_ms", "baseline_median_ms")
+        for name in numbers:
+            if not isinstance(record.get(name), (int, float)) or isinstance(record.get(name), bool):
+                raise ValueError(f"{where}: the verdict's {name} is {record.get(name)!r}, not a number")
+        if not isinstance(record.get("passed"), bool):
+            raise ValueError(f"{where}: the verdict's passed is {record.get('passed')!r}, not true or false")
+        machine = record.get("machine_ratio")
+        if machine is not None and (not isinstance(machine, (int, float)) or isinstance(machine, bool)):
+            raise ValueError(f"{where}: the verdict's machine_ratio is {machine!r}, not a number")
+        other = record.get("baseline_model")
+        if other is not None and not (isinstance(other, dict) and all(isinstance(other.get(k), str)
+                                                                      for k in ("name", "sha256"))):
+            raise ValueError(f"{where}: the verdict's baseline_model is not a name and a sha256")
+        if record.get("method") not in ("absolute", "reference"):
+            raise ValueError(f"{where}: the verdict's method is {record.get('method')!r}: allowed values are "
+                             f"absolute, reference")
+        return cls(passed=record["passed"], **{n: float(record[n]) for n in numbers}, method=record["method"],
+                   machine_ratio=None if machine is None else float(machine), note=str(record.get("note") or ""),
+                   baseline_model=None if other is None else {"name": other["name"], "sha256": other["sha256"]})
+
     def summary(self) -> str:
         word = "passed" if self.passed else "REGRESSED"
         ci = f"({100 * self.confidence:.0f}% CI {self.ci_low:.3f}-{self.ci_high:.3f}), tolerance +{100 * self.tolerance:.0f}%"

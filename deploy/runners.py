@@ -80,6 +80,8 @@ def _dim(d) -> int | None:
 
 # Intra-op threads of this process's shared ONNX Runtime thread pool, once one is made.
 _shared_pool_threads: int | None = None
+# False once a shared pool was wanted but this onnxruntime cannot make one (use_shared_thread_pool).
+_sessions_spin = True
 
 
 def use_shared_thread_pool(threads: int) -> bool:
@@ -87,7 +89,8 @@ def use_shared_thread_pool(threads: int) -> bool:
     in a process that does nothing but time a pack (`pathnas-infer profile`'s rounds). Once made,
     ONNX Runtime refuses every later session of the process that asks for a pool of its own, also
     those other libraries make (onnxruntime.quantization's calibrators): ``ort_session`` puts ours on
-    it, theirs fail. Returns False (and warns) when this process's pool has another size.
+    it, theirs fail. Returns False (and warns) when this process's pool has another size, or when this
+ONNX Runtime cannot make one (then every session of the process gets workers that do not spin).
 
     Why: each session otherwise owns a pool whose workers spin for a while after every run, and
     each pool is placed anew. Timing the 55 files of a demo latency pack in alternation, each
@@ -95,11 +98,20 @@ def use_shared_thread_pool(threads: int) -> bool:
     timed 0.7-1.3x from one run to the next, end-to-end paths ~4x slower than alone, and a table
     predicted 50 % of its own held-out paths within ±10 %. One shared pool of the profile's
     threads is what a deployed process running one model has (benchmarks/latency_split.py)."""
-    global _shared_pool_threads
+    global _shared_pool_threads, _sessions_spin
     if _shared_pool_threads is None:
         import onnxruntime as ort
 
-        ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
+        # Not in ONNX Runtime's public Python API (the C API has the global pools): a release without it
+        # gets the next best, a pool per session whose idle workers sleep at once instead of spinning.
+        make_pool = getattr(ort.capi._pybind_state, "set_global_thread_pool_sizes", None)
+        if make_pool is None:
+            if _sessions_spin:
+                log.warning("onnxruntime %s cannot share one thread pool between sessions: timing with a pool per "
+                            "session whose workers do not spin", ort.__version__)
+            _sessions_spin = False
+            return False
+        make_pool(threads, 1)
         _shared_pool_threads = threads
     elif _shared_pool_threads != threads:
         log.warning("this process already runs ONNX Runtime on a shared pool of %d threads, not %d: time each "
@@ -135,7 +147,7 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     elif threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if not spin:
+    if not (spin and _sessions_spin):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers: list = list(PROVIDERS[device])

@@ -83,7 +83,7 @@ def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float 
             return 0
         start = time.perf_counter()
         verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline, trusted, same_model)
-    return _report(verdict, {"bundle": str(bundle), "device": settings.name}, f"{bundle.name}@{settings.name}",
+    return report_verdict(verdict, {"bundle": str(bundle), "device": settings.name}, f"{bundle.name}@{settings.name}",
                    junit, time.perf_counter() - start, as_json)
 
 
@@ -113,7 +113,7 @@ def regress_model(model: Path, baseline: Path, settings, reference: Path | None,
         stored = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
         verdict = check_regression(model, settings, stored, tolerance, confidence, rounds, str(baseline), reference,
                                    same_model)
-    return _report(verdict, {"model": str(model), "device": settings.name}, f"{model.name}@{settings.name}", junit,
+    return report_verdict(verdict, {"model": str(model), "device": settings.name}, f"{model.name}@{settings.name}", junit,
                    time.perf_counter() - start, as_json)
 
 
@@ -124,7 +124,7 @@ def _defaults(tolerance: float | None, confidence: float | None, rounds: int | N
             ROUNDS if rounds is None else rounds)
 
 
-def _report(verdict, subject: dict, name: str, junit: Path | None, seconds: float, as_json: bool) -> int:
+def report_verdict(verdict, subject: dict, name: str, junit: Path | None, seconds: float, as_json: bool) -> int:
     """The verdict printed (a line, or JSON with ``subject``) and in the JUnit file; the exit code."""
     from .junit import write_result
 

@@ -7,10 +7,9 @@ from .predictor import LatencyPredictor, RooflinePredictor, TablePredictor, Unkn
 from .profiles import HardwareProfile, ProfileError, UnknownDeviceError, list_profiles, load_profile
 from .measure import assemble_table, measure_table
 from .tables import NoLatencyTableError, load_table, save_table
-from .timed import measure_model_latency
 
 __all__ = [
     "LatencyPredictor", "RooflinePredictor", "TablePredictor", "UnknownShapeError", "predictor_for",
     "HardwareProfile", "ProfileError", "UnknownDeviceError", "list_profiles", "load_profile",
-    "NoLatencyTableError", "load_table", "measure_model_latency", "measure_table", "save_table", "assemble_table",
+    "NoLatencyTableError", "load_table", "measure_table", "save_table", "assemble_table",
 ]

@@ -1,17 +1,21 @@
-"""The device half over SSH: copy a pack to a device, time it there with `pathnas-infer profile`,
-copy the timings back (nn-Meter and Qualcomm AI Hub reach their devices the same way).
+"""The device half over SSH: copy a pack (or a bundle) to a device, run `pathnas-infer profile`
+(or `pathnas-infer regress`) there, copy the result back (nn-Meter and Qualcomm AI Hub reach
+their devices the same way).
 
 The system's OpenSSH client (``ssh``, ``scp``) does the transport, with the user's keys, agent
 and ~/.ssh/config: no protocol code here. Every failure is one line naming the host and what
-to do; the remote working folder is removed whatever happens, and the timings are only
-returned once they have been read back whole and checked against the pack.
+to do; the remote working folder is removed whatever happens, and what comes back is only
+returned once it has been read back whole and checked (it is data from another machine).
 """
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,31 +74,97 @@ class Remote:
                               f"non-interactive shell): {INSTALL_HINT}, or pass --remote-infer PATH")
         return self
 
-    def time_pack(self, pack: Path, out: Path, rounds: int | None = None) -> dict:
-        """Time ``pack`` on the device; the timings are copied to ``out`` and returned, checked."""
-        made = self.ssh(["mktemp", "-d", "/tmp/pathnas-profile.XXXXXX"], "make a working folder")
+    @contextmanager
+    def _workdir(self, purpose: str):
+        """A fresh folder in the device's /tmp, removed afterwards whatever happens."""
+        made = self.ssh(["mktemp", "-d", f"/tmp/pathnas-{purpose}.XXXXXX"], "make a working folder")
         folder = made.stdout.strip()
-        if made.returncode != 0 or not folder.startswith("/tmp/pathnas-profile."):
+        if made.returncode != 0 or not folder.startswith(f"/tmp/pathnas-{purpose}."):
             raise RemoteError(f"{self.host}: cannot make a working folder in /tmp ({last_line(made.stderr)})")
         try:
-            self.check()
-            self._run(["scp", "-r", "-q", *self._options(), str(pack), f"{self.host}:{folder}/pack"], "copy the pack")
-            command = [self.infer, "profile", f"{folder}/pack", "--out", f"{folder}/{TIMINGS_FILE}", "--json",
-                       *(["--rounds", str(rounds)] if rounds else [])]
-            timed = self.ssh(command, "time the pack")
-            if timed.returncode != 0:
-                raise RemoteError(f"{self.host}: `pathnas-infer profile` failed: {last_line(timed.stderr)} "
-                                  f"(is the profile's runtime installed there? {INSTALL_HINT})")
-            with tempfile.TemporaryDirectory(prefix="pathnas-timings-") as tmp:
-                local = Path(tmp) / TIMINGS_FILE
-                self._run(["scp", "-q", *self._options(), f"{self.host}:{folder}/{TIMINGS_FILE}", str(local)],
-                          "copy the timings back")
-                timings = read_timings(local, pack)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, out)
-            return timings
+            yield folder
         finally:
             try:
                 self.ssh(["rm", "-rf", folder], "remove its working folder")
             except RemoteError:  # the connection broke: the first error is the one to report
                 pass
+
+    def _put(self, local: Path, remote: str, what: str) -> None:
+        self._run(["scp", "-r", "-q", *self._options(), str(local), f"{self.host}:{remote}"], what)
+
+    def _get(self, remote: str, local: Path, what: str) -> None:
+        self._run(["scp", "-q", *self._options(), f"{self.host}:{remote}", str(local)], what)
+
+    def _infer(self, command: list[str], what: str, hint: str = "") -> subprocess.CompletedProcess:
+        """``pathnas-infer COMMAND...`` there. An exit status other than 0 and 1 (2: a problem the user
+        can fix) is one line: the host, the remote's own last error line and ``hint``."""
+        done = self.ssh([self.infer, *command], what)
+        if done.returncode not in (0, 1):
+            raise RemoteError(f"{self.host}: `pathnas-infer {command[0]}` failed: {last_line(done.stderr)}"
+                              + (f" ({hint})" if hint else ""))
+        return done
+
+    def time_pack(self, pack: Path, out: Path, rounds: int | None = None) -> dict:
+        """Time ``pack`` on the device; the timings are copied to ``out`` and returned, checked."""
+        with self._workdir("profile") as folder:
+            self.check()
+            self._put(pack, f"{folder}/pack", "copy the pack")
+            hint = f"is the profile's runtime installed there? {INSTALL_HINT}"
+            timed = self._infer(["profile", f"{folder}/pack", "--out", f"{folder}/{TIMINGS_FILE}", "--json",
+                                 *(["--rounds", str(rounds)] if rounds else [])], "time the pack", hint)
+            if timed.returncode != 0:
+                raise RemoteError(f"{self.host}: `pathnas-infer profile` failed: {last_line(timed.stderr)} ({hint})")
+            with tempfile.TemporaryDirectory(prefix="pathnas-timings-") as tmp:
+                local = Path(tmp) / TIMINGS_FILE
+                self._get(f"{folder}/{TIMINGS_FILE}", local, "copy the timings back")
+                timings = read_timings(local, pack)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, out)
+            return timings
+
+    def regress(self, bundle: Path, options: list[str], baseline: Path | None = None,
+                trusted_keys: list[Path] | tuple = (), update_baseline: Path | None = None) -> dict:
+        """`pathnas-infer regress` of a copy of ``bundle`` on the device, which verifies it (against
+        ``trusted_keys``, copied there, or the device's own) and times it beside its reference model.
+        ``options``: that command's tolerance, confidence, rounds and --same-model. Returns its JSON
+        verdict as a dict (checked by the caller), against ``baseline`` (a file here, copied there;
+        default: the bundle's signed one). With ``update_baseline`` (a path here) the device measures
+        a baseline instead, which is copied back to that path, checked; returns the baseline."""
+        bundle = Path(bundle)
+        # the bundle's own name there too: a baseline measured there records it
+        name = bundle.name if re.fullmatch(r"[A-Za-z0-9._-]+", bundle.name) and bundle.name[0] != "." else "bundle"
+        with self._workdir("regress") as folder:
+            self.check()
+            self._put(bundle, f"{folder}/{name}", "copy the bundle")
+            command = ["regress", f"{folder}/{name}", "--json", *options]
+            if baseline is not None or update_baseline is not None:
+                command += ["--baseline", f"{folder}/baseline.json"]
+            if baseline is not None and update_baseline is None:
+                self._put(baseline, f"{folder}/baseline.json", "copy the baseline")
+            for i, key in enumerate(trusted_keys):
+                there = f"{folder}/key-{i}" + ("" if Path(key).is_dir() else ".pub")  # a key file or a folder of them
+                self._put(Path(key), there, "copy a trusted key")
+                command += ["--trusted-key", there]
+            if update_baseline is not None:
+                command.append("--update-baseline")
+            done = self._infer(command, "check the bundle's latency")
+            if update_baseline is not None:
+                return self._fetch_baseline(f"{folder}/baseline.json", update_baseline)
+            try:
+                return json.loads(done.stdout)
+            except ValueError:
+                raise RemoteError(f"{self.host}: `pathnas-infer regress` printed no verdict "
+                                  f"({last_line(done.stderr) or 'no error either'})") from None
+
+    def _fetch_baseline(self, remote: str, out: Path) -> dict:
+        from pathnas.deploy.regress import save_baseline
+        from pathnas.io import read_json
+
+        with tempfile.TemporaryDirectory(prefix="pathnas-baseline-") as tmp:
+            local = Path(tmp) / "baseline.json"
+            self._get(remote, local, "copy the baseline back")
+            baseline = read_json(local, f"the baseline {self.host} measured")
+        if not isinstance(baseline.get("samples_ms"), list):
+            raise RemoteError(f"{self.host}: the baseline it measured has no samples_ms list")
+        save_baseline(out, baseline)
+        return baseline

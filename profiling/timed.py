@@ -1,21 +1,17 @@
-"""Timing PyTorch modules and model files in a profile's runtime, on this machine.
+"""Timing PyTorch modules on a profile's torch device (``torch-cuda``), on this machine.
 
-File runtimes (ONNX Runtime, OpenVINO, TensorRT) time files: a module is exported to ONNX and
-timed by the device half's code (``pathnas.deploy.device_profile``), the same code that runs on
-a device without the toolchain. ``torch-cuda`` times the PyTorch module itself (``TorchItem``).
-Both go through one protocol, ``pathnas.deploy.timing.time_in_rounds``.
+File runtimes (ONNX Runtime, OpenVINO, TensorRT) never time anything in the toolchain's process:
+``measure.time_items`` exports to ONNX and the device half's code times the files
+(``pathnas.deploy.device_profile``), the same code that runs on a device without the toolchain.
+``torch-cuda`` times the PyTorch module itself (``TorchItem``), through the same protocol,
+``pathnas.deploy.timing.time_in_rounds``.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import tempfile
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from pathnas.deploy.runners import open_profile_runner
 from pathnas.deploy.timing import time_in_rounds
 from pathnas.errors import ConfigError
 
@@ -26,24 +22,6 @@ log = logging.getLogger("pathnas.profiling")
 # Where each runtime that times PyTorch modules runs them (tests run the same code on "cpu").
 TORCH_DEVICES = {"torch-cuda": "cuda"}
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16"}
-
-
-class FileItem:
-    """A model file (ONNX, OpenVINO IR, TensorRT engine) opened in the profile's runtime."""
-
-    sync = None
-
-    def __init__(self, path: Path, profile: HardwareProfile):
-        self.runner = open_profile_runner(path, profile.runtime, profile.threads, profile.precision)
-        self.provider = self.runner.provider
-        shape = self.runner.fixed_input_shape(profile.batch_size)
-        self.x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-
-    def call(self) -> None:
-        self.runner.run(self.x)
-
-    def close(self) -> None:
-        self.runner.close()
 
 
 class TorchItem:
@@ -138,39 +116,3 @@ def time_torch_modules(profile: HardwareProfile, modules: list[tuple[str, Callab
     return ({n: {**r, "median_ms": r["median_ms"] / batch, "p90_ms": r["p90_ms"] / batch,
                  "rounds_median_ms": [round(m / batch, 6) for m in r["rounds_median_ms"]]} for n, r in results.items()},
             sorted({i.provider for i in items.values()}))
-
-
-def measure_model_latency(model_or_path, profile: HardwareProfile, input_shape: tuple[int, ...] | None = None,
-                          rounds: int = 3) -> dict:
-    """Latency on this machine, in the profile's runtime, of a PyTorch model (exported to ONNX at
-    ``input_shape``, batch set to the profile's; or run as it is under torch-cuda) or of a model
-    file (.onnx, .xml, .engine) as it is, with the tables' protocol.
-
-    Returns median_ms and p90_ms per image over ``rounds`` timing rounds pooled, the medians
-    of all rounds, and the provider that ran it.
-    """
-    if not profile.runs_here():
-        raise ConfigError(f"device {profile.name} ({profile.description}) cannot be measured on this machine")
-    if isinstance(model_or_path, (str, Path)):
-        if profile.runtime in TORCH_DEVICES:
-            raise ConfigError(f"runtime {profile.runtime} times PyTorch modules, not model files like "
-                              f"{model_or_path}")
-        item = FileItem(Path(model_or_path), profile)
-        try:
-            result = time_in_rounds({"model": item.call}, rounds=rounds)["model"]
-        finally:
-            item.close()
-        batch = profile.batch_size
-        return {**result, "median_ms": result["median_ms"] / batch, "p90_ms": result["p90_ms"] / batch,
-                "rounds_median_ms": [round(m / batch, 6) for m in result["rounds_median_ms"]],
-                "provider": item.provider}
-    if input_shape is None:
-        raise ConfigError("input_shape is needed to time a PyTorch model")
-    if profile.runtime in TORCH_DEVICES:
-        results, providers = time_torch_modules(profile, [("model", lambda: model_or_path, input_shape)], rounds, 0)
-        return {**results["model"], "provider": providers[0]}
-    from .pack import export_part
-
-    with tempfile.TemporaryDirectory(prefix="pathnas-measure-") as tmp:
-        path = export_part(model_or_path, (profile.batch_size, *input_shape[1:]), Path(tmp) / "model.onnx")
-        return measure_model_latency(path, profile, rounds=rounds)

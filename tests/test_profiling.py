@@ -21,7 +21,6 @@ from pathnas.profiling import (
     list_profiles,
     load_profile,
     load_table,
-    measure_model_latency,
     measure_table,
     predictor_for,
     save_table,
@@ -147,6 +146,28 @@ def test_a_process_that_times_shares_one_onnxruntime_thread_pool(onnx_model):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "False"]
     assert "already runs ONNX Runtime on a shared pool of 2 threads, not 1" in done.stderr
+
+
+def test_an_onnxruntime_without_shared_pools_times_on_pools_that_do_not_spin(onnx_model):
+    script = (
+        "import numpy as np, onnxruntime as ort\n"
+        "from pathnas.deploy import runners\n"
+        "del ort.capi._pybind_state.set_global_thread_pool_sizes  # as a release without it\n"
+        "made = []\n"
+        "Options = ort.SessionOptions\n"
+        "class Seen(Options):\n"
+        "    def add_session_config_entry(self, key, value):\n"
+        "        made.append((key, value)); return super().add_session_config_entry(key, value)\n"
+        "ort.SessionOptions = Seen\n"
+        "print(runners.use_shared_thread_pool(2))\n"
+        f"r = runners.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', 2)\n"
+        "assert r.run(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4)\n"
+        "print(made)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=onnx_model.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["False", "[('session.intra_op.allow_spinning', '0')]"]
+    assert "cannot share one thread pool between sessions" in done.stderr
 
 
 def test_a_timing_beside_other_load_says_so():
@@ -287,12 +308,17 @@ def test_a_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
         open_runner(engine, "tensorrt")
 
 
-def test_measure_model_latency_of_a_file_and_of_a_module(tiny, onnx_model):
-    profile = load_profile("cpu")
-    from_file = measure_model_latency(onnx_model, profile, rounds=1)
-    from_module = measure_model_latency(tiny.extract("3333"), profile, (1, 3, 32, 32), rounds=1)
-    for result in (from_file, from_module):
-        assert result["provider"] == "CPUExecutionProvider" and 0 < result["median_ms"] <= result["p90_ms"]
+def test_a_path_is_timed_by_the_device_half_in_the_profiles_runtime(tiny):
+    from pathnas.profiling.measure import time_items
+    from pathnas.profiling.pack import net_items
+
+    arch = tiny.space.decode("3333")
+    manifest, timings = time_items(load_profile("cpu"), tiny, net_items(tiny, [arch], lambda j: "probe"), rounds=1,
+                                   repeats=3)
+    result = timings["results"]["net:3333"]
+    assert [i["arch"] for i in manifest["items"]] == ["3333"] and manifest["items"][0]["file"].endswith(".onnx")
+    assert timings["metadata"]["execution_providers"] == ["CPUExecutionProvider"]
+    assert 0 < result["median_ms"] <= result["p90_ms"] and result["runs"] == 3
 
 
 # Latency samples as a steady machine gives them (1 ms +- 2 %), for the regression logic: no test
@@ -411,8 +437,11 @@ def test_torch_cuda_timing_on_the_gpu(tiny):
     assert next(item.module.parameters()).is_cuda and item.x.dtype == torch.float16
     item.call()
     profile = load_profile("h100-torch-cuda").model_copy(update={"gpu_match": None})  # any CUDA GPU
-    result = measure_model_latency(tiny.extract("3333"), profile, (1, 3, 32, 32), rounds=1)
-    assert "(CUDA graph) fp16" in result["provider"] and result["median_ms"] > 0
+    from pathnas.profiling.timed import time_torch_modules
+
+    results, providers = time_torch_modules(profile, [("a", lambda: tiny.extract("3333"), (1, 3, 32, 32))],
+                                            rounds=1, seed=0, repeats=3)
+    assert "(CUDA graph) fp16" in providers[0] and results["a"]["median_ms"] > 0
 
 
 def test_the_h100_profile_runs_only_on_an_h100(monkeypatch):
@@ -427,12 +456,13 @@ def test_the_h100_profile_runs_only_on_an_h100(monkeypatch):
     assert profile.runs_here()
 
 
-def test_torch_cuda_times_modules_not_files(onnx_model, monkeypatch):
-    from pathnas.profiling.profiles import HardwareProfile
+def test_torch_cuda_times_modules_not_files(tiny, tmp_path):
+    from pathnas.profiling.pack import plan_table, write_pack
 
-    monkeypatch.setattr(HardwareProfile, "runs_here", lambda self: True)
-    with pytest.raises(ValueError, match="torch-cuda times PyTorch modules, not model files"):
-        measure_model_latency(onnx_model, load_profile("h100-torch-cuda"))
+    items, _ = plan_table(tiny, 4, 3)
+    with pytest.raises(ConfigError, match="runs torch-cuda, which times PyTorch modules, not files"):
+        write_pack(tiny, load_profile("h100-torch-cuda"), items, tmp_path / "pack")
+    assert not (tmp_path / "pack").exists()
 
 
 # -- calibration: the logic on given samples -----------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle_helpers import bundle, classify_run, copy_bundle, flip_a_byte  # noqa: F401 (fixtures)
 from cli_helpers import pathnas_edge
 from pathnas.profiling import load_table
 from pathnas.spaces import build_supernet, space_config
@@ -133,3 +134,61 @@ def test_a_runtime_error_on_the_device_is_reported_with_the_host(ssh_host, tmp_p
                                 "--fit-subnets", "3", "--rounds", "1", "--out", out)
     assert code == 2 and "device: `pathnas-infer profile` failed: error: openvino is not installed here" in err
     assert not out.exists()
+
+
+# -- `regress --remote HOST`: a bundle's latency check on the device -----------------------------------
+
+def regress_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("pathnas-regress.*")}
+
+
+def test_regress_over_ssh_measures_a_baseline_there_and_checks_against_it(ssh_host, bundle, tmp_path):
+    config, infer, _ = ssh_host
+    link = ["--remote", "device", "--ssh-config", config, "--remote-infer", infer]
+    copy = copy_bundle(bundle, tmp_path / "b")
+    before = regress_dirs()
+    own = tmp_path / "workstation.baseline.json"
+    code, out, err = pathnas_edge("regress", copy, *link, "--update-baseline", "--baseline", own, "--rounds", "1")
+    assert code == 0, err
+    assert f"baseline measured on device written to {own}" in out.replace("\n", "")
+    baseline = json.loads(own.read_text())
+    assert baseline["bundle"] == "b" and len(baseline["samples_ms"]) == len(baseline["reference_samples_ms"])
+    # marked so that its use shows: 7x every sample (the ratios the verdict uses stay as measured)
+    own.write_text(json.dumps({**baseline, **{k: [7 * v for v in baseline[k]]
+                                              for k in ("samples_ms", "reference_samples_ms")}}))
+    junit = tmp_path / "regress.xml"
+    code, out, err = pathnas_edge("regress", copy, *link, "--baseline", own, "--rounds", "1", "--json",
+                                  "--junit", junit)
+    assert code in (0, 1), err
+    verdict = json.loads(out)
+    assert verdict["host"] == "device" and verdict["device"] == "x86-cpu-ort" and verdict["method"] == "reference"
+    assert code == (0 if verdict["passed"] else 1)
+    assert verdict["baseline_median_ms"] == pytest.approx(7 * baseline["median_ms"], rel=1e-3)  # --baseline carried
+    assert 'tests="1"' in junit.read_text() and "b@x86-cpu-ort on device" in junit.read_text()
+    assert regress_dirs() == before  # the remote working folders are removed
+
+
+def test_regress_over_ssh_reports_what_the_device_refused_in_one_line(ssh_host, bundle, tmp_path):
+    config, infer, _ = ssh_host
+    copy = copy_bundle(bundle, tmp_path / "b")
+    flip_a_byte(copy / json.loads((copy / "manifest.json").read_text())["model"]["default"])
+    junit = tmp_path / "regress.xml"
+    code, _, err = pathnas_edge("regress", copy, "--remote", "device", "--ssh-config", config, "--remote-infer",
+                                infer, "--rounds", "1", "--junit", junit)
+    assert code == 2 and "device: `pathnas-infer regress` failed: " in err and "SHA-256" in err, err
+    assert "Traceback" not in err and "<error" in junit.read_text()
+    code, _, err = pathnas_edge("regress", tmp_path / "model.onnx", "--remote", "device", "--ssh-config", config)
+    assert code == 2 and "--remote checks a bundle folder" in err
+
+
+def test_a_verdict_from_a_device_is_checked_before_it_is_believed():
+    from pathnas.deploy.regress_stats import Verdict, compare
+
+    good = compare([1.0] * 10, [1.0] * 10).as_dict()
+    assert Verdict.from_record(json.loads(json.dumps(good)), "x") == compare([1.0] * 10, [1.0] * 10)
+    for bad, field in (({**good, "passed": "yes"}, "passed"), ({**good, "ratio": None}, "ratio"),
+                       ({**good, "method": "eval"}, "method"), ({**good, "baseline_model": ["a"]}, "baseline_model")):
+        with pytest.raises(ValueError, match=f"the verdict's {field}"):
+            Verdict.from_record(bad, "the verdict from device")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        Verdict.from_record([good], "x")

@@ -13,8 +13,10 @@ import typer
 
 from pathnas.deploy.regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
 from pathnas.errors import ConfigError
+from pathnas.settings import RemoteDevice
 
 from .common import JSON_HELP, console, on_interrupt, print_json
+from .options import settings_options
 
 TRUSTED_KEY_HELP = ("accept only bundles signed by this public key (a .pub file or a folder of them; repeatable; "
                     "default: $PATHNAS_TRUSTED_KEYS, else /etc/pathnas-edge/trusted-keys if it exists, else "
@@ -70,7 +72,11 @@ def verify(
         raise typer.Exit(code)
 
 
+@settings_options(RemoteDevice, what="remote", into="device_link", options={"remote": {
+    "help": "check the bundle on this device over SSH ([user@]host, as ssh takes it): it is copied there, "
+            "verified and timed by pathnas-infer there, and the verdict (or --update-baseline's file) comes back"}})
 def regress(
+    device_link: RemoteDevice,
     model: Path = typer.Argument(..., help="a bundle folder, an ONNX model (.onnx) or OpenVINO IR (.xml)"),
     baseline: Optional[Path] = typer.Option(None, help="baseline JSON: the previous release's, or one measured here "
                                                        "(a bundle's default: its signed manifest's); with "
@@ -93,13 +99,23 @@ def regress(
     relative to a reference model timed alongside (so a machine uniformly slower than when the baseline
     was taken does not fail) with a bootstrap confidence interval (a noisy run alone does not fail).
     The check is the workstation toolkit's (`pathnas-infer regress`); a model file gets its run
-    settings from --device and the reference model built here."""
+    settings from --device and the reference model built here. With --remote the bundle is checked on
+    that device over SSH, which needs only the runtime install."""
     from pathnas.deploy.junit import junit_on_error
     from pathnas.deploy.regress import RunSettings
     from pathnas.deploy.toolkit import regress_bundle, regress_model
     from pathnas.pipeline.reference_model import write_reference_model
     from pathnas.profiling import load_profile
 
+    if device_link.remote is not None:
+        if device is not None:
+            raise ConfigError("--device is for model files here; with --remote a bundle runs on the profile it was "
+                              "packaged for")
+        code = _regress_remote(device_link, model, baseline, tolerance, confidence, rounds, same_model, junit,
+                               update_baseline, trusted_key or [], as_json)
+        if code:
+            raise typer.Exit(code)
+        return
     with tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
         with junit_on_error(None if update_baseline else junit, model.name):
             if model.is_dir():  # a bundle names its model and its profile
@@ -119,6 +135,48 @@ def regress(
                                  update_baseline, as_json, same_model)
     if code:
         raise typer.Exit(code)
+
+
+def _regress_remote(link: RemoteDevice, bundle: Path, baseline: Path | None, tolerance: float, confidence: float,
+                    rounds: int, same_model: bool, junit: Path | None, update_baseline: bool, trusted_keys: list[Path],
+                    as_json: bool) -> int:
+    """`regress --remote`: the bundle checked on the device over SSH; the verdict reported here as a
+    local check's is (line or JSON, JUnit file, exit code)."""
+    import time
+
+    from pathnas.deploy.junit import junit_on_error
+    from pathnas.deploy.regress import default_baseline_path
+    from pathnas.deploy.regress_stats import Verdict
+    from pathnas.deploy.toolkit import report_verdict
+    from pathnas.errors import MissingFileError
+    from pathnas.profiling.remote import Remote, RemoteError
+
+    options = ["--tolerance", str(tolerance), "--confidence", str(confidence), "--rounds", str(rounds),
+               *(["--same-model"] if same_model else [])]
+    start = time.perf_counter()
+    with junit_on_error(None if update_baseline else junit, f"{bundle.name}@{link.remote}"):
+        if not bundle.is_dir():
+            raise ConfigError(f"--remote checks a bundle folder (it names its model and profile); {bundle} is not "
+                              f"one: package it with `pathnas-edge package`")
+        for path in ([baseline] if baseline is not None and not update_baseline else []) + trusted_keys:
+            if not path.exists():
+                raise MissingFileError(f"{path} does not exist")
+        remote = Remote(link.remote, link.ssh_config, link.remote_infer).check()
+        if update_baseline:
+            out = baseline or default_baseline_path(bundle)
+            measured = remote.regress(bundle, options, trusted_keys=trusted_keys, update_baseline=out)
+            console.print(f"baseline measured on {link.remote} written to {out}: median "
+                          f"{float(measured.get('median_ms', float('nan'))):.3f} ms; check against it with "
+                          f"`pathnas-edge regress {bundle} --remote {link.remote} --baseline {out}`", markup=False)
+            return 0
+        record = remote.regress(bundle, options, baseline, trusted_keys)
+        try:
+            verdict = Verdict.from_record(record, f"the verdict from {link.remote}")
+        except ValueError as err:
+            raise RemoteError(str(err)) from None
+    device = record.get("device") if isinstance(record.get("device"), str) else "?"
+    return report_verdict(verdict, {"bundle": str(bundle), "device": device, "host": link.remote},
+                          f"{bundle.name}@{device} on {link.remote}", junit, time.perf_counter() - start, as_json)
 
 
 # -- signing keys --------------------------------------------------------------------------------
