@@ -1,7 +1,7 @@
 """Slide inference against the model's own speed: is reading the slide the limit, or the model?
 
     python benchmarks/slide_throughput.py [--threads 2] [--batch-size 8] [--reader-threads 2]
-                                          [--models paper,small] [--side 6720] [--big] [--json]
+                                          [--models paper,small] [--side 6720] [--passes 5] [--big] [--json]
     python benchmarks/slide_throughput.py --batch-sweep 1,4,8,16 [--runtimes onnxruntime,openvino]
     python benchmarks/slide_throughput.py --read-costs [--side 3360]
 
@@ -13,10 +13,12 @@ the toolchain's exporter and run in ONNX Runtime on this CPU:
   synthetic scanner TIFF, tissue detection, preprocessing, inference, the per-tile CSV, WSInfer
   CSV, GeoJSON and heatmap) with the reader threads ahead of the model, and with
   ``--reader-threads 0`` (reading and inference in turns), same threads and batch size;
-- the ratio slide / pure (the design's limit is 1.0; the goal is >= 0.9). Pure inference is
-  measured before and after the slide and averaged, since the machine may be shared;
-- peak resident memory of the process for the slide and a slide of 4x the area (flat: the
-  same within 10 %);
+- the ratio slide / pure (the design's limit is 1.0; the goal is >= 0.9). In one process, pure
+  inference and the slide alternate (``--passes`` slides, a pure run before and after each) and
+  each slide is compared with the pure runs beside it, since the machine's speed wanders; the
+  table gives the median and the range over the passes;
+- peak resident memory of one pass over the slide and over a slide of 4x the area, each in a process
+  of its own (flat: the same within 10 %);
 - with ``--big``: seconds for a slide of 200 x 200 = 40,000 tissue tiles of 224 px, beside
   H2G-Net's published ~58 s per slide on a CPU (a different model and pipeline).
 Every measurement runs in its own torch-free process, so a process's peak memory is that slide's.
@@ -57,7 +59,7 @@ def export_model(name: str, out: Path) -> Path:
 
 
 def child(args) -> None:
-    """One measurement in a fresh process: pure inference, then the slide, then pure inference again."""
+    """One measurement in a fresh process: pure inference and the slide in turns, pure inference last."""
     import numpy as np
 
     from pathnas.deploy.images import open_image
@@ -67,8 +69,8 @@ def child(args) -> None:
            "mpp": None, "image_px": SIZE}
     model = Model(open_model_runner(args.model, "onnxruntime", args.threads), pre, ["a", "b", "c", "d"], "classify")
     source = open_image(args.slide)
-    tiles = np.concatenate([model.preprocess(source.read_region(y * SIZE, x * SIZE, SIZE, SIZE))
-                            for y in range(2) for x in range(args.batch_size // 2 + 1)])[:args.batch_size]
+    tiles = model.preprocess([source.read_region(y * SIZE, x * SIZE, SIZE, SIZE)
+                              for y in range(2) for x in range(args.batch_size // 2 + 1)])[:args.batch_size]
 
     def pure() -> float:
         for _ in range(3):
@@ -79,20 +81,26 @@ def child(args) -> None:
             model.predict(tiles)
         return n * args.batch_size / (time.perf_counter() - start)
 
-    before = pure()
     run_args = argparse.Namespace(batch_size=args.batch_size, reader_threads=args.reader_threads, tile_overlap=0.0,
                                   min_tissue=0.2, heatmap_size=512, tile_dir=args.out / "tiles",
                                   mask_dir=args.out / "masks")
     runner = Runner(model, run_args, args.out)
     plan = plan_reading(source, None, SIZE)
-    start = time.perf_counter()
-    row = runner.tiled(Path(args.slide), source, plan)
-    seconds = time.perf_counter() - start
-    after = pure()
+    # pure, slide, pure, slide, ..., pure: each slide is compared with the pure runs just before and after
+    # it, so a machine whose speed wanders (this VM's pure inference: 316-473 tiles/s minutes apart)
+    # moves both sides of a ratio alike.
+    pures, slides, seconds = [pure()], [], []
+    for _ in range(args.passes):
+        start = time.perf_counter()
+        row = runner.tiled(Path(args.slide), source, plan)
+        seconds.append(time.perf_counter() - start)
+        slides.append(row["tissue_tiles"] / seconds[-1])
+        pures.append(pure())
+    ratios = [s / ((a + b) / 2) for s, a, b in zip(slides, pures, pures[1:])]
     # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak (torch loaded) into an exec'd child's
     peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
-    print(json.dumps({"tiles": row["tissue_tiles"], "seconds": seconds, "slide_tps": row["tissue_tiles"] / seconds,
-                      "pure_tps": (before + after) / 2, "pure_before": before, "pure_after": after,
+    print(json.dumps({"tiles": row["tissue_tiles"], "seconds": min(seconds), "slide_tps": float(np.median(slides)),
+                      "pure_tps": float(np.median(pures)), "ratios": ratios, "ratio": float(np.median(ratios)),
                       "peak_mb": peak_kb / 1024}))
 
 
@@ -160,7 +168,7 @@ def read_costs(args) -> None:
                 tissue_fraction(region)
             best["tissue detection"] = min(best["tissue detection"], time.process_time() - start)
             start = time.process_time()
-            batch = np.concatenate([models[names[0]].preprocess(region) for region in regions])
+            batch = models[names[0]].preprocess(regions)
             best["preprocess"] = min(best["preprocess"], time.process_time() - start)
         inference = {}
         for name, model in models.items():
@@ -182,10 +190,10 @@ def read_costs(args) -> None:
               f"{seconds / (seconds + reading):.2f}) |")
 
 
-def measure(model: Path, slide: Path, args, reader_threads: int, out: Path) -> dict:
+def measure(model: Path, slide: Path, args, reader_threads: int, out: Path, passes: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide), "--out", str(out),
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-           "--reader-threads", str(reader_threads), "--pure-tiles", str(args.pure_tiles)]
+           "--reader-threads", str(reader_threads), "--pure-tiles", str(args.pure_tiles), "--passes", str(passes)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"measurement failed:\n{result.stderr}")
@@ -200,6 +208,7 @@ def main() -> None:
     p.add_argument("--models", default="paper,small")
     p.add_argument("--side", type=int, default=SIZE * 30, help="slide side in px (default 30 x 30 tiles of 224)")
     p.add_argument("--pure-tiles", type=int, default=400)
+    p.add_argument("--passes", type=int, default=5, help="slide passes, each between two pure inference runs")
     p.add_argument("--big", action="store_true", help="also a slide of 40,000 tissue tiles (200 x 200 of 224 px)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-sweep", default=None, help="comma-separated batch sizes: pure inference only")
@@ -230,13 +239,15 @@ def main() -> None:
             slides["40k"] = write_slide(tmp / "big.tif", side=200 * SIZE, tile=256, tissue=1.0, compression="jpeg")
         for name in names:
             model = export_model(name, tmp)
-            ahead = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-ahead")
-            turns = measure(model, slides["1x"], args, 0, tmp / f"{name}-turns")
+            ahead = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-ahead", args.passes)
+            turns = measure(model, slides["1x"], args, 0, tmp / f"{name}-turns", args.passes)
+            # peak memory: one pass of each slide size, each in a process of its own
+            once = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-1x")
             bigger = measure(model, slides["4x"], args, args.reader_threads, tmp / f"{name}-4x")
             row = {"model": name, "pure_tps": ahead["pure_tps"], "slide_tps": ahead["slide_tps"],
-                   "ratio": ahead["slide_tps"] / ahead["pure_tps"], "turns_tps": turns["slide_tps"],
-                   "turns_ratio": turns["slide_tps"] / turns["pure_tps"], "tiles": ahead["tiles"],
-                   "peak_mb": ahead["peak_mb"], "peak_4x_mb": bigger["peak_mb"], "tiles_4x": bigger["tiles"]}
+                   "ratio": ahead["ratio"], "ratios": ahead["ratios"], "turns_tps": turns["slide_tps"],
+                   "turns_ratio": turns["ratio"], "turns_ratios": turns["ratios"], "tiles": ahead["tiles"],
+                   "peak_mb": once["peak_mb"], "peak_4x_mb": bigger["peak_mb"], "tiles_4x": bigger["tiles"]}
             if args.big:
                 big = measure(model, slides["40k"], args, args.reader_threads, tmp / f"{name}-40k")
                 row.update(big_tiles=big["tiles"], big_s=big["seconds"], big_peak_mb=big["peak_mb"])
@@ -249,11 +260,15 @@ def main() -> None:
     print(f"# slide vs pure inference, {SIZE} px tiles, {settings['cpu']} ({settings['cores']} cores), "
           f"{args.threads} threads,\n# batch {args.batch_size}, {args.reader_threads} reader threads; "
           f"slide {args.side} px ({rows[0]['tiles'] if rows else 0} tiles)")
-    print("| model | pure t/s | slide t/s | ratio | in turns | ratio | MB | MB 4x |")
+    print(f"# tiles/s and ratios: medians of {args.passes} slide passes, each against the pure runs before and "
+          f"after it\n# (range: the lowest and highest pass); in turns: --reader-threads 0")
+    print("| model | pure t/s | slide t/s | ratio (range) | in turns | ratio (range) | MB | MB 4x |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['pure_tps']:.0f} | {r['slide_tps']:.0f} | {r['ratio']:.2f} | {r['turns_tps']:.0f} "
-              f"| {r['turns_ratio']:.2f} | {r['peak_mb']:.0f} | {r['peak_4x_mb']:.0f} |")
+        span = {k: f"{min(r[k]):.2f}-{max(r[k]):.2f}" for k in ("ratios", "turns_ratios")}
+        print(f"| {r['model']} | {r['pure_tps']:.0f} | {r['slide_tps']:.0f} | {r['ratio']:.2f} ({span['ratios']}) "
+              f"| {r['turns_tps']:.0f} | {r['turns_ratio']:.2f} ({span['turns_ratios']}) | {r['peak_mb']:.0f} "
+              f"| {r['peak_4x_mb']:.0f} |")
     if args.big:
         print(f"\n# a slide of 40,000 tissue tiles of {SIZE} px (H2G-Net: ~{H2G_NET_CPU_S} s per slide on a CPU)")
         print("| model | tiles | seconds | peak MB |\n|---|---:|---:|---:|")

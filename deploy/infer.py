@@ -133,14 +133,25 @@ class Model:
         model.bundle_sha256 = sha256_file(bundle / MANIFEST)  # the manifest hashes every other file
         return model
 
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> 1x3xSxS float32, as preprocess.json says (bilinear resize, scale, mean/std)."""
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> 3xSxS uint8: resized to the input size (bilinear), channels first. The per-image
+        half of preprocessing (a slide's reader threads run it on every tile); ``normalize`` is the other."""
         if rgb.shape[:2] != (self.size, self.size):
             rgb = np.asarray(Image.fromarray(rgb).resize((self.size, self.size), Image.BILINEAR))
-        x = np.array(rgb.transpose(2, 0, 1)[None], np.float32, order="C")
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """Nx3xSxS uint8 (``prepare``'s, stacked) -> float32 as preprocess.json says: scale, mean/std, in one
+        pass over the batch. A float array per tile, copied into the batch after, cost 8x as much CPU
+        (a 600 KB allocation per tile at 224 px): time the slide's readers no longer take from the model."""
+        x = batch.astype(np.float32)
         x *= self._gain
         x -= self._offset
         return x
+
+    def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
+        """HxWx3 uint8 images -> Nx3xSxS float32, as preprocess.json says (bilinear resize, scale, mean/std)."""
+        return self.normalize(np.stack([self.prepare(rgb) for rgb in images]))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N x C) or per-pixel probabilities (N x C x H x W)."""
@@ -211,7 +222,7 @@ class Runner:
         rows = []
         for start in range(0, len(items), self.args.batch_size):
             chunk = items[start:start + self.args.batch_size]
-            probs = self.model.predict(np.concatenate([self.model.preprocess(rgb) for _, rgb, _ in chunk]))
+            probs = self.model.predict(self.model.preprocess([rgb for _, rgb, _ in chunk]))
             for (path, rgb, note), p in zip(chunk, probs):
                 if self.model.task == "segment":
                     mask = p.argmax(0).astype(np.uint8)
@@ -261,8 +272,8 @@ class Runner:
             def paint(y: int, x: int, tile: np.ndarray) -> None:  # called from the reader threads
                 overview.paint(overview.image, y, x, tile)
 
-            for batch in read_batches(reader, tile_px, args.tile_overlap, args.min_tissue, self.model.preprocess,
-                                      args.batch_size, args.reader_threads, paint):
+            for batch in read_batches(reader, tile_px, args.tile_overlap, args.min_tissue, self.model.prepare,
+                                      self.model.normalize, args.batch_size, args.reader_threads, paint):
                 total += batch.seen
                 bar.update(batch.seen)
                 if not batch.where:

@@ -1,7 +1,8 @@
 """Tiles of a slide, read ahead by a pool of threads while the model runs on the previous batch. Torch-free.
 
-Reading (decoding the slide's tiles), tissue detection and preprocessing run in ``workers``
-threads; the caller runs the model on the batches they yield. Decoders (imagecodecs,
+Reading (decoding the slide's tiles), tissue detection and each tile's share of preprocessing
+(``prepare``: resizing, channels first, still uint8) run in ``workers`` threads; the batch is then
+normalised to float in one pass (``normalize``), and the caller runs the model on it. Decoders (imagecodecs,
 OpenSlide), numpy and the inference runtimes release the GIL, so the two overlap and a slide
 runs at the speed of the model rather than of model plus reading. Chunks of tile positions
 are handed out in the order of ``tile_grid`` (block by block, so the readers' segment caches
@@ -46,7 +47,7 @@ def grid_size(height: int, width: int, tile: int, overlap: float) -> int:
 
 
 def _read_chunk(reader, positions: list[tuple[int, int]], tile: int, min_tissue: float,
-                preprocess: Callable[[np.ndarray], np.ndarray], paint) -> tuple[list, list, int]:
+                prepare: Callable[[np.ndarray], np.ndarray], paint) -> tuple[list, list, int]:
     where, pixels = [], []
     for y, x in positions:
         region = reader.read_region(y, x, tile, tile)
@@ -55,16 +56,18 @@ def _read_chunk(reader, positions: list[tuple[int, int]], tile: int, min_tissue:
         fraction = tissue_fraction(region)
         if fraction >= min_tissue:
             where.append((y, x, fraction))
-            pixels.append(preprocess(region))
+            pixels.append(prepare(region))
     return where, pixels, len(positions)
 
 
-def read_batches(reader, tile: int, overlap: float, min_tissue: float, preprocess: Callable[[np.ndarray], np.ndarray],
-                 batch_size: int, workers: int = 2, paint: Callable | None = None) -> Iterator[Batch]:
+def read_batches(reader, tile: int, overlap: float, min_tissue: float, prepare: Callable[[np.ndarray], np.ndarray],
+                 normalize: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int = 2,
+                 paint: Callable | None = None) -> Iterator[Batch]:
     """Batches of ``batch_size`` tissue tiles (the last one smaller) of ``reader``'s level, in grid order.
 
-    ``preprocess`` maps an HxWx3 uint8 tile to 1x3xSxS float32; ``paint(y, x, tile)`` sees every
-    tile read (the overview), from the reader threads.
+    ``prepare`` maps an HxWx3 uint8 tile to a 3xSxS array (uint8: resized, channels first), and
+    ``normalize`` the Nx3xSxS stack of a batch to the model's float32 input; ``paint(y, x, tile)``
+    sees every tile read (the overview), from the reader threads.
     """
     grid = tile_grid(reader.height, reader.width, tile, overlap, reader.block)
     chunk = max(batch_size, 16)  # enough work per hand-over that threads do not wait on each other
@@ -84,7 +87,8 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, preproces
         nonlocal where, pixels, seen
         while len(where) >= batch_size or (final and (where or seen)):
             n = min(batch_size, len(where))
-            batch = Batch(where[:n], np.concatenate(pixels[:n]) if n else np.zeros((0, 3, 1, 1), np.float32), seen)
+            batch = Batch(where[:n], normalize(np.stack(pixels[:n])) if n else np.zeros((0, 3, 1, 1), np.float32),
+                          seen)
             where, pixels, seen = where[n:], pixels[n:], 0
             yield batch
             if not where and not seen:
@@ -92,7 +96,7 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, preproces
 
     if workers <= 0:
         for positions in chunks:
-            take(_read_chunk(reader, positions, tile, min_tissue, preprocess, paint))
+            take(_read_chunk(reader, positions, tile, min_tissue, prepare, paint))
             yield from full(False)
         yield from full(True)
         return
@@ -100,7 +104,7 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, preproces
         pending: deque = deque()
         try:
             for positions in chunks:
-                pending.append(pool.submit(_read_chunk, reader, positions, tile, min_tissue, preprocess, paint))
+                pending.append(pool.submit(_read_chunk, reader, positions, tile, min_tissue, prepare, paint))
                 while len(pending) >= 2 * workers:
                     take(pending.popleft().result())
                     yield from full(False)
