@@ -149,22 +149,28 @@ class Remote:
                 command.append("--update-baseline")
             done = self._infer(command, "check the bundle's latency")
             if update_baseline is not None:
-                return self._fetch_baseline(f"{folder}/baseline.json", update_baseline)
+                return self._fetch_baseline(f"{folder}/baseline.json", update_baseline, bundle)
             try:
                 return json.loads(done.stdout)
             except ValueError:
                 raise RemoteError(f"{self.host}: `pathnas-infer regress` printed no verdict "
                                   f"({last_line(done.stderr) or 'no error either'})") from None
 
-    def _fetch_baseline(self, remote: str, out: Path) -> dict:
-        from pathnas.deploy.regress import save_baseline
+    def _fetch_baseline(self, remote: str, out: Path, bundle: Path) -> dict:
+        """The baseline the device measured, copied back and checked as a check would check it (for the
+        bundle's run settings), then written to ``out`` atomically."""
+        from pathnas.deploy.manifest import read_manifest
+        from pathnas.deploy.regress import RunSettings, check_baseline, save_baseline
         from pathnas.io import read_json
 
         with tempfile.TemporaryDirectory(prefix="pathnas-baseline-") as tmp:
             local = Path(tmp) / "baseline.json"
             self._get(remote, local, "copy the baseline back")
             baseline = read_json(local, f"the baseline {self.host} measured")
-        if not isinstance(baseline.get("samples_ms"), list):
-            raise RemoteError(f"{self.host}: the baseline it measured has no samples_ms list")
+        try:
+            check_baseline(baseline, RunSettings.of(read_manifest(bundle)["profile"]),
+                           f"the baseline {self.host} measured")
+        except UserError as err:
+            raise RemoteError(str(err)) from None
         save_baseline(out, baseline)
         return baseline

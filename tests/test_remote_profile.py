@@ -181,6 +181,18 @@ def test_regress_over_ssh_reports_what_the_device_refused_in_one_line(ssh_host, 
     assert code == 2 and "--remote checks a bundle folder" in err
 
 
+def test_a_baseline_from_the_device_is_checked_before_it_is_written(ssh_host, bundle, tmp_path):
+    config, _, root = ssh_host
+    liar = root / "bin" / "lying-infer"  # answers --update-baseline with a file that is no baseline
+    liar.write_text('#!/bin/sh\nfor a; do [ "$prev" = --baseline ] && echo \'{"schema": "x"}\' > "$a"; prev=$a; done\n')
+    liar.chmod(0o755)
+    out = tmp_path / "b.baseline.json"
+    code, _, err = pathnas_edge("regress", copy_bundle(bundle, tmp_path / "b"), "--remote", "device", "--ssh-config",
+                                config, "--remote-infer", liar, "--update-baseline", "--baseline", out)
+    assert code == 2 and "the baseline device measured" in err and "not a latency baseline" in err, err
+    assert not out.exists()
+
+
 def test_a_verdict_from_a_device_is_checked_before_it_is_believed():
     from pathnas.deploy.regress_stats import Verdict, compare
 
