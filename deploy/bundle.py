@@ -89,8 +89,9 @@ def _publish_modes(root: Path) -> None:
 
 
 def write_zip(root: Path, archive: Path) -> None:
-    """The bundle's files in a zip (members relative to the bundle root), each recorded as 0644, folders
-    0755, so that unzip on the workstation gives files other accounts can read; written atomically."""
+    """A bundle's (or a latency pack's) files in a zip, members relative to its root, each recorded as
+    0644, folders 0755, so that unzip on the workstation gives files other accounts can read; written
+    atomically."""
     with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()

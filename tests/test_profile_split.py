@@ -65,6 +65,18 @@ def test_pack_describes_itself(tiny, pack):
     assert all((pack / i["file"]).is_file() and i["file"].endswith(".onnx") for i in manifest["items"])
 
 
+def test_a_pack_comes_as_a_zip_too_which_unzips_to_the_same_pack(pack, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(f"{pack}.zip") as archive:
+        archive.extractall(tmp_path / "unzipped")
+    assert read_pack(tmp_path / "unzipped") == read_pack(pack)  # every file there, every SHA-256 right
+    (tmp_path / "other.zip").write_bytes(b"someone's")  # a new folder name whose zip exists: refused first
+    code, _, err = pathnas_edge("profile", "pack", "--device", "cpu", *KNOBS, "--out", tmp_path / "other")
+    assert code == 2 and "other.zip already exists" in err.replace("\n", "")
+    assert not (tmp_path / "other").exists() and (tmp_path / "other.zip").read_bytes() == b"someone's"
+
+
 def test_the_device_half_runs_without_torch_and_the_table_assembles(tiny, pack, timings, tmp_path):
     record = read_timings(timings, pack)
     meta = record["metadata"]

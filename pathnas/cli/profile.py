@@ -167,20 +167,29 @@ def pack(
     from pathnas.profiling import load_profile
     from pathnas.profiling.pack import plan_table, write_pack
 
+    from pathnas.deploy.bundle import write_zip, zip_path
+    from pathnas.errors import AlreadyExistsError
+
     hw = load_profile(device)
     net, _ = chosen_supernet(choice)
+    archive = zip_path(out)  # one file to copy to the device, as a bundle has
+    if archive.exists():
+        raise AlreadyExistsError(f"{archive} already exists; choose another --out (or remove it)")
     items, reused = plan_table(net, subnets, fit_subnets, 0, _reused(hw, reuse))
     on_interrupt("nothing was written: the pack appears only once every file is exported")
     with _progress(as_json) as bar:
         task = bar.add_task(f"exporting for {hw.name}", total=len(items))
         write_pack(net, hw, items, out, reused, rounds=rounds, advance=lambda: bar.advance(task))
+    write_zip(out, archive)
     timings = out.parent / f"{out.name}.timings.json"
     if as_json:
-        print_json({"pack": str(out), "profile": hw.name, "items": len(items), "parts_reused": len(reused)})
+        print_json({"pack": str(out), "zip": str(archive), "profile": hw.name, "items": len(items),
+                    "parts_reused": len(reused)})
         return
-    console.print(f"pack {out}: {len(items)} ONNX files for {hw.name}"
+    console.print(f"pack {out} and {archive.name}: {len(items)} ONNX files for {hw.name}"
                   + (f" ({len(reused)} parts reused)" if reused else ""), markup=False)
-    console.print(f"next, on the device ({hw.description}):\n  pathnas-infer profile {out.name} --out {timings.name}\n"
+    console.print(f"next, on the device ({hw.description}), with the folder (or `unzip {archive.name} -d {out.name}`):\n"
+                  f"  pathnas-infer profile {out.name} --out {timings.name}\n"
                   f"then here:\n  pathnas-edge profile assemble {out} {timings} --out TABLE.json", markup=False)
 
 
