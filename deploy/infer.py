@@ -142,8 +142,8 @@ class Model:
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """Nx3xSxS uint8 (``prepare``'s, stacked) -> float32 as preprocess.json says: scale, mean/std, in one
-        pass over the batch. A float array per tile, copied into the batch after, cost 8x as much CPU
-        (a 600 KB allocation per tile at 224 px): time the slide's readers no longer take from the model."""
+        pass over the batch. A float array per tile (600 KB at 224 px), copied into the batch after, took
+        twice the CPU (benchmarks/slide_throughput.py --read-costs): time the readers took from the model."""
         x = batch.astype(np.float32)
         x *= self._gain
         x -= self._offset

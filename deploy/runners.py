@@ -90,7 +90,7 @@ def use_shared_thread_pool(threads: int) -> bool:
     ONNX Runtime refuses every later session of the process that asks for a pool of its own, also
     those other libraries make (onnxruntime.quantization's calibrators): ``ort_session`` puts ours on
     it, theirs fail. Returns False (and warns) when this process's pool has another size, or when this
-ONNX Runtime cannot make one (then every session of the process gets workers that do not spin).
+    ONNX Runtime cannot make one (then every session of the process gets workers that do not spin).
 
     Why: each session otherwise owns a pool whose workers spin for a while after every run, and
     each pool is placed anew. Timing the 55 files of a demo latency pack in alternation, each

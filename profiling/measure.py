@@ -25,7 +25,8 @@ from .timed import TORCH_DEVICES, time_torch_modules
 
 # Probe subnets when every part but a few is reused: the overhead fit (two numbers) is redone on
 # the first four and checked on the other four. The probes are most of an incremental measure's
-# time (with 12 it took 24-30 % of a full measure, with 8 18 %: benchmarks/latency_split.py --incremental).
+# time (with 12 it took 24-30 % of a full measure, with 8 18-20 %:
+# benchmarks/latency_split.py --incremental).
 INCREMENTAL_SUBNETS, INCREMENTAL_FIT = 8, 4
 
 
