@@ -161,7 +161,7 @@ def _regress_remote(link: RemoteDevice, bundle: Path, baseline: Path | None, tol
         for path in ([baseline] if baseline is not None and not update_baseline else []) + trusted_keys:
             if not path.exists():
                 raise MissingFileError(f"{path} does not exist")
-        remote = Remote(link.remote, link.ssh_config, link.remote_infer).check()
+        remote = Remote(link.remote, link.ssh_config, link.remote_infer)  # regress() checks it before copying
         if update_baseline:
             out = baseline or default_baseline_path(bundle)
             measured = remote.regress(bundle, options, trusted_keys=trusted_keys, update_baseline=out)

@@ -164,11 +164,10 @@ def pack(
 ) -> None:
     """Export every part and probe subnet as ONNX into a pack for the device (step 1 of 3; then
     `pathnas-infer profile PACK` there, then `pathnas-edge profile assemble` here)."""
-    from pathnas.profiling import load_profile
-    from pathnas.profiling.pack import plan_table, write_pack
-
     from pathnas.deploy.bundle import write_zip, zip_path
     from pathnas.errors import AlreadyExistsError
+    from pathnas.profiling import load_profile
+    from pathnas.profiling.pack import plan_table, write_pack
 
     hw = load_profile(device)
     net, _ = chosen_supernet(choice)
