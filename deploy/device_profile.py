@@ -233,7 +233,8 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
 
     from .timing import median_polish
 
-    root, out = Path(root), Path(out)
+    # Absolute: the rounds run in child processes whose working folder is a temporary one.
+    root, out = Path(root).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = read_pack(root)
     rounds = rounds or int((manifest.get("timing") or {}).get("rounds", 3))

@@ -303,3 +303,22 @@ def test_a_search_on_this_host_measures_the_table_it_lacks_and_runs_to_the_end(t
     stored = tmp_path / "tables" / "x86-cpu-ort" / f"shufflenet-{config_digest(config.model_dump(mode='json'))}.json"
     assert stored.is_file() and summary["device"]["table"] == str(stored)
     assert "measured on this machine" in summary["device"]["note"]
+
+
+def test_the_device_half_takes_relative_paths_as_the_readme_writes_them(pack, tmp_path):
+    """`unzip -q p.zip -d dev/p && cd dev && pathnas-infer profile p --out timings.json`, and an absolute pack
+    with a relative --out: the rounds' child processes work in another folder, so paths must not be relative."""
+    import subprocess
+    import sys
+    import zipfile
+
+    dev = tmp_path / "dev"
+    with zipfile.ZipFile(f"{pack}.zip") as archive:
+        archive.extractall(dev / "p")
+    for pack_arg, out_arg, written in (("p", "timings.json", dev / "timings.json"),
+                                       (str(dev / "p"), "sub/t.json", dev / "sub" / "t.json")):
+        result = subprocess.run([sys.executable, "-m", "pathnas.deploy.toolkit", "profile", pack_arg, "--out", out_arg,
+                                 "--rounds", "2", "--repeats", "3", "--progress", "lines"], cwd=dev,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert read_timings(written, dev / "p")["metadata"]["timing_processes"] == 2
