@@ -10,12 +10,13 @@ import sys
 
 import typer
 
-from . import core, deploy, profile, search, ship
+from . import core, deploy, profile, search, ship, tiles
 from .common import err_console, interrupt_hint, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find a compact model for pathology images and ship it to the lab's hardware.",
                   pretty_exceptions_enable=False, rich_markup_mode=None)
+tiles.register(core.data_app)
 app.add_typer(core.data_app, name="data")
 app.add_typer(deploy.keys_app, name="keys")
 app.add_typer(profile.profile_app, name="profile")
