@@ -7,6 +7,8 @@
                                                        the bundle's baseline or another (the last release's)
   pathnas-infer profile PACK --out TIMINGS             time a latency pack on this device (for
                                                        `pathnas-edge profile assemble`)
+  pathnas-infer report OUT [--out FILE]                the batch in OUT as one HTML file (OUT/report.html;
+                                                       every batch also writes it at its end)
 
 Every command takes --trusted-key PUB (repeatable; or $PATHNAS_TRUSTED_KEYS, or the folder
 /etc/pathnas-edge/trusted-keys): then only bundles signed by one of those keys are accepted.
@@ -26,7 +28,7 @@ from pathlib import Path
 from pathnas.errors import UserError
 
 EXIT_FAILED = 1  # a bundle that does not verify, a latency regression, an input that failed
-COMMANDS = ("verify", "regress", "predict", "profile")
+COMMANDS = ("verify", "regress", "predict", "profile", "report")
 
 
 def _version() -> str:
@@ -134,6 +136,13 @@ def report_verdict(verdict, subject: dict, name: str, junit: Path | None, second
     return 0 if verdict.passed else EXIT_FAILED
 
 
+def _report(out: Path, path: Path | None = None) -> None:
+    from .slide_report import write_batch_report
+
+    written = write_batch_report(out, path)
+    print(f"report {written} ({written.stat().st_size / 1e6:.2f} MB): open it in a browser", file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     from .infer import add_arguments, add_trust_argument
     from .regress import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
@@ -141,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"pathnas-infer {_version()}")
-    commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress,profile}")
+    commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress,profile,report}")
     predict = commands.add_parser("predict", help="classify or segment images and slides (the default command)")
     add_arguments(predict)
     verify = commands.add_parser("verify", help="check the manifest, every file's SHA-256 and the signature")
@@ -173,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", help="time a latency pack here (the device half of `pathnas-edge "
                                                   "profile measure`)")
     add_profile_arguments(profile)
+    report = commands.add_parser("report", help="a slide batch's output folder as one HTML file people look at")
+    report.add_argument("out", type=Path, help="the --out folder of a `pathnas-infer` run")
+    report.add_argument("--out", dest="file", type=Path, default=None, help="where to write it (default: OUT/report.html)")
     return top
 
 
@@ -199,9 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         cli.error(message)
     try:
         if args.command == "predict":
-            from .infer import run
+            from .infer import results_path, run
 
             code = run(args)
+            _report(results_path(args.out)[1])
+        elif args.command == "report":
+            _report(args.out, args.file)
+            code = 0
         elif args.command == "verify":
             code = verify_bundle(args.bundle, args.json, args.trusted_key)
         elif args.command == "profile":

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import core, deploy, profile, search, ship, tiles
+from . import core, deploy, profile, report, search, ship, tiles
 from .common import err_console, interrupt_hint, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -20,7 +20,7 @@ tiles.register(core.data_app)
 app.add_typer(core.data_app, name="data")
 app.add_typer(deploy.keys_app, name="keys")
 app.add_typer(profile.profile_app, name="profile")
-for module in (core, search, ship, deploy, profile):
+for module in (core, search, ship, deploy, profile, report):
     for command in module.COMMANDS:
         app.command()(command)
 

@@ -183,6 +183,7 @@ def pipeline(
         console.print(f"on the workstation: {summary['workstation_commands'][0]}", markup=False)
     else:
         console.print(summary["bundle_note"], markup=False)
+    console.print(f"report: {summary['report']} (open it in a browser)", markup=False)
     if not summary["validation_passed"]:
         raise typer.Exit(1)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from pathnas.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 from pathnas.data.datasets import MARKER_FILE
 from pathnas.data.shards import PACK_INDEX
+from pathnas.deploy.html import REPORT_FILE as REPORT_HTML
 from pathnas.export.artifacts import EXPORT_RECORD, LABELS, MODEL_ONNX, PREPROCESS
 from pathnas.export.quantize import CALIBRATION_RECORD, INT8_ONNX
 from pathnas.export.report import REPORT_JSON, REPORT_MD
@@ -61,6 +62,7 @@ class RunLayout:
 
     # The pipeline's own files (the lock, RUN/.lock, is pathnas.lock.RunLock's).
     stages, summary, smoke_test = _InRun(STAGES_FILE), _InRun(PIPELINE_SUMMARY), _InRun(SMOKE_TEST_FILE)
+    report_html = _InRun(REPORT_HTML)  # the run's report for people (pathnas.pipeline.report)
     # The embedded synthetic data set, when the pipeline generates one; its marker is written last.
     data, data_marker = _folder("data", MARKER_FILE)
     # The data set decoded once for the training stages (pathnas.data.shards); its index is written last.

@@ -112,6 +112,9 @@ def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
                "search": read_json(layout.search_summary, "search summary")["best"],
                "retrain": retrained, "validation_passed": report["passed"], "skipped_files": len(skipped),
                **_ship(layout, plan, report)}
+    from .report import write_run_report
+
+    summary["report"] = str(write_run_report(layout.root))  # RUN/report.html, for people
     write_json_atomic(layout.summary, summary)
     return summary
 

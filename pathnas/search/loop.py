@@ -276,7 +276,7 @@ def _run(settings: SearchSettings, target, predictor: LatencyModel, run_dir: Pat
     summary = summarize(ctx.history, settings, target, predictor, budgets, (name, why), status, reason, transcript)
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     if ctx.history:
-        plot_pareto(ctx.history, summary, run_dir / PARETO_FILE, predictor)
+        plot_pareto(ctx.history, summary, run_dir / PARETO_FILE)
     return summary
 
 

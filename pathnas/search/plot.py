@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .latency import LatencyModel
+
+def latency_label(summary: dict) -> str:
+    """The latency axis's label: the device, and whether its figures are measured, predicted or estimated."""
+    device = summary["device"]
+    kind = ("roofline ESTIMATE" if device.get("is_estimate") else
+            "measured" if device.get("column") else "predicted from measured table")
+    return f"latency on {device['device']} (ms, {kind})"
 
 
-def plot_pareto(history: list[dict], summary: dict, path: Path, predictor: LatencyModel) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pathnas.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+def draw_pareto(ax, history: list[dict], summary: dict) -> None:
+    """Every evaluation (meets / misses the budgets), the Pareto front, the best and the latency budget on ``ax``
+    (the search's pareto.png and the run's report draw the same picture)."""
     ok = [r for r in history if r["meets_budgets"]]
     miss = [r for r in history if not r["meets_budgets"]]
     ax.scatter([r["latency_ms"] for r in ok], [r["metric"] for r in ok], c="tab:blue", label="meets budgets")
@@ -27,12 +27,22 @@ def plot_pareto(history: list[dict], summary: dict, path: Path, predictor: Laten
                    edgecolors="tab:red", label=f"best {summary['best']['arch']}")
     if summary["budgets"]["latency_ms"]:
         ax.axvline(summary["budgets"]["latency_ms"], ls="--", c="tab:red", label="latency budget")
-    kind = ("roofline ESTIMATE" if predictor.is_estimate else
-            "measured" if predictor.describe().get("column") else "predicted from measured table")
-    ax.set_xlabel(f"latency on {summary['device']['device']} (ms, {kind})")
+    ax.set_xlabel(latency_label(summary))
     ax.set_ylabel(history[0]["metric_name"])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+
+
+def plot_pareto(history: list[dict], summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pathnas.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    draw_pareto(ax, history, summary)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
