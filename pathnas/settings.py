@@ -248,6 +248,11 @@ class PipelineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Path | None = Field(None, description="your data set (default: the synthetic histology set)")
+    slides: Path | None = Field(None, description="a folder of whole-slide images, cut into RUN/tiles by their "
+                                                  "--annotations first (instead of --data)")
+    annotations: Path | None = Field(None, description="with --slides: a folder of their annotations (QuPath "
+                                                       "GeoJSON, ASAP or ImageScope XML), paired by file name")
+    mpp: float = Field(0.5, gt=0, description="with --slides: microns per pixel the model is trained at (0.5: 20x)")
     device: str = Field("cpu", description="target hardware profile (name or alias, e.g. jetson, cpu)")
     space: dict = Field(default_factory=lambda: dict(DEMO_SPACE),
                         description="the space and its knobs (default: the paper's ShuffleNet at 32 px, width 0.5)")

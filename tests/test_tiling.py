@@ -315,15 +315,15 @@ def test_other_classes_bad_polygons_and_regions_outside_the_slide_are_said_and_l
     code, output = cli(s, "--annotations", a, "--mpp", MPP, "--size", SIZE, "--out", out, "--classes", "Tumor,Stroma")
     assert code == 0, output
     flat = " ".join(output.split())
-    assert "annotation classes not in --classes, left out: Necrosis (3 region(s))" in flat
-    assert "feature 3: invalid polygon (Self-intersection" in flat and "repaired" in flat
-    assert "feature 4 (Stroma) lies outside the slide" in flat
+    assert "annotation classes not in --classes, left out: Lymphoid (3 region(s)), Necrosis (3 region(s))" in flat
+    assert "feature 4: invalid polygon (Self-intersection" in flat and "repaired" in flat
+    assert "feature 5 (Stroma) lies outside the slide" in flat
     assert "1 feature(s) of objectType detection left out" in flat and "Point (no area)" in flat
     assert set(tiles_of(out).values()) == {"Tumor", "Stroma"}
     assert json.loads((out / "dataset.json").read_text())["classes"] == ["Stroma", "Tumor"]
     code, output = cli(s, "--annotations", a, "--mpp", MPP, "--size", SIZE, "--out", tmp_path / "strict",
                        "--refuse-invalid")
-    assert code == 2 and re.search(r"slide00.geojson: feature 3: invalid polygon \(Self-intersection", output)
+    assert code == 2 and re.search(r"slide00.geojson: feature 4: invalid polygon \(Self-intersection", output)
     assert not (tmp_path / "strict").exists()
 
 
@@ -371,3 +371,33 @@ def test_the_geojson_pathnas_infer_writes_comes_back_as_a_training_set(bundle, s
     assert code == 0, output
     kept = tiles_of(out)
     assert kept and all(predicted[name] == label for name, label in kept.items())
+
+
+# -- the pipeline from slides ------------------------------------------------------------------------------------
+
+def test_the_pipeline_goes_from_annotated_slides_to_a_bundle_at_their_resolution(slides, tmp_path, monkeypatch):
+    """--slides --annotations: RUN/tiles is the first stage (skipped when nothing changed); the bundle's
+    preprocess.json and WSInfer config.json carry the µm/px the model was trained at."""
+    import pathnas.data.tiling as tiling
+    from pathnas.pipeline import run_pipeline
+    from pathnas.settings import PipelineSettings, validated
+
+    root, _ = slides
+    run = tmp_path / "run"
+    settings = validated(PipelineSettings, "pipeline", slides=root / "slides", annotations=root / "imagescope",
+                         mpp=1.0, pretrain_epochs=1, retrain_epochs=1, iterations=1, formats="onnx", batch_size=16)
+    summary = run_pipeline(run, settings, progress=False)
+    assert summary["smoke_test_passed"]
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages)[0] == "tiles"
+    assert json.loads((run / "bundle" / "preprocess.json").read_text())["mpp"] == 1.0
+    assert json.loads((run / "bundle" / "config.json").read_text())["spacing_um_px"] == 1.0
+    assert json.loads((run / "bundle" / "labels.json").read_text()) == sorted(CLASSES)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the tiles were cut again, though nothing changed")
+
+    monkeypatch.setattr(tiling, "make_tiles", must_not_run)
+    run_pipeline(run, settings, progress=False)
+    with pytest.raises(ConfigError, match="--slides and --annotations go together"):
+        run_pipeline(tmp_path / "other", validated(PipelineSettings, "pipeline", slides=root / "slides"), progress=False)

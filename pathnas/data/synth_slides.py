@@ -10,6 +10,7 @@ shifted by a seeded offset):
 - Stroma: an L that overlaps the Tumor square; Tumor owns the overlap (priority Tumor first, though the
   files list Stroma first);
 - Necrosis: two rectangles, one MultiPolygon (left out of every fourth slide);
+- Lymphoid: a rectangle (four classes: the demo space's installed latency tables are for four);
 - unannotated tissue beside them, and glass around.
 The pixels are generated tile by tile, so a slide of any size is written in bounded memory.
 """
@@ -22,10 +23,11 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-CLASSES = ("Tumor", "Stroma", "Necrosis")
+CLASSES = ("Tumor", "Stroma", "Necrosis", "Lymphoid")
 GLASS, OTHER_TISSUE = 0, len(CLASSES) + 1  # label values beside 1 + class index
-COLOURS = np.array([(248, 248, 248), (110, 50, 150), (235, 150, 200), (200, 110, 110), (190, 140, 180)], np.float32)
-PRIORITY = ("Tumor", "Stroma", "Necrosis")
+COLOURS = np.array([(248, 248, 248), (110, 50, 150), (235, 150, 200), (200, 110, 110), (70, 60, 160), (190, 140, 180)],
+                   np.float32)
+PRIORITY = ("Tumor", "Stroma", "Necrosis", "Lymphoid")
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (level-0 px, pixel edges)
 
@@ -48,6 +50,7 @@ class SyntheticSlide:
         rects: list[tuple[int, Rect]] = [(OTHER_TISSUE, tuple(self._u(5, 5, 7, 7)))]
         if self.necrosis:
             rects += [(3, tuple(self._u(1, 5, 3, 7))), (3, tuple(self._u(4, 6, 5, 7)))]
+        rects += [(4, tuple(self._u(4, 2, 6, 4)))]
         rects += [(2, r) for r in self.stroma_rects()]
         rects += [(1, tuple(self._u(1, 1, 4, 4))), (OTHER_TISSUE, tuple(self._u(2, 2, 3, 3)))]  # Tumor, then its hole
         return rects
@@ -81,6 +84,7 @@ class SyntheticSlide:
                "Tumor": [[ring(a, b, c, d), ring(ha, hb, hc, hd)[::-1]]]}
         if self.necrosis:
             out["Necrosis"] = [[ring(*self._u(1, 5, 3, 7))], [ring(*self._u(4, 6, 5, 7))]]
+        out["Lymphoid"] = [[ring(*self._u(4, 2, 6, 4))]]
         return out
 
     def geojson(self) -> dict:
@@ -103,6 +107,7 @@ class SyntheticSlide:
         shapes += [("Tumor", [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]) for x0, y0, x1, y1 in frame]
         if self.necrosis:
             shapes += [("Necrosis", p[0]) for p in self.polygons()["Necrosis"]]
+        shapes += [("Lymphoid", self.polygons()["Lymphoid"][0][0])]
         parts = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "<Annotations>"]
         for i, (group, points) in enumerate(shapes):
             parts.append(f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup={quoteattr(group)} '

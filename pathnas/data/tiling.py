@@ -60,6 +60,10 @@ REASONS = ("unannotated", "mixed", "under_min_cover", "too_little_tissue")
 _EPS = 1e-9  # a share of a tile that counts as covered (a shared edge covers nothing)
 
 
+class OtherSettingsError(ConfigError):
+    """The output folder holds tiles made with other settings."""
+
+
 @dataclass(frozen=True)
 class TileSettings:
     """What decides the tiles (a rerun with other values refuses: the folder would mix two data sets)."""
@@ -622,7 +626,7 @@ def _check_out(out: Path, header: dict) -> None:
         saved = read_json(state / HEADER_FILE, "tiles header")
         if saved != header:
             changed = sorted(k for k in set(header) | set(saved) if saved.get(k) != header.get(k))
-            raise ConfigError(f"{out}: tiles made with other settings ({', '.join(changed)} changed); delete {out} to "
+            raise OtherSettingsError(f"{out}: tiles made with other settings ({', '.join(changed)} changed); delete {out} to "
                               f"tile afresh, or choose another --out")
 
 
@@ -777,5 +781,5 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
     return report
 
 
-__all__ = ["RULES", "TASKS", "Labeller", "SlideJob", "TileSettings", "check_inputs", "decide", "make_tiles", "pair_inputs",
+__all__ = ["RULES", "TASKS", "Labeller", "OtherSettingsError", "SlideJob", "TileSettings", "check_inputs", "decide", "make_tiles", "pair_inputs",
            "read_mpp_overrides", "split_groups", "tile_slide"]

@@ -65,6 +65,8 @@ class RunLayout:
     report_html = _InRun(REPORT_HTML)  # the run's report for people (pathnas.pipeline.report)
     # The embedded synthetic data set, when the pipeline generates one; its marker is written last.
     data, data_marker = _folder("data", MARKER_FILE)
+    # The tiles cut from --slides by their --annotations (pathnas.data.tiling); their marker is written last.
+    tiles, tiles_marker = _folder("tiles", MARKER_FILE)
     # The data set decoded once for the training stages (pathnas.data.shards); its index is written last.
     pack, pack_index = _folder("pack", PACK_INDEX)
     supernet_dir, supernet = _folder("supernet", LAST_CHECKPOINT)

@@ -45,8 +45,8 @@ def _plan(layout: RunLayout, settings: PipelineSettings) -> _Plan:
     # The canonical FP32 plus what the device runs. INT8 only where a profile asks for it: on the x86 CPUs
     # measured (benchmarks/export_latency.py) INT8 was not faster than FP32, so the CPU profiles say fp32.
     precisions = settings.precisions or tuple(sorted({"fp32", profile.precision}))
-    demo_data = settings.data is None
-    data = layout.data if demo_data else Path(settings.data)
+    demo_data = settings.data is None and settings.slides is None and settings.annotations is None
+    data = layout.data if demo_data else _tiles_first(layout, settings) if settings.data is None else Path(settings.data)
     if demo_data:
         task, num_classes = "classify", len(CLASSES)
     else:
@@ -73,6 +73,21 @@ def _plan(layout: RunLayout, settings: PipelineSettings) -> _Plan:
                  settings.pretrain_config(training_data, layout.supernet_dir),
                  settings.search_settings(training_data, layout.supernet, layout.search_dir),
                  settings.retrain_config(training_data), precisions)
+
+
+def _tiles_first(layout: RunLayout, settings: PipelineSettings) -> Path:
+    """--slides and --annotations: the first stage cuts them into RUN/tiles at --mpp, in tiles of the space's input
+    size and for its task (cheap beside the training, and what the classes and the task are read from)."""
+    from pathnas.spaces import SUPERNETS, space_config
+
+    if settings.slides is None or settings.annotations is None:
+        raise ConfigError("--slides and --annotations go together: the slides and a folder of their annotations")
+    name = settings.space.get("space")
+    if name not in SUPERNETS:
+        raise ConfigError(f"unknown space {name!r}; known spaces: {', '.join(SUPERNETS)}")
+    size = space_config(name, **{k: v for k, v in settings.space.items() if k != "space"}, num_classes=2).input_size
+    return stages.stage_tiles(layout, settings.slides, settings.annotations, settings.mpp, size, settings.seed,
+                              SUPERNETS[name].task)
 
 
 def run_pipeline(run: Path, settings: PipelineSettings | None = None, *, progress: bool = True) -> dict:

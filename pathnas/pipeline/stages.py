@@ -57,6 +57,35 @@ def stage_data(layout: RunLayout, n_per_class: int, image_size: int, seed: int) 
     return layout.data
 
 
+def stage_tiles(layout: RunLayout, slides: Path, annotations: Path, mpp: float, size: int, seed: int,
+                task: str = "classify", progress: bool = True) -> Path:
+    """The annotated slides cut into labelled tiles of ``size`` px at ``mpp`` in RUN/tiles (`data tiles` with its
+    defaults); skipped when the slides, annotations and settings are unchanged. Tiles of other settings are
+    derived, so they are cut afresh."""
+    import shutil
+
+    from pathnas.data.tiling import OtherSettingsError, TileSettings, make_tiles, pair_inputs
+    from pathnas.progress import progress_bar
+
+    def build() -> None:
+        jobs = pair_inputs([slides], [annotations])
+        with progress_bar(transient=True, disable=not progress or None) as bar:
+            job = bar.add_task("cutting the slides into tiles", total=len(jobs))
+
+            def cut() -> None:
+                make_tiles(jobs, layout.tiles, TileSettings(mpp=mpp, size=size, task=task), seed=seed, warn=log.warning,
+                           advance=lambda done, total: bar.update(job, completed=done, total=total))
+            try:
+                cut()
+            except OtherSettingsError:
+                shutil.rmtree(layout.tiles)
+                cut()
+
+    run_stage(layout, "tiles", {"slides": Path(slides), "annotations": Path(annotations), "mpp": mpp, "size": size,
+                                "seed": seed, "task": task}, [layout.tiles_marker], build)
+    return layout.tiles
+
+
 def stage_pack(layout: RunLayout, data: Path, size: int, seed: int, skip_bad: bool, progress: bool = True) -> Path:
     """``data`` decoded once into RUN/pack at the model's input size, for the training stages: every epoch then
     reads pixels instead of decoding image files (the folder path resizes every image to that size first,
