@@ -21,6 +21,7 @@ from pathnas.errors import InvalidFileError, MissingFileError
 from pathnas.io import read_json
 
 from . import html
+from .geojson import PALETTE
 from .infer import RUN_METADATA
 
 TEMPLATE = "slide_report.html.j2"
@@ -28,14 +29,16 @@ RESULTS_CSV = "results.csv"
 # Beyond this many inputs, the pictures of the first ones only (the figures of all): the file stays
 # a few MB (thumbnails are 10-20 KB each).
 MAX_PICTURES = 300
-# Class colours (the matplotlib "tab10" hues), mask background transparent.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
-PICTURE_FIELDS = (("heatmap", "tiles"), ("mask", "masks"))
+# A row's pictures and the folder under OUT each is written to: the thumbnail with the tissue in its class's
+# colour (the batch writes it when it counts the slide's areas), the heatmap of the most likely class, the mask.
+PICTURE_FIELDS = (("thumbnail", "thumbnails"), ("heatmap", "tiles"), ("mask", "masks"))
+# Statuses of an input that was read to the end: "no_tissue" is a slide's answer too, not a failure.
+DONE_STATUSES = ("ok", "no_tissue")
 
 
 def colour(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
+    """Class ``i``'s colour: the one its GeoJSON classification and thumbnail tint carry (QuPath shows it)."""
+    return "#%02x%02x%02x" % tuple(PALETTE[i % len(PALETTE)])
 
 
 def _float(value) -> float | None:
@@ -90,7 +93,7 @@ def _mask_picture(path: Path, classes: list[str]):
         mask = np.asarray(image.convert("L"))
     rgb = np.full((*mask.shape, 3), 255, np.uint8)
     for i in range(1, max(len(classes), int(mask.max()) + 1)):
-        rgb[mask == i] = [int(colour(i)[k:k + 2], 16) for k in (1, 3, 5)]
+        rgb[mask == i] = PALETTE[i % len(PALETTE)]
     return Image.fromarray(rgb)
 
 
@@ -108,6 +111,9 @@ def _pictures(row: dict, out: Path, classes: list[str]) -> tuple[list[dict], lis
             if field == "mask":
                 uri = html.thumbnail_uri(_mask_picture(path, classes), photo=False)
                 caption = "mask: " + ", ".join(c for c in classes[1:]) if len(classes) > 1 else "mask"
+            elif field == "thumbnail":
+                uri = html.thumbnail_uri(path)
+                caption = "thumbnail, tissue in the colour of its class"
             else:
                 uri = html.thumbnail_uri(path)
                 shown = path.stem.split("_heatmap_", 1)[-1] if "_heatmap_" in path.stem else ""
@@ -128,14 +134,19 @@ def batch_context(out: Path, meta: dict) -> dict:
     rows = [r for r in meta.get("results", []) if isinstance(r, dict)]
     classes = [str(c) for c in meta.get("classes") or []] or sorted(
         {k[len("prob_"):] for r in rows for k in r if str(k).startswith("prob_")})
-    ok = [r for r in rows if r.get("status") == "ok"]
-    failed = [r for r in rows if r.get("status") != "ok"]
+    ok = [r for r in rows if r.get("status") in DONE_STATUSES]
+    failed = [r for r in rows if r.get("status") not in DONE_STATUSES]
     cards = []
     for i, row in enumerate(ok):
         pictures, problems = _pictures(row, out, classes) if i < MAX_PICTURES else ([], [])
         figures = [("prediction", row.get("prediction") or ""),
                    *((f"P({c})", _float(row.get(f"prob_{c}"))) for c in classes if row.get(f"prob_{c}") not in (None, "")),
                    ("foreground", html.percent(_float(row.get("foreground_pct")))),
+                   ("tissue", _area(row.get("tissue_mm2"))),
+                   *((f"{c}: area, share of tissue", f"{_area(row.get(f'area_mm2_{c}'))}, "
+                      f"{html.percent(100 * _float(row.get(f'share_{c}')), 3)}")
+                     for c in classes if _float(row.get(f"share_{c}")) is not None),
+                   ("status", row.get("error") if row.get("status") != "ok" else ""),
                    ("tiles (tissue / all)", f"{row['tissue_tiles']} / {row['tiles']}" if row.get("tiles") not in (None, "")
                     else ""),
                    ("resolution", _resolution(row)), ("level", _int(row.get("level"))),
@@ -147,6 +158,12 @@ def batch_context(out: Path, meta: dict) -> dict:
                         for r in ok if any(r.get(f"prob_{c}") not in (None, "") for c in classes)]
     probability_rows = [[_name(r), r.get("prediction") or "", *(_float(r.get(f"prob_{c}")) for c in classes)]
                         for r in ok if any(r.get(f"prob_{c}") not in (None, "") for c in classes)]
+    # the slide-level answers (areas per class), where the batch counted them
+    counted = [r for r in ok if any(_float(r.get(f"share_{c}")) is not None for c in classes)]
+    area_bars = [(_name(r), [(_float(r.get(f"share_{c}")) or 0.0, colour(i)) for i, c in enumerate(classes)])
+                 for r in counted]
+    area_rows = [[_name(r), _area(r.get("tissue_mm2")), *(_float(r.get(f"share_{c}")) for c in classes),
+                  _float(r.get("share_unclassified"))] for r in counted]
     tiled = [r for r in ok if _int(r.get("tiles")) is not None]
     most = max((_int(r.get("tiles")) or 0 for r in tiled), default=0)
     tile_bars = [(_name(r), [(_int(r.get("tissue_tiles")) or 0, "#c2185b"),
@@ -165,6 +182,7 @@ def batch_context(out: Path, meta: dict) -> dict:
         "source": str(out), "classes": classes, "legend": [(c, colour(i)) for i, c in enumerate(classes)],
         "cards": cards, "more_than_shown": max(0, len(ok) - MAX_PICTURES), "max_pictures": MAX_PICTURES,
         "probability_bars": probability_bars, "probability_rows": probability_rows,
+        "area_bars": area_bars, "area_rows": area_rows,
         "tile_bars": tile_bars, "tile_rows": tile_rows, "most_tiles": most or 1,
         "failures": [[str(r.get("input", "")), str(r.get("error", ""))] for r in failed],
         "settings": [(k, v if isinstance(v, (int, float, str)) else str(v)) for k, v in settings.items()]
@@ -176,6 +194,12 @@ def batch_context(out: Path, meta: dict) -> dict:
                    ("precision", model.get("precision"))],
         "versions": sorted((meta.get("versions") or {}).items()),
     }
+
+
+def _area(value) -> str:
+    """An area in mm² as the batch recorded it ("unknown" where the slide states no resolution)."""
+    number = _float(value)
+    return f"{html.number(number, 3)} mm²" if number is not None else str(value or "")
 
 
 def _resolution(row: dict) -> str:
