@@ -211,7 +211,7 @@ def is_blank(png: bytes) -> bool:
     return most >= 0.995 * image.width * image.height
 
 
-def screenshot_for_readme(report: Path, out: Path, width: int = 1100, height: int = 1500, side: int = 900) -> Path:
+def screenshot_for_readme(report: Path, out: Path, width: int = 1320, height: int = 1250, side: int = 960) -> Path:
     """The top of ``report`` as the README shows it: a PNG of at most ``side`` pixels wide, palette colours
     (small in the repository)."""
     from PIL import Image
@@ -221,7 +221,7 @@ def screenshot_for_readme(report: Path, out: Path, width: int = 1100, height: in
         raise SystemExit(f"{report}: errors {page.errors}, requests {page.outside_requests()}")
     image = Image.open(io.BytesIO(page.screenshot)).convert("RGB")
     image.thumbnail((side, side * height // width), Image.LANCZOS)
-    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out, format="PNG", optimize=True)
     return out
 
 

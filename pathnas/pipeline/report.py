@@ -153,7 +153,8 @@ def validation_chart(rows: list[dict]):
         agreement = r.get("top1_agreement_pct")
         if agreement is not None:
             ax.text(r["latency_p50_ms"], i, f"  {agreement:.1f} % agree", va="center", fontsize=8)
-    ax.set_xlabel("latency p50 at batch 1 on this machine (ms)")
+    ax.set_xscale("log")  # PyTorch eager is often 100x a runtime's latency: a linear axis would hide the runtimes
+    ax.set_xlabel("latency p50 at batch 1 on this machine (ms, log scale)")
     ax.margins(x=0.35)
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig, "validation")
@@ -347,7 +348,8 @@ def validation_section(layout: RunLayout) -> dict:
         return {"missing": f"{layout.report} is missing: run `pathnas-edge validate` (or the pipeline)"}
     rows = report.get("rows") or []
     table = [[r.get("backend"), r.get("precision"), r.get("status"), r.get("reason") or "",
-              r.get("top1_agreement_pct"), r.get("cosine"), r.get("max_abs_diff"), r.get("metric"), r.get("metric_delta"),
+              r.get("top1_agreement_pct"), None if r.get("cosine") is None else f"{r['cosine']:.7f}",  # vs 0.99999
+              r.get("max_abs_diff"), r.get("metric"), r.get("metric_delta"),
               r.get("latency_p50_ms"), r.get("latency_p90_ms"), r.get("size_mb"), r.get("device") or ""] for r in rows]
     calibration = _json(layout.calibration_record, "calibration record")
     int8 = []
@@ -408,8 +410,9 @@ def bundle_section(layout: RunLayout, junit: list[Path], baselines: list[Path]) 
     baseline = manifest.get("latency_baseline") or {}
     shipped = [[a.get("backend"), a.get("precision"), a.get("path"),
                 "default" if a.get("path") == model.get("default") else ""] for a in model.get("artifacts") or []]
-    not_shipped = [[o.get("backend"), o.get("precision"), o.get("status"), o.get("reason") or ""]
-                   for o in (manifest.get("validation") or {}).get("others") or []]
+    not_shipped = [[o.get("backend"), o.get("precision"), o.get("status"), o.get("reason") or (
+                       f"not the device's runtime ({profile.get('runtime')})" if o.get("status") == "passed" else "")]
+                   for o in (manifest.get("validation") or {}).get("others") or [] if o.get("status") != "reference"]
     return {
         "facts": [("device", f"{profile.get('name')}: {profile.get('description') or ''}".rstrip(": ")),
                   ("runtime / precision", f"{profile.get('runtime')} / {profile.get('precision')}"),
