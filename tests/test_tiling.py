@@ -401,3 +401,17 @@ def test_the_pipeline_goes_from_annotated_slides_to_a_bundle_at_their_resolution
     run_pipeline(run, settings, progress=False)
     with pytest.raises(ConfigError, match="--slides and --annotations go together"):
         run_pipeline(tmp_path / "other", validated(PipelineSettings, "pipeline", slides=root / "slides"), progress=False)
+
+
+def test_tiff_tiles_are_the_same_set_and_read_by_the_data_path(slides, tmp_path):
+    from pathnas.data import build_loaders
+
+    root, _ = slides
+    run(root, tmp_path / "png")
+    run(root, tmp_path / "tif", image_format="tiff")
+    tifs = {p.name: p.parent.name for p in (tmp_path / "tif").glob("*/*.tif")}
+    assert {n.replace(".tif", ".png"): c for n, c in tifs.items()} == tiles_of(tmp_path / "png")
+    some = next((tmp_path / "tif").glob("*/*.tif"))
+    assert np.array_equal(np.asarray(Image.open(some)),
+                          np.asarray(Image.open(tmp_path / "png" / some.parent.name / some.name.replace(".tif", ".png"))))
+    assert build_loaders(tmp_path / "tif", SIZE, 4).classes == sorted(CLASSES)

@@ -38,6 +38,8 @@ def tiles(
                                            "state no resolution; repeatable"),
     refuse_invalid: bool = typer.Option(False, "--refuse-invalid", help="refuse self-intersecting polygons (default: "
                                         "repair them, saying which)"),
+    image_format: str = typer.Option("png", help="png, or tiff: uncompressed, several times faster to write, "
+                                     "half again the size"),
     seed: int = typer.Option(0, help="seed of the splits"),
     workers: int = typer.Option(1, min=1, help="slides tiled at once, one process each"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -50,13 +52,13 @@ def tiles(
     wanted = _names(classes)
     settings = TileSettings(mpp=mpp, size=size, overlap=overlap, task=task, rule=label_rule, min_cover=min_cover,
                             min_tissue=min_tissue, classes=wanted, priority=_names(priority),
-                            background_class=background_class, repair=not refuse_invalid)
+                            background_class=background_class, repair=not refuse_invalid, image_format=image_format)
     settings.check()
     jobs = pair_inputs(slides, annotations, pairs, read_mpp_overrides(mpp_override))
     checked = check_inputs(jobs, settings)  # bad input is refused before the progress bar and before any file
     on_interrupt(f"the slides finished are kept in {out}; run the same command again to continue")
     with progress_bar(console=err_console, disable=as_json) as bar:
-        job = bar.add_task("tiling slides", total=len(jobs))
+        job = bar.add_task(f"tiling {len(jobs)} slide(s)", total=None)
         report = make_tiles(jobs, out, settings, seed=seed, workers=workers, checked=checked,
                             advance=lambda done, total: bar.update(job, completed=done, total=total),
                             warn=lambda line: err_console.print(f"note: {line}", markup=False, highlight=False,
@@ -90,8 +92,9 @@ def _print_report(report: dict, out: Path) -> None:
         slides.add_row(s["name"], s["split"] or "-", str(s["kept"]), str(s["unannotated"]), str(s["mixed"]),
                        str(s["under_min_cover"]), str(s["too_little_tissue"]))
     console.print(slides)
-    console.print(f"data set ready in {out}: splits {report['splits']} (by slide: no slide's tiles on two sides); "
-                  f"details in {out / 'report.json'}", markup=False, soft_wrap=True)
+    sizes = ", ".join(f"{split} {n}" for split, n in report["splits"].items())
+    console.print(f"data set ready in {out}: tiles {sizes} (split by slide: no slide's tiles on two sides); "
+                  f"details in {out / 'report.json'}", markup=False, highlight=False, soft_wrap=True)
 
 
 def synth_slides(

@@ -70,7 +70,7 @@ def stage_tiles(layout: RunLayout, slides: Path, annotations: Path, mpp: float, 
     def build() -> None:
         jobs = pair_inputs([slides], [annotations])
         with progress_bar(transient=True, disable=not progress or None) as bar:
-            job = bar.add_task("cutting the slides into tiles", total=len(jobs))
+            job = bar.add_task("cutting the slides into tiles", total=None)
 
             def cut() -> None:
                 make_tiles(jobs, layout.tiles, TileSettings(mpp=mpp, size=size, task=task), seed=seed, warn=log.warning,
