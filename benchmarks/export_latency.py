@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from pathnas.deploy.machine import cpu_model
-from pathnas.deploy.runners import open_runner
+from pathnas.deploy.runtimes import open_runner
 from pathnas.deploy.timing import time_callable
 from pathnas.export.openvino_export import export_openvino
 from pathnas.export.quantize import int8_cpu_features

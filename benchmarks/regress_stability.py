@@ -66,7 +66,7 @@ def slower_model(run: Path, model: Path, device: str, factor: float, folder: Pat
     space's slowest path is only ~1.3x the demo model, too little for a 1.75x check.)"""
     import torch
 
-    from pathnas.deploy.runners import open_profile_runner
+    from pathnas.deploy.runtimes import open_profile_runner
     from pathnas.deploy.timing import time_interleaved
     from pathnas.onnx import export_onnx
     from pathnas.pipeline import RunLayout

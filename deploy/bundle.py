@@ -24,17 +24,13 @@ from .card import model_card
 from .footprint import runtime_versions
 from .manifest import MANIFEST, SCHEMA, bundle_files, verify
 from .regress import RunSettings, measure_baseline
+from .runtimes import BUNDLE_RUNTIMES, runtime
 from .signing import SIGNATURE, TrustedKeys, load_private_key, fingerprint, sign_manifest
 from .wsinfer import CONFIG, ConfigMismatch, model_config
 
 DIR_MODE = 0o755
 REFERENCE = "reference/latency_reference.onnx"
 
-# Which validated artifacts (validation report backends) a profile's runtime can use. A TensorRT
-# engine is specific to the GPU and TensorRT version it was built on, so a TensorRT bundle carries
-# the validated ONNX, which onnxruntime's TensorRT provider builds its engine from on the device.
-# Bundles run without PyTorch, so torch-cuda profiles have no bundle.
-RUNTIME_BACKENDS = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino", "tensorrt": "onnxruntime"}
 
 
 def zip_path(bundle: Path) -> Path:
@@ -57,10 +53,14 @@ class PackageInputs:
 def packageable_rows(report: dict, profile, report_path: Path) -> list[dict]:
     """The validation rows a bundle for ``profile`` may ship: artifacts of its runtime that passed (an
     artifact that missed its thresholds is never offered); an error naming why there are none."""
-    if profile.runtime not in RUNTIME_BACKENDS:
-        raise ConfigError(f"profile {profile.name} runs {profile.runtime}; a bundle runs without PyTorch, on a profile "
-                          f"whose runtime is one of {', '.join(RUNTIME_BACKENDS)}")
-    backend = RUNTIME_BACKENDS[profile.runtime]
+    # Which validated artifacts a runtime's bundle carries is the registry's to say (Runtime.bundles): a
+    # TensorRT engine is specific to the GPU and TensorRT version it was built on, so a TensorRT bundle
+    # carries the validated ONNX, which onnxruntime's TensorRT provider builds its engine from on the device.
+    shipped = runtime(profile.runtime).bundles
+    if shipped is None:
+        raise ConfigError(f"profile {profile.name} runs {profile.runtime}, which has no bundle (a bundle runs "
+                          f"without PyTorch); bundles are made for {', '.join(BUNDLE_RUNTIMES)}")
+    backend = shipped.name
     try:
         rows = [r for r in report["rows"] if r["backend"] == backend and r["status"] == "passed" and r.get("artifact")]
     except (KeyError, TypeError) as err:

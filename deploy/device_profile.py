@@ -28,16 +28,14 @@ from pathnas.io import read_json, sha256_file, write_json_atomic
 from .child import run_module
 from .machine import OtherLoad, busy_warning, cpu_flags, cpu_info, cpu_model, versions
 from .manifest import _safe_relative  # the bundle's rule: a relative POSIX path inside the folder
+from .runtimes import PACK_RUNTIMES
+from .runtimes import runtime as runtime_record
 
 PACK_SCHEMA = "pathnas-latency-pack/1"
 TIMINGS_SCHEMA = "pathnas-latency-timings/1"
 PACK_MANIFEST = "pack.json"  # the manifest at a pack's root
 TIMINGS_FILE = "timings.json"  # the default name of the timings a device writes
 ITEM_KINDS = ("part", "net")
-RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "tensorrt")  # the runtimes that time files
-# The distributions whose versions decide a runtime's latency.
-RUNTIME_DISTRIBUTIONS = {"onnxruntime-cpu": ("onnxruntime",), "openvino-cpu": ("openvino",),
-                         "tensorrt": ("onnxruntime", "tensorrt", "polygraphy"), "torch-cuda": ("torch",)}
 PROFILE_FIELDS = {"name": str, "runtime": str, "precision": str, "threads": int, "batch_size": int}
 
 
@@ -66,7 +64,8 @@ def gpu_name() -> str | None:
 def machine_record(runtime: str, precision: str, threads: int, batch_size: int) -> dict:
     """This machine as a table states it: CPU, OS, GPU, the runtime's versions, the timing settings."""
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    gpu = gpu_name() if runtime in ("tensorrt", "torch-cuda") else None
+    found = runtime_record(runtime)
+    gpu = gpu_name() if found.gpu else None
     return {
         **({"gpu": gpu} if gpu else {}),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -79,7 +78,7 @@ def machine_record(runtime: str, precision: str, threads: int, batch_size: int) 
         "precision": precision,
         "threads": threads,
         "batch_size": batch_size,
-        "versions": versions(RUNTIME_DISTRIBUTIONS.get(runtime, ())),
+        "versions": versions(found.distributions),  # the distributions whose versions decide its latency
     }
 
 
@@ -123,9 +122,9 @@ def read_pack(root: str | Path, check_hashes: bool = True) -> dict:
     for key, kind in PROFILE_FIELDS.items():
         if not isinstance(profile.get(key), kind):
             raise PackError(f"{path}: profile.{key} is missing or not a {kind.__name__}")
-    if profile["runtime"] not in RUNTIMES:
+    if profile["runtime"] not in PACK_RUNTIMES:
         raise PackError(f"{path}: profile.runtime {profile['runtime']!r}: a pack is timed in "
-                        f"{', '.join(RUNTIMES)} (torch-cuda times PyTorch modules: use `profile measure` there)")
+                        f"{', '.join(PACK_RUNTIMES)} (torch-cuda times PyTorch modules: use `profile measure` there)")
     items = manifest.get("items")
     if not isinstance(items, list) or not items:
         raise PackError(f"{path}: field 'items' is missing or empty")
@@ -168,13 +167,14 @@ def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None =
     timings come from ``time_pack_in_processes``, which runs this once per round."""
     import numpy as np
 
-    from .runners import open_profile_runner, use_shared_thread_pool
+    from .runners import use_shared_thread_pool
     from .timing import time_in_rounds
 
     root = Path(root)
     manifest = read_pack(root)
     profile, timing = manifest["profile"], manifest.get("timing") or {}
-    if shared_pool and profile["runtime"] == "onnxruntime-cpu":
+    found = runtime_record(profile["runtime"])
+    if shared_pool and found.shared_thread_pool:
         use_shared_thread_pool(int(profile["threads"]))
     rounds = rounds or int(timing.get("rounds", 3))
     repeats = repeats or int(timing.get("repeats", 10))
@@ -188,8 +188,7 @@ def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None =
     other_load = OtherLoad()
     try:
         for item in manifest["items"]:
-            runner = open_profile_runner(root / item["file"], profile["runtime"], profile["threads"],
-                                         profile["precision"])
+            runner = found.open(root / item["file"], profile["threads"], profile["precision"])
             runners[item["name"]] = runner
             providers.add(runner.provider)
             x = np.random.default_rng(0).standard_normal(runner.fixed_input_shape(profile["batch_size"]),
@@ -238,7 +237,7 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = read_pack(root)
     rounds = rounds or int((manifest.get("timing") or {}).get("rounds", 3))
-    processes = 1 if manifest["profile"]["runtime"] == "tensorrt" else rounds
+    processes = rounds if runtime_record(manifest["profile"]["runtime"]).process_per_round else 1
     args = [str(root), "--rounds", str(rounds // processes), "--one-process", "--progress", "lines",
             *(["--repeats", str(repeats)] if repeats else [])]
     records = []

@@ -46,7 +46,7 @@ from .geojson import FeatureWriter, mask_features, tile_feature
 from .images import DICOM, IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, choose_level, open_image
 from .manifest import MANIFEST, BundleError, verify
 from .overlay import Overview, png_bytes
-from .runners import open_runner
+from .runtimes import BUNDLE_BACKENDS, open_runner
 from .signing import TrustedKeys, load_trusted_keys
 from .tiles import grid_size, read_batches
 
@@ -85,7 +85,7 @@ def open_model_runner(path: str | Path, backend: str, threads: int | None = None
     took the CPU from the slide's reader threads decoding the next tiles. benchmarks/
     slide_throughput.py (2 cores, 2 threads, batch 8, 3360 px), slide tiles/s over pure inference:
     paper ShuffleNet 0.73-0.82 spinning, 0.81-0.92 not; the small one 0.53-0.58 and 0.68-0.79."""
-    return open_runner(path, backend, threads, device=device, spin=False)
+    return open_runner(path, backend, threads, provider=device, spin=False)
 
 
 class Model:
@@ -119,7 +119,7 @@ class Model:
         pre = _checked_preprocess(bundle / manifest["preprocess"])
         labels = read_json(bundle / manifest["labels"], "bundle labels", kind=list)
         artifacts = manifest["model"]["artifacts"]
-        wanted = {"auto": None, "onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime]
+        wanted = None if runtime == "auto" else runtime  # a backend (argparse allowed only BUNDLE_BACKENDS)
         # verify() made sure the default is one of the hashed artifacts
         chosen = next(a for a in artifacts if a["path"] == manifest["model"]["default"]) \
             if wanted is None else next((a for a in artifacts if a["backend"] == wanted), None)
@@ -536,7 +536,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a folder (results.csv, run_metadata.json and every input's outputs go in it), or a results "
                         "file (.csv or .json) with the rest beside it")
     p.add_argument("--format", choices=["csv", "json"], default=None, help="default: from --out's extension")
-    p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto")
+    p.add_argument("--runtime", choices=["auto", *BUNDLE_BACKENDS], default="auto",
+                   help="the backend of the bundle's model to run (default: the bundle's own)")
     p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="onnxruntime execution provider (fails rather than falling back to the CPU)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the bundle's device profile)")

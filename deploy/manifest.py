@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from pathnas.errors import InvalidFileError, UserError
 from pathnas.io import read_json, sha256_file
 
-from .runners import BACKEND_SUFFIXES, ENGINE_MAX_BATCH, RUNTIME_SUFFIXES
+from .runtimes import BUNDLE_RUNTIMES, ENGINE_MAX_BATCH, FILE_BACKENDS
 from .signing import SIGNATURE, SignatureCheck, TrustedKeys, check_signature
 from .wsinfer import config_problems
 
@@ -35,8 +35,8 @@ REQUIRED = {"schema": str, "files": dict, "model": dict, "architecture": str, "t
             "preprocess": str, "labels": str, "profile": dict, "versions": dict, "validation": dict,
             "latency_baseline": (dict, type(None)), "created_at": str}
 TASKS = ("classify", "segment")
-BACKENDS = tuple(BACKEND_SUFFIXES)  # the runners' names, one place
-RUNTIMES = tuple(RUNTIME_SUFFIXES)
+BACKENDS = FILE_BACKENDS  # as the runtime registry names them
+RUNTIMES = BUNDLE_RUNTIMES
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -38,7 +38,8 @@ from pathnas.io import read_json, sha256_file, write_json_atomic
 from .machine import cpu_model
 from .child import run_module
 from .manifest import MANIFEST, verify
-from .runners import open_profile_runner, use_shared_thread_pool
+from .runners import use_shared_thread_pool
+from .runtimes import open_profile_runner, runtime
 from .regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE, Verdict, compare, compare_normalized
 from .signing import TrustedKeys
 from .timing import time_callable, time_interleaved
@@ -117,7 +118,7 @@ def measure_with_reference(path: str | Path, reference: str | Path, profile: Run
     own, and a model measured 1.61x slower was flagged in 6 of 8 checks
     (benchmarks/regress_stability.py); sharing one pool, a 1.91x slower one in 8 of 8, with no false
     alarm for the same model either way."""
-    if profile.runtime != "onnxruntime-cpu":
+    if not runtime(profile.runtime).shared_thread_pool:
         return _time_with_reference(path, reference, profile, rounds, repeats)
     with tempfile.TemporaryDirectory(prefix="pathnas-regress-") as tmp:
         out = Path(tmp) / "samples.json"

@@ -4,58 +4,49 @@ ONNX Runtime silently falls back to the CPU provider when the one asked for cann
 load, and a latency or accuracy figure from the wrong provider is worse than none, so
 the runners here fail instead. Torch-free: the workstation runtime is built on this.
 
-Every runner has the same small interface: ``.run(ndarray) -> ndarray`` (first output),
-``.provider`` (what actually ran, in words), ``.input_shape`` (``None`` for a dynamic
-axis), ``.fixed_input_shape(batch_size)`` and ``.close()``. ``open_runner`` is the one
-place that maps a backend (as artifacts, reports and bundles name it) to its runner;
-``open_profile_runner`` maps a hardware profile's runtime onto it.
+Every runner has the same small interface (``ModelRunner``): ``.open(path, threads, precision,
+provider, spin)`` makes one, ``.run(ndarray) -> ndarray`` (first output), ``.provider`` (what
+actually ran, in words), ``.input_shape`` (``None`` for a dynamic axis),
+``.fixed_input_shape(batch_size)`` and ``.close()``. Which runner opens which file, for which
+runtime, is the registry's to say (runtimes.py: ``open_runner``, ``Runtime.open``).
 """
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from pathnas.errors import ConfigError, MissingFileError, UserError
+from pathnas.errors import ConfigError, UserError
 
 log = logging.getLogger("pathnas.deploy")
 
+# onnxruntime's execution providers (pathnas-infer's --device), each with the ones it may fall back to in
+# the session; the first must be the one that runs (``ort_session`` refuses a silent fallback).
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-# Hardware-profile runtimes -> the artifact files each one runs.
-RUNTIME_SUFFIXES = {
-    "onnxruntime-cpu": (".onnx",),
-    "openvino-cpu": (".onnx", ".xml"),
-    "tensorrt": (".onnx", ".engine", ".plan"),
-}
-RUNTIMES = (*RUNTIME_SUFFIXES, "torch-cuda")
-# Backends (as artifacts, validation reports and bundles name them) -> the files each one runs.
-BACKEND_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "tensorrt": (".engine", ".plan")}
-PRECISIONS = ("fp32", "fp16", "int8")  # as hardware profiles name them
-# The largest batch a TensorRT engine is built for (its optimisation profile spans 1..this); the other
-# runtimes take any batch, since the ONNX file's batch axis is dynamic.
-ENGINE_MAX_BATCH = 8
-
-
-# What each backend needs installed, and the extra of pathnas-edge that brings it.
-BACKEND_MODULES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "tensorrt": ("tensorrt", "polygraphy")}
-BACKEND_EXTRAS = {"onnxruntime": "pip install pathnas-edge", "openvino": "pip install 'pathnas-edge[runtime]'",
-                  "tensorrt": "pip install 'pathnas-edge[tensorrt]' on the NVIDIA machine"}
+PRECISIONS = ("fp32", "fp16", "int8")  # runtimes.PRECISIONS imports these
 
 
 class ProviderError(UserError):
     """The runtime, execution provider or device asked for is missing here or did not run the model."""
 
 
-class Runner:
+class ModelRunner:
+    """One model file opened in a backend (named so beside deploy/infer.py's Runner, which runs inputs)."""
+
     input_shape: tuple[int | None, ...]
     provider: str
+
+    @classmethod
+    def open(cls, path: Path, threads: int | None = None, precision: str = "fp32", provider: str | None = None,
+             spin: bool = True) -> "ModelRunner":  # pragma: no cover - interface
+        """The runner of ``path``; ``provider``: the backend's execution provider or device (None: its default)."""
+        raise NotImplementedError
 
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -120,9 +111,9 @@ def use_shared_thread_pool(threads: int) -> bool:
     return True
 
 
-def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
+def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32",
                 spin: bool = True):
-    """An onnxruntime InferenceSession on ``device`` (cpu, cuda, tensorrt), provider verified.
+    """An onnxruntime InferenceSession on execution ``provider`` (cpu, cuda, tensorrt), verified to run on it.
 
     ``precision`` only matters for TensorRT, which builds FP32 engines unless told otherwise
     (INT8 comes from the Q/DQ nodes of a quantized model, with FP16 for the layers left in float).
@@ -132,11 +123,11 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     """
     import onnxruntime as ort
 
-    if device not in PROVIDERS:
-        raise ConfigError(f"device {device!r}: allowed values are {', '.join(PROVIDERS)}")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"execution provider {provider!r}: allowed values are {', '.join(PROVIDERS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: allowed values are {', '.join(PRECISIONS)}")
-    wanted = PROVIDERS[device][0]
+    wanted = PROVIDERS[provider][0]
     if wanted not in ort.get_available_providers():
         raise ProviderError(
             f"{wanted} is not available in this onnxruntime build (available: {', '.join(ort.get_available_providers())})"
@@ -150,8 +141,8 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     if not (spin and _sessions_spin):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers: list = list(PROVIDERS[device])
-    if device == "tensorrt":
+    providers: list = list(PROVIDERS[provider])
+    if provider == "tensorrt":
         providers[0] = (wanted, {"trt_fp16_enable": precision != "fp32", "trt_int8_enable": precision == "int8"})
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     if session.get_providers()[0] != wanted:
@@ -159,16 +150,20 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     return session
 
 
-class OrtRunner(Runner):
+class OrtRunner(ModelRunner):
     """An ONNX model in onnxruntime."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32",
                  spin: bool = True):
-        self.session = ort_session(path, device, threads, precision, spin)
+        self.session = ort_session(path, provider, threads, precision, spin)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = tuple(_dim(d) for d in first.shape)
         self.provider = self.session.get_providers()[0]
+
+    @classmethod
+    def open(cls, path, threads=None, precision="fp32", provider=None, spin=True) -> "OrtRunner":
+        return cls(path, provider or "cpu", threads, precision, spin)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -177,7 +172,7 @@ class OrtRunner(Runner):
         self.session = None
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(ModelRunner):
     """An ONNX model or OpenVINO IR (.xml) compiled for an OpenVINO device, FP32 by default."""
 
     def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None, precision: str = "f32"):
@@ -200,6 +195,12 @@ class OpenVinoRunner(Runner):
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
         self.provider = f"OpenVINO {device} ({self.compiled.get_property(hints.inference_precision).to_string()})"
 
+    @classmethod
+    def open(cls, path, threads=None, precision="fp32", provider=None, spin=True) -> "OpenVinoRunner":
+        # OpenVINO names its devices in capitals (pathnas-infer's --device cpu is its CPU). An INT8 model is a
+        # Q/DQ file: the hint only says whether float layers may run in f16.
+        return cls(path, (provider or "CPU").upper(), threads, "f16" if precision == "fp16" else "f32")
+
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer({0: x})[0])
 
@@ -207,7 +208,7 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled = None
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(ModelRunner):
     """A serialized TensorRT engine (built on this GPU), run through NVIDIA's Polygraphy TrtRunner.
 
     ``run`` copies the input to the GPU, runs the engine, synchronises and copies the first
@@ -218,8 +219,7 @@ class TensorRTRunner(Runner):
         try:
             from polygraphy.backend.trt import EngineFromPath, TrtRunner
         except ImportError:
-            raise ProviderError(f"TensorRT engines need TensorRT and Polygraphy ({BACKEND_EXTRAS['tensorrt']}); "
-                                "they are not installed here") from None
+            raise ProviderError("TensorRT engines need TensorRT and Polygraphy, which do not import here") from None
         if cuda_device_count() == 0:
             raise ProviderError("TensorRT engines need an NVIDIA GPU; the CUDA runtime finds none here")
         try:
@@ -233,6 +233,10 @@ class TensorRTRunner(Runner):
         import tensorrt
 
         self.provider = f"TensorRT {tensorrt.__version__} (CUDA, Polygraphy)"
+
+    @classmethod
+    def open(cls, path, threads=None, precision="fp32", provider=None, spin=True) -> "TensorRTRunner":
+        return cls(path)  # an engine's precision was fixed when it was built
 
     def run(self, x: np.ndarray) -> np.ndarray:
         outputs = self._runner.infer({self.input_name: np.ascontiguousarray(x, np.float32)}, copy_outputs_to_host=True)
@@ -254,68 +258,3 @@ def cuda_device_count() -> int:
         return 0
     count = ctypes.c_int(0)
     return count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
-        return False
-
-
-def require_backend(backend: str) -> None:
-    """ProviderError naming the missing extra when ``backend``'s runtime is not installed."""
-    if backend not in BACKEND_MODULES:
-        raise ConfigError(f"backend {backend!r}: allowed values are {', '.join(BACKEND_MODULES)}")
-    if not all(_installed(module) for module in BACKEND_MODULES[backend]):
-        raise ProviderError(f"this model runs on {backend}, which is not installed here: {BACKEND_EXTRAS[backend]}")
-
-
-def open_runner(path: str | Path, backend: str, threads: int | None = None, precision: str = "fp32",
-                device: str = "cpu", spin: bool = True) -> Runner:
-    """A runner for an artifact of ``backend`` (onnxruntime, openvino, tensorrt).
-
-    ``device`` is onnxruntime's execution provider (cpu, cuda, tensorrt). An INT8 model is a Q/DQ
-    ONNX file, so on the CPU backends ``precision`` only sets OpenVINO's inference precision
-    hint (f16 for fp16) and TensorRT's build flags through onnxruntime. ``spin``: see ``ort_session``
-    (onnxruntime only).
-    """
-    path = Path(path)
-    if backend not in BACKEND_SUFFIXES:
-        raise ConfigError(f"backend {backend!r}: allowed values are {', '.join(BACKEND_SUFFIXES)}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: allowed values are {', '.join(PRECISIONS)}")
-    if path.suffix not in BACKEND_SUFFIXES[backend]:
-        raise ConfigError(f"{path}: {backend} runs {', '.join(BACKEND_SUFFIXES[backend])} files, "
-                          f"not {path.suffix or 'a file without suffix'}")
-    if not path.is_file():
-        raise MissingFileError(f"model {path} does not exist")
-    require_backend(backend)
-    if backend == "onnxruntime":
-        return OrtRunner(path, device, threads, precision, spin)
-    if backend == "openvino":
-        return OpenVinoRunner(path, "CPU", threads, "f16" if precision == "fp16" else "f32")
-    return TensorRTRunner(path)
-
-
-def open_profile_runner(path: str | Path, runtime: str, threads: int | None = None, precision: str = "fp32") -> Runner:
-    """A runner for ``path`` in a hardware profile's runtime (see RUNTIME_SUFFIXES).
-
-    Under the ``tensorrt`` runtime an ONNX file runs in onnxruntime's TensorRT provider (which
-    builds the engine on this GPU) and a serialized engine in TensorRT itself.
-    """
-    path = Path(path)
-    if runtime == "torch-cuda":
-        raise ProviderError("runtime torch-cuda times PyTorch modules, not exported files")
-    if runtime not in RUNTIME_SUFFIXES:
-        raise ConfigError(f"runtime {runtime!r}: allowed values are {', '.join(RUNTIMES)}")
-    if path.suffix not in RUNTIME_SUFFIXES[runtime]:
-        raise ConfigError(f"{path}: runtime {runtime} runs {', '.join(RUNTIME_SUFFIXES[runtime])} files, "
-                          f"not {path.suffix or 'a file without suffix'}")
-    if runtime == "onnxruntime-cpu":
-        return open_runner(path, "onnxruntime", threads, precision)
-    if runtime == "openvino-cpu":
-        return open_runner(path, "openvino", threads, precision)
-    if path.suffix == ".onnx":
-        return open_runner(path, "onnxruntime", threads, precision, device="tensorrt")
-    return open_runner(path, "tensorrt", threads, precision)

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from pathnas.errors import ConfigError
+from pathnas.deploy.runtimes import FORMATS, PRECISIONS, backend_of_format
 from pathnas.io import write_json_atomic
 
 log = logging.getLogger("pathnas.export")
 
-FORMATS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
-CPU_FP16 = ("skipped: FP16 is a GPU precision here; this CPU has no native FP16 kernels, so {runtime} would not "
+CPU_FP16 = ("FP16 is a GPU precision here; this CPU has no native FP16 kernels, so {runtime} would not "
             "run it as FP16 (use tensorrt fp16 on the GPU/Jetson)")
 
 
@@ -41,14 +39,6 @@ def preprocess_spec(input_size: int, dataset: dict | None = None) -> dict:
             "resize": "bilinear (antialiased) of the whole image to input_size x input_size",
             "formula": "(pixel * scale - mean) / std per channel",
             "mpp": dataset.get("mpp"), "image_px": dataset.get("image_size")}
-
-
-def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    items = [t.strip().lower() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise ConfigError(f"{what} {text!r}: allowed values are {', '.join(allowed)} (comma-separated)")
-    return items
 
 
 # The files this module writes into RUN/export (pathnas.pipeline.layout names them from here).
@@ -95,8 +85,7 @@ def convert_artifacts(export_dir: Path, quant_dir: Path, formats: list[str], pre
 
     An INT8 row comes from its runtime's own QDQ file and names its float layers; one whose accuracy
     control could not pass on val is ``failed-validation`` with that reason, so it is never packaged."""
-    from .openvino_export import export_openvino
-    from .tensorrt_export import Unavailable, build_engine
+    from .tensorrt_export import Unavailable
 
     export_dir, quant_dir = Path(export_dir), Path(quant_dir)
     onnx_path = export_dir / MODEL_ONNX
@@ -104,14 +93,18 @@ def convert_artifacts(export_dir: Path, quant_dir: Path, formats: list[str], pre
         raise ValueError("INT8 artifacts need the calibration record of export/quantize.py:quantize_run")
     rows: list[dict] = []
 
-    def add(fmt: str, precision: str, make) -> None:
-        row = {"format": fmt, "backend": BACKEND[fmt], "precision": precision, "path": None, "status": "exported",
+    def add(fmt: str, precision: str) -> None:
+        backend = backend_of_format(fmt)
+        row = {"format": fmt, "backend": backend.name, "precision": precision, "path": None, "status": "exported",
                "reason": None}
-        own = int8_entry(int8, BACKEND[fmt]) if precision == "int8" else {}
+        own = int8_entry(int8, backend.name) if precision == "int8" else {}
         if precision == "int8":
             row["float_nodes"] = own["float_nodes"]
         try:
-            row["path"] = str(make())
+            if precision not in backend.precisions:
+                raise _Skip(CPU_FP16.format(runtime=backend.title) if precision == "fp16" else
+                            f"{backend.title} ships {', '.join(backend.precisions)}")
+            row["path"] = str(EXPORTERS[fmt](sources, precision))
         except Unavailable as err:
             row.update(status="skipped", reason=str(err))
         except _Skip as skip:
@@ -125,24 +118,49 @@ def convert_artifacts(export_dir: Path, quant_dir: Path, formats: list[str], pre
                                                           f"{control['reason']}")
         rows.append(row)
 
-    def int8_source(backend: str) -> Path:
-        return quant_dir / int8_entry(int8, backend)["file"]
-
+    sources = Sources(export_dir, onnx_path, quant_dir, int8, tuple(shape))
     for fmt in formats:
         for precision in precisions:
-            if fmt == "onnx":
-                add(fmt, precision, {"fp32": lambda: onnx_path, "int8": lambda: int8_source("onnxruntime"),
-                                     "fp16": _skip(CPU_FP16.format(runtime="ONNX Runtime's CPU provider"))}[precision])
-            elif fmt == "openvino":
-                add(fmt, precision, {
-                    "fp32": lambda: export_openvino(onnx_path, export_dir / OPENVINO_IR["fp32"]),
-                    "int8": lambda: export_openvino(int8_source("openvino"), export_dir / OPENVINO_IR["int8"]),
-                    "fp16": _skip(CPU_FP16.format(runtime="OpenVINO's CPU plugin")),
-                }[precision])
-            else:
-                add(fmt, precision, lambda p=precision: build_engine(
-                    int8_source("tensorrt") if p == "int8" else onnx_path, export_dir / TENSORRT_DIR, shape, p))
+            add(fmt, precision)
     return rows
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What an export function makes its artifact from."""
+
+    export_dir: Path
+    onnx: Path  # the canonical FP32 model
+    quant_dir: Path
+    int8: dict | None  # export/quantize.py's calibration record (INT8 artifacts only)
+    shape: tuple[int, ...]  # the input at batch 1
+
+    def int8_onnx(self, backend: str) -> Path:
+        """The backend's own INT8 Q/DQ file (export/quantize.py)."""
+        return self.quant_dir / int8_entry(self.int8, backend)["file"]
+
+
+# One export function per format (deploy/runtimes.py's backends name them): (sources, precision) -> the
+# artifact's path. A precision the backend does not ship never reaches it (``convert_artifacts`` skips it).
+def export_onnx_artifact(src: Sources, precision: str) -> Path:
+    return src.int8_onnx("onnxruntime") if precision == "int8" else src.onnx
+
+
+def export_openvino_artifact(src: Sources, precision: str) -> Path:
+    from .openvino_export import export_openvino
+
+    source = src.int8_onnx("openvino") if precision == "int8" else src.onnx
+    return export_openvino(source, src.export_dir / OPENVINO_IR[precision])
+
+
+def export_tensorrt_artifact(src: Sources, precision: str) -> Path:
+    from .tensorrt_export import build_engine
+
+    source = src.int8_onnx("tensorrt") if precision == "int8" else src.onnx
+    return build_engine(source, src.export_dir / TENSORRT_DIR, src.shape, precision)
+
+
+EXPORTERS = {"onnx": export_onnx_artifact, "openvino": export_openvino_artifact, "tensorrt": export_tensorrt_artifact}
 
 
 def int8_entry(record: dict, backend: str) -> dict:
@@ -168,11 +186,4 @@ def write_export_record(root: Path, export_dir: Path, canonical: dict, rows: lis
 
 
 class _Skip(Exception):
-    pass
-
-
-def _skip(reason: str):
-    def raise_skip():
-        raise _Skip(reason.removeprefix("skipped: "))
-
-    return raise_skip
+    """A format x precision this export does not make here; the row says why."""

@@ -51,7 +51,8 @@ from typing import Iterable
 import numpy as np
 
 from pathnas.deploy.machine import cpu_flags
-from pathnas.deploy.runners import ProviderError, open_runner, require_backend
+from pathnas.deploy.runners import ProviderError
+from pathnas.deploy.runtimes import CPU_BACKENDS, backend, open_runner
 from pathnas.errors import ConfigError, InvalidFileError
 from pathnas.io import atomic_path, write_json_atomic
 
@@ -63,7 +64,7 @@ INT8_ONNX = "model_int8.onnx"  # the ONNX Runtime one; also TensorRT's source
 CALIBRATION_RECORD = "calibration.json"
 # Runtimes whose INT8 accuracy is controlled here, each on its own figures; ONNX Runtime first (its
 # file is the canonical INT8 model).
-CONTROLLED_RUNTIMES = ("onnxruntime", "openvino")
+CONTROLLED_RUNTIMES = CPU_BACKENDS  # the registry's CPU backends, ONNX Runtime first
 # Issue 12: an INT8 file is at most 30% of the FP32 one (weights 1 byte instead of 4, plus
 # scales and graph); accuracy control never keeps so many layers in float that it is larger.
 MAX_SIZE_RATIO = 0.30
@@ -359,7 +360,7 @@ def controlled_runtimes() -> tuple[str, ...]:
     present = []
     for runtime in CONTROLLED_RUNTIMES:
         try:
-            require_backend(runtime)
+            backend(runtime).require()
         except ProviderError:
             continue
         present.append(runtime)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pathnas.deploy.runners import BACKEND_EXTRAS, ENGINE_MAX_BATCH, cuda_device_count
+from pathnas.deploy.runners import cuda_device_count
+from pathnas.deploy.runtimes import ENGINE_MAX_BATCH, TENSORRT
 from pathnas.errors import ConfigError
 from pathnas.io import atomic_path, sha256_file
 
@@ -28,7 +29,7 @@ def tensorrt_environment() -> tuple[object, str]:
         import tensorrt as trt
         from polygraphy import cuda  # noqa: F401  (the builder below is Polygraphy's)
     except ImportError:
-        raise Unavailable(f"TensorRT is not installed ({BACKEND_EXTRAS['tensorrt']})") from None
+        raise Unavailable(f"TensorRT is not installed ({TENSORRT.install} on the NVIDIA machine)") from None
     if cuda_device_count() == 0:
         raise Unavailable("no CUDA GPU on this machine")
     try:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pathnas.deploy.machine import versions
-from pathnas.deploy.runners import ProviderError, open_runner
+from pathnas.deploy.runners import ProviderError
+from pathnas.deploy.runtimes import CPU_BACKENDS, open_runner
 from pathnas.deploy.timing import time_callable
 from pathnas.errors import InvalidFileError
 
@@ -102,7 +103,7 @@ def int8_notes(report: dict, features: dict | None = None) -> list[str]:
 
     features = features or int8_cpu_features()
     notes = []
-    for backend in ("onnxruntime", "openvino"):
+    for backend in CPU_BACKENDS:
         rows = {r["precision"]: r for r in report["rows"] if r["backend"] == backend and r.get("latency_p50_ms")}
         if "fp32" not in rows or "int8" not in rows:
             continue

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pathnas.deploy.runtimes import FORMATS, PRECISIONS
 from pathnas.errors import ConfigError
 
 SPACES = ("shufflenet", "unet", "vit")  # the supernet spaces (pathnas.spaces.SUPERNETS), named without importing torch
@@ -29,9 +30,7 @@ OFFLINE_PROPOSER = "prior-bo"
 ProposerName = Literal[tuple(PROPOSERS)]  # type: ignore[valid-type]
 PROPOSER_HELP = "; ".join(f"{name}: {text}" for name, text in PROPOSERS.items())
 
-# Export formats and precisions (pathnas.export builds each; the pipeline and the CLI check against these).
-FORMATS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+# Export formats and precisions come from the runtime registry (pathnas.deploy.runtimes): FORMATS, PRECISIONS.
 
 
 def validated(model: type[BaseModel], what: str | None = None, **values):
@@ -230,12 +229,14 @@ DEMO_SPACE = {"space": "shufflenet", "input_size": 32, "width_mult": 0.5, "stage
 DEMO_DATA = {"n_per_class": 200, "image_size": 64}
 
 
-def _choices(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    """A comma-separated string or a sequence, every item one of ``allowed`` (the error lists them)."""
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+def parse_choices(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma-separated string or a sequence, every item one of ``allowed`` (case-insensitive), each once;
+    a ConfigError (a ValueError, so pydantic validators report it too) listing the allowed values otherwise."""
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     bad = [v for v in items if v not in allowed]
     if bad or not items:
-        raise ValueError(f"{what} {', '.join(map(repr, bad)) or '(none)'}: allowed values are {', '.join(allowed)}")
+        raise ConfigError(f"{what} {', '.join(map(repr, bad)) or '(none)'}: allowed values are {', '.join(allowed)} "
+                          f"(comma-separated)")
     return tuple(dict.fromkeys(items))
 
 
@@ -283,12 +284,12 @@ class PipelineSettings(BaseModel):
     @field_validator("formats", mode="before")
     @classmethod
     def _formats(cls, value):
-        return _choices(value, FORMATS, "format")
+        return parse_choices(value, FORMATS, "format")
 
     @field_validator("precisions", mode="before")
     @classmethod
     def _precisions(cls, value):
-        return None if value in (None, "auto") else _choices(value, PRECISIONS, "precision")
+        return None if value in (None, "auto") else parse_choices(value, PRECISIONS, "precision")
 
     def pretrain_config(self, data: Path, run_dir: Path) -> "PretrainConfig":
         return validated(PretrainConfig, "pretraining", data=data, run_dir=run_dir, epochs=self.pretrain_epochs,

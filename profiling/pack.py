@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pathnas.deploy.device_profile import PACK_MANIFEST, PACK_SCHEMA, RUNTIMES
+from pathnas.deploy.device_profile import PACK_MANIFEST, PACK_SCHEMA
+from pathnas.deploy.runtimes import PACK_RUNTIMES
 from pathnas.deploy.machine import versions
 from pathnas.errors import AlreadyExistsError, ConfigError
 from pathnas.io import sha256_file, write_json_atomic
@@ -126,7 +127,7 @@ def write_pack(supernet, profile: HardwareProfile, items: list[Item], out: str |
     half-written pack never exists); returns the manifest."""
     import torch
 
-    if profile.runtime not in RUNTIMES:
+    if profile.runtime not in PACK_RUNTIMES:
         raise ConfigError(f"device {profile.name} runs {profile.runtime}, which times PyTorch modules, not files: "
                           f"measure it on the device with `pathnas-edge profile measure`")
     out = Path(out)

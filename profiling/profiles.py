@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pathnas.deploy.machine import cpu_flags, cpu_info
-from pathnas.deploy.runners import ENGINE_MAX_BATCH, cuda_device_count
+from pathnas.deploy.runners import cuda_device_count
+from pathnas.deploy.runtimes import ENGINE_MAX_BATCH, PRECISIONS, RUNTIMES, runtime
 from pathnas.errors import ConfigError
 from pathnas.io import read_text
 
@@ -39,8 +40,8 @@ class HardwareProfile(BaseModel):
     name: str
     aliases: list[str] = Field(default_factory=list)
     description: str
-    runtime: Literal["onnxruntime-cpu", "openvino-cpu", "tensorrt", "torch-cuda"]
-    precision: Literal["fp32", "fp16", "int8"]
+    runtime: Literal[tuple(RUNTIMES)]  # type: ignore[valid-type]  (the registry's: deploy/runtimes.py)
+    precision: Literal[PRECISIONS]  # type: ignore[valid-type]
     batch_size: int = Field(ge=1, description="the batch latency is measured and regress-checked at")
     slide_batch_size: int | None = Field(
         None, ge=1, le=ENGINE_MAX_BATCH,
@@ -63,20 +64,18 @@ class HardwareProfile(BaseModel):
         architecture, vendor and instruction-set flags that ``cpu_match`` names (a profile without
         ``cpu_match`` describes a machine that is not this one).
         """
-        import importlib.util
-
-        if self.runtime == "torch-cuda":
-            if importlib.util.find_spec("torch") is None:
-                return False
+        found = runtime(self.runtime)
+        if not found.installed():
+            return False
+        if not found.times_packs:  # PyTorch on a CUDA GPU
             import torch
 
             if not torch.cuda.is_available():
                 return False
             return self.gpu_match is None or self.gpu_match.lower() in torch.cuda.get_device_name().lower()
-        if self.runtime == "tensorrt":
-            return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
-        module = {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino"}[self.runtime]
-        if self.cpu_match is None or importlib.util.find_spec(module) is None:
+        if found.gpu:
+            return cuda_device_count() > 0
+        if self.cpu_match is None:
             return False
         m = self.cpu_match
         return (

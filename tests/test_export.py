@@ -378,7 +378,7 @@ def test_each_runtime_gets_the_float_layers_its_own_figures_need(tmp_path, monke
     is quantized). Each runtime's accuracy control keeps its own layer float, in its own file, and
     the export offers each runtime's INT8 artifact from its file; a runtime that cannot pass within
     the size limit is exported as failed-validation with the reason in one line."""
-    from pathnas.deploy.runners import open_runner
+    from pathnas.deploy.runtimes import open_runner
     from pathnas.export import quantize as q
     from pathnas.export.artifacts import convert_artifacts
 

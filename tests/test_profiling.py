@@ -136,10 +136,10 @@ def test_time_in_rounds_takes_the_machines_speed_out(monkeypatch):
 def test_a_process_that_times_shares_one_onnxruntime_thread_pool(onnx_model):
     script = (
         "import numpy as np\n"
-        "from pathnas.deploy import runners\n"
+        "from pathnas.deploy import runners, runtimes\n"
         "print(runners.use_shared_thread_pool(2), runners.use_shared_thread_pool(2), runners.use_shared_thread_pool(1))\n"
         "x = np.zeros((1, 3, 32, 32), np.float32)\n"
-        f"a, b = (runners.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', t) for t in (2, 1))\n"
+        f"a, b = (runtimes.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', t) for t in (2, 1))\n"
         "assert a.run(x).shape == b.run(x).shape == (1, 4)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=onnx_model.parent)
@@ -151,7 +151,7 @@ def test_a_process_that_times_shares_one_onnxruntime_thread_pool(onnx_model):
 def test_an_onnxruntime_without_shared_pools_times_on_pools_that_do_not_spin(onnx_model):
     script = (
         "import numpy as np, onnxruntime as ort\n"
-        "from pathnas.deploy import runners\n"
+        "from pathnas.deploy import runners, runtimes\n"
         "del ort.capi._pybind_state.set_global_thread_pool_sizes  # as a release without it\n"
         "made = []\n"
         "Options = ort.SessionOptions\n"
@@ -160,7 +160,7 @@ def test_an_onnxruntime_without_shared_pools_times_on_pools_that_do_not_spin(onn
         "        made.append((key, value)); return super().add_session_config_entry(key, value)\n"
         "ort.SessionOptions = Seen\n"
         "print(runners.use_shared_thread_pool(2))\n"
-        f"r = runners.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', 2)\n"
+        f"r = runtimes.open_profile_runner({str(onnx_model)!r}, 'onnxruntime-cpu', 2)\n"
         "assert r.run(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4)\n"
         "print(made)\n"
     )
@@ -281,7 +281,7 @@ def onnx_model(tiny, tmp_path_factory):
 
 
 def test_runners_share_one_interface_and_check_what_they_run(onnx_model, tmp_path):
-    from pathnas.deploy.runners import open_profile_runner as open_runner
+    from pathnas.deploy.runtimes import open_profile_runner as open_runner
 
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
     outputs = {}
@@ -300,7 +300,8 @@ def test_runners_share_one_interface_and_check_what_they_run(onnx_model, tmp_pat
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_a_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
-    from pathnas.deploy.runners import ProviderError, open_runner
+    from pathnas.deploy.runners import ProviderError
+    from pathnas.deploy.runtimes import open_runner
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not used")
@@ -573,7 +574,7 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
 
 
 def test_a_session_that_must_not_spin_leaves_the_cpu_to_other_threads(onnx_model):
-    from pathnas.deploy.runners import open_runner
+    from pathnas.deploy.runtimes import open_runner
 
     key = "session.intra_op.allow_spinning"
     with open_runner(onnx_model, "onnxruntime", threads=2, spin=False) as quiet:

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from pathnas.settings import PipelineSettings, RetrainConfig
+from pathnas.deploy.runtimes import FORMATS, PRECISIONS
+from pathnas.settings import PipelineSettings, RetrainConfig, parse_choices
 
 from .common import JSON_HELP, RUN_HELP, console, on_interrupt, print_json
 from .options import settings_options
@@ -101,8 +102,8 @@ def quantize(
 def export(
     run_dir: Path = typer.Option(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="the data set (INT8 calibration uses its TRAIN split)"),
-    format: str = typer.Option("onnx,openvino,tensorrt", help="comma-separated: onnx, openvino, tensorrt"),
-    precision: str = typer.Option("fp32,int8", help="comma-separated: fp32, fp16, int8"),
+    format: str = typer.Option(",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}"),
+    precision: str = typer.Option("fp32,int8", help=f"comma-separated: {', '.join(PRECISIONS)}"),
     calibration_images: int = typer.Option(512, min=1),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -110,11 +111,10 @@ def export(
     """Export the retrained (or extracted) model; unavailable combinations are skipped with the reason."""
     from rich.markup import escape
 
-    from pathnas.export.artifacts import FORMATS, PRECISIONS, parse_list
     from pathnas.pipeline.stages import stage_export
 
-    rows = stage_export(_layout(run_dir), data, parse_list(format, FORMATS, "--format"),
-                        parse_list(precision, PRECISIONS, "--precision"), calibration_images, force)
+    rows = stage_export(_layout(run_dir), data, list(parse_choices(format, FORMATS, "--format")),
+                        list(parse_choices(precision, PRECISIONS, "--precision")), calibration_images, force)
     if as_json:
         print_json(rows)
         return
