@@ -22,7 +22,7 @@ from pathnas.io import read_json
 
 from . import html
 from .geojson import PALETTE
-from .infer import RUN_METADATA
+from .infer import MAX_WHOLE_SIDE_PX, RUN_METADATA
 
 TEMPLATE = "slide_report.html.j2"
 RESULTS_CSV = "results.csv"
@@ -85,13 +85,14 @@ def locate(recorded, out: Path, folder: str) -> Path | None:
 
 
 def _mask_picture(path: Path, classes: list[str]):
-    """A mask PNG (class indices) in the class colours; the background (class 0) white."""
+    """A mask PNG (class indices) in the class colours; the background (class 0) light grey, so that the
+    extent of an empty mask shows on the page."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as image:
         mask = np.asarray(image.convert("L"))
-    rgb = np.full((*mask.shape, 3), 255, np.uint8)
+    rgb = np.full((*mask.shape, 3), 235, np.uint8)
     for i in range(1, max(len(classes), int(mask.max()) + 1)):
         rgb[mask == i] = PALETTE[i % len(PALETTE)]
     return Image.fromarray(rgb)
@@ -122,7 +123,27 @@ def _pictures(row: dict, out: Path, classes: list[str]) -> tuple[list[dict], lis
             problems.append(f"{field} {path}: cannot be read ({type(err).__name__}: {err})")
             continue
         pictures.append({"uri": uri, "caption": caption, "file": str(path)})
+    if row.get("tiles") in (None, "") and row.get("input"):  # an image the model saw whole: the image itself
+        picture = _whole_image(Path(str(row["input"])))
+        if picture is not None:
+            pictures.insert(0, picture)
     return pictures, problems
+
+
+def _whole_image(path: Path) -> dict | None:
+    """A small image's own picture (as the model saw it whole); None for a file Pillow cannot read, or a large one."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            if max(image.size) > MAX_WHOLE_SIDE_PX:
+                return None
+            uri = html.thumbnail_uri(image.convert("RGB"))
+    except Exception:  # not an image Pillow reads (a DICOM folder's file, a slide format): no picture, no failure
+        return None
+    return {"uri": uri, "caption": "the image", "file": str(path)}
 
 
 def _name(row: dict) -> str:

@@ -15,7 +15,7 @@ from browser import chromium, is_blank, open_page
 from bundle_helpers import (bundle, classify_run, cli, copy_bundle, imported_distributions, infer,  # noqa: F401
                             rehash, run_infer_here, sync_config, write_slide)
 from pathnas.deploy.footprint import declared_requirements, requirement_closure
-from search_helpers import bench, search  # noqa: F401 (a fixture)
+from search_helpers import bench, search, server_factory  # noqa: F401 (fixtures)
 from pathnas.settings import SearchSettings
 
 needs_browser = pytest.mark.skipif(
@@ -112,14 +112,27 @@ def test_a_run_report_says_what_is_missing_and_a_missing_run_is_one_error_line(c
 
 
 @needs_browser
-def test_a_tabular_search_report_shows_random_search_band_from_the_same_benchmark(bench, tmp_path):
+def test_a_tabular_llm_search_report_shows_random_search_the_prompt_and_the_rejections(bench, server_factory,
+                                                                                     tmp_path, monkeypatch):
+    from test_search_llm import budget_with_some_over, proposal
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-report")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    budget, over, within = budget_with_some_over(bench)
+    others = [c for c, r in bench["rows"].items() if r["connected"] and r["lat_ms_edge_a"] < budget and c != within][:2]
+    server = server_factory([{"reply": proposal(over, "<script>alert(2)</script> wider")},  # over the budget
+                             *({"reply": proposal(c)} for c in (within, *others))])
     run = tmp_path / "search"
     search(SearchSettings(space="nb201", benchmark=bench["path"], dataset="tissue", device="edge_a", run_dir=run,
-                          proposer="evolution", iterations=8, budget_ms=20.0))
+                          proposer="llm", llm_base_url=server.url, llm_backoff_s=0.0, llm_timeout_s=5.0, iterations=3,
+                          budget_ms=budget))
     code, out, err = cli("report", run, "--json")
     assert code == 0, err
     page = in_browser(Path(json.loads(out)["report"]), {"chart-progress", "chart-pareto"})
-    assert "random search on the same benchmark" in page.facts["text"]
+    text = page.facts["text"]
+    assert "random search on the same benchmark" in text  # the band, from the same file, budget and device
+    assert "<script>alert(2)</script> wider" in text  # the LLM's reply, as text
+    assert over in text and "refused before evaluation" in text
 
 
 # -- a slide batch's report ------------------------------------------------------------------------------

@@ -126,11 +126,11 @@ def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
     summary = {"run_dir": str(layout.root), "device": plan.profile.name,
                "search": read_json(layout.search_summary, "search summary")["best"],
                "retrain": retrained, "validation_passed": report["passed"], "skipped_files": len(skipped),
-               **_ship(layout, plan, report)}
+               **_ship(layout, plan, report), "report": str(layout.report_html)}
+    write_json_atomic(layout.summary, summary)
     from .report import write_run_report
 
-    summary["report"] = str(write_run_report(layout.root))  # RUN/report.html, for people
-    write_json_atomic(layout.summary, summary)
+    write_run_report(layout.root)  # RUN/report.html, for people: last, from the files of the run
     return summary
 
 
