@@ -291,8 +291,11 @@ def test_a_slide_without_annotations_or_resolution_is_refused_and_an_override_ac
     code, output = cli(s, "--annotations", a, "--mpp", MPP, "--out", tmp_path / "out")
     assert code == 2 and "slide00.tif: states no plausible resolution" in output and "--mpp-override" in output
     code, output = cli(s, "--annotations", a, "--mpp", MPP, "--size", SIZE, "--out", tmp_path / "out",
-                       "--mpp-override", "slide00=0.25", "--json")
+                       "--mpp-override", "slide00=0.25", "--json", "--pack", tmp_path / "pack")
     assert code == 0, output
+    pack = json.loads((tmp_path / "pack" / "pack.json").read_text())  # the tiles decoded into a pack too
+    assert pack["classes"] == sorted(CLASSES)
+    assert len(pack["files"]) == sum(json.loads((tmp_path / "out" / "report.json").read_text())["splits"].values())
     assert json.loads((tmp_path / "out" / "report.json").read_text())["slides"][0]["tiles_seen"] == 256
 
 
@@ -415,3 +418,19 @@ def test_tiff_tiles_are_the_same_set_and_read_by_the_data_path(slides, tmp_path)
     assert np.array_equal(np.asarray(Image.open(some)),
                           np.asarray(Image.open(tmp_path / "png" / some.parent.name / some.name.replace(".tif", ".png"))))
     assert build_loaders(tmp_path / "tif", SIZE, 4).classes == sorted(CLASSES)
+
+
+def test_annotations_move_by_openslides_bounds_as_qupath_places_them(tmp_path):
+    """QuPath shows an MRXS cropped to OpenSlide's bounds: its (0, 0) is (bounds-x, bounds-y) in the reader's pixels."""
+    from types import SimpleNamespace
+
+    from pathnas.data.tiling import slide_origin
+
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+        [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}, "properties": {"classification": {"name": "Tumor"}}}]))
+    mrxs = SimpleNamespace(slide=SimpleNamespace(properties={"openslide.bounds-x": "1200", "openslide.bounds-y": "300"}))
+    origin = slide_origin(mrxs)
+    assert origin == (1200.0, 300.0) and slide_origin(SimpleNamespace()) == (0.0, 0.0)
+    moved = read_annotations(path).shifted(*origin).regions[0].geometry
+    assert moved.bounds == (1200, 300, 1210, 310)
