@@ -9,7 +9,7 @@ For the paper's ShuffleNet (width 1.0, 224 px input, a fixed mixed-kernel path, 
 weights: speed does not depend on them) and a small one (width 0.5), exported to ONNX through
 the toolchain's exporter and run in ONNX Runtime on this CPU:
 - pure inference: tiles/s of ``Model.predict`` on in-memory batches of real preprocessed tiles;
-- slide: tiles/s of the product's slide path (``Runner.tiled``: reading JPEG tiles of a
+- slide: tiles/s of the product's slide path (``SlideBatch.tiled``: reading JPEG tiles of a
   synthetic scanner TIFF, tissue detection, preprocessing, inference, the per-tile CSV, WSInfer
   CSV, GeoJSON and heatmap) with the reader threads ahead of the model, and with
   ``--reader-threads 0`` (reading and inference in turns), same threads and batch size;
@@ -63,7 +63,7 @@ def child(args) -> None:
     import numpy as np
 
     from pathnas.deploy.images import open_image
-    from pathnas.deploy.infer import Model, Runner, open_model_runner, plan_reading
+    from pathnas.deploy.infer import Model, SlideBatch, open_model_runner, plan_reading
 
     pre = {"input_size": SIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1 / 255,
            "mpp": None, "image_px": SIZE}
@@ -84,7 +84,7 @@ def child(args) -> None:
     run_args = argparse.Namespace(batch_size=args.batch_size, reader_threads=args.reader_threads, tile_overlap=0.0,
                                   min_tissue=0.2, heatmap_size=512, tile_dir=args.out / "tiles",
                                   mask_dir=args.out / "masks")
-    runner = Runner(model, run_args, args.out)
+    runner = SlideBatch(model, run_args, args.out)
     plan = plan_reading(source, None, SIZE)
     # pure, slide, pure, slide, ..., pure: each slide is compared with the pure runs just before and after
     # it, so a machine whose speed wanders (this VM's pure inference: 316-473 tiles/s minutes apart)

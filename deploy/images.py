@@ -450,13 +450,18 @@ def open_image(path: Path) -> Source:
         raise InputError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
 
 
-def tissue_fraction(tile: np.ndarray) -> float:
-    """Share of pixels that look like stained tissue: saturation (max - min) / max above 0.08, and not
+def tissue_mask(pixels: np.ndarray) -> np.ndarray:
+    """Which pixels look like stained tissue: saturation (max - min) / max above 0.08, and not
     near-white (max < 245; glass and background). Integer channel arithmetic: this runs on every tile."""
-    r, g, b = tile[..., 0], tile[..., 1], tile[..., 2]
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     mx = np.maximum(np.maximum(r, g), b)
     spread = (mx - np.minimum(np.minimum(r, g), b)).astype(np.uint16)
-    return float(np.count_nonzero((spread * 25 > mx.astype(np.uint16) * 2) & (mx < 245))) / mx.size
+    return (spread * 25 > mx.astype(np.uint16) * 2) & (mx < 245)
+
+
+def tissue_fraction(tile: np.ndarray) -> float:
+    """Share of a tile's pixels that look like stained tissue (``tissue_mask``)."""
+    return float(np.count_nonzero(tissue_mask(tile))) / (tile.shape[0] * tile.shape[1])
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: float, block: tuple[int, int] | None = None):

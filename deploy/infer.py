@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
+import errno
+import glob
 import hashlib
-import io
-import json
+import os
 import sys
 import time
 from array import array
@@ -37,26 +37,33 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pathnas.io import atomic_path, read_json, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
-from pathnas.lock import RunLock
+from pathnas.errors import ConfigError, UserError
+from pathnas.io import atomic_path, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 
 from . import progress, resume, wsinfer
+from .answers import pixel_mm2, slide_answers
+from .claims import (CLAIM_TIMEOUT_S, HEARTBEAT_S, Claim, Claims, Holder, Superseded, Worker, in_shard, parse_shard,
+                     shard_from_environment, sweep_stale_temporaries)
 from .footprint import runtime_versions
-from .geojson import FeatureWriter, mask_features, tile_feature
-from .images import DICOM, IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, choose_level, open_image
+from .geojson import PALETTE, FeatureWriter, mask_features, tile_feature
+from .images import DICOM, IMAGE_EXTENSIONS, SLIDE_EXTENSIONS, InputError, choose_level, open_image, tissue_mask
 from .manifest import MANIFEST, BundleError, verify
-from .overlay import Overview, png_bytes
+from .overlay import Overview, png_bytes, thumbnail
 from .runtimes import BUNDLE_BACKENDS, open_runner
 from .signing import TrustedKeys, load_trusted_keys
+from .summary import NO_TISSUE, OK, RUN_METADATA, now, results_path, write_summary, write_worker
 from .tiles import grid_size, read_batches
 
 EXIT_INPUT_FAILURES = 1
 # An image resized whole is decoded whole first: beyond this, only tiling reads it safely.
 MAX_WHOLE_SIDE_PX = 10_000
-RUN_METADATA = "run_metadata.json"
-RUN_SCHEMA = "pathnas-infer-run/1"
 WSINFER_CSV_DIR, GEOJSON_DIR = "model-outputs-csv", "model-outputs-geojson"  # WSInfer's folder names
-OUTPUT_FIELDS = ("tile_csv", "wsinfer_csv", "geojson", "heatmap", "mask")  # a row's files: all must exist to skip it
+THUMBNAIL_DIR, SLIDE_DIR = "thumbnails", "slides"
+# a row's files: all must exist to skip it
+OUTPUT_FIELDS = ("tile_csv", "wsinfer_csv", "geojson", "heatmap", "mask", "thumbnail", "slide_json")
+FINAL = (OK, NO_TISSUE)  # statuses that are a slide's answer: a re-run skips them (an error is tried again)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+SKIPPED = "done before with this bundle and these settings; skipped"
 
 
 PREPROCESS_EXPECTED = {"channel_order": "RGB", "layout": "NCHW"}
@@ -112,8 +119,9 @@ class Model:
 
     @classmethod
     def from_bundle(cls, bundle: Path, runtime: str = "auto", threads: int | None = None, device: str = "cpu",
-                    trusted: TrustedKeys | None = None) -> "Model":
-        """The bundle's model, after the bundle verified (BundleError otherwise); ``threads`` default to its profile's."""
+                    trusted: TrustedKeys | None = None, cores: int | None = None) -> "Model":
+        """The bundle's model, after the bundle verified (BundleError otherwise); ``threads`` default to its
+        profile's, at most ``cores`` (the model's threads beyond the cores only take turns with the readers)."""
         verified = verify(bundle, trusted)
         manifest = verified.manifest
         pre = _checked_preprocess(bundle / manifest["preprocess"])
@@ -126,10 +134,15 @@ class Model:
         if chosen is None:
             raise BundleError(f"{bundle}: holds no {runtime} model (it has: {', '.join(a['backend'] for a in artifacts)})")
         path = bundle / chosen["path"]
-        threads = threads or manifest["profile"].get("threads") or None
+        threads_from = "command line" if threads else "the bundle's device profile"
+        if not threads:
+            threads = manifest["profile"].get("threads") or None
+            if threads and cores and threads > cores:
+                threads, threads_from = cores, f"the bundle's device profile ({threads}), at most the {cores} cores"
         model = cls(open_model_runner(path, chosen["backend"], threads, device), pre, labels, manifest["task"],
                     (manifest.get("dataset") or {}).get("image_size"), str(path), manifest["labels"])
         model.manifest, model.signature, model.artifact, model.threads = manifest, verified.signature, chosen, threads
+        model.threads_from = threads_from
         model.bundle_sha256 = sha256_file(bundle / MANIFEST)  # the manifest hashes every other file
         return model
 
@@ -187,17 +200,33 @@ def collect_inputs(args: list[str]) -> tuple[list[Path], list[dict]]:
     return list(dict.fromkeys(files)), failures
 
 
-class Runner:
-    """Runs the model over the inputs: one result row per input, and that input's outputs."""
+class SlideBatch:
+    """One worker's part of a batch: each input is claimed (claims.py), run through the model, its outputs
+    and its per-slide record written, and let go; ``rows`` holds what this worker did or found done.
 
-    def __init__(self, model: Model, args, out_dir: Path, names: dict[Path, str] | None = None):
-        self.model, self.args = model, args
+    ``tiled`` and ``whole_images`` run the model and write an input's outputs; ``process`` is the
+    worker's loop over its inputs, coming back to those another live worker holds until they are
+    done or their holder is found gone."""
+
+    def __init__(self, model: Model, args, out_dir: Path, names: dict[Path, str] | None = None,
+                 claims: Claims | None = None, worker: Worker | None = None, run_key: dict | None = None,
+                 say=print, bar=None):
+        self.model, self.args, self.out_dir = model, args, Path(out_dir)
         self.names = names or {}
-        self.csv_dir, self.geojson_dir = out_dir / WSINFER_CSV_DIR, out_dir / GEOJSON_DIR
+        self.csv_dir, self.geojson_dir = self.out_dir / WSINFER_CSV_DIR, self.out_dir / GEOJSON_DIR
+        self.thumbnail_dir, self.slide_dir = self.out_dir / THUMBNAIL_DIR, self.out_dir / SLIDE_DIR
+        self.claims, self.worker, self.run_key = claims, worker, run_key
+        self.say, self.bar = say, bar
+        self.started = time.time()  # a record written since then is this batch's (another worker's)
+        self.rows: list[dict] = []
+        self.done_here: list[str] = []
+        self.skipped = 0
+        self.small: list[tuple[Path, np.ndarray, str, str, Claim | None]] = []  # images awaiting a full batch
+        self.on_finish = lambda: None  # after every input this worker finishes (its worker record)
 
     def _row(self, path: Path, probs: np.ndarray, extra: dict | None = None) -> dict:
         labels = self.model.labels
-        row = {"input": str(path), "status": "ok", "error": "", "prediction": labels[int(probs.argmax())]}
+        row = {"input": str(path), "status": OK, "error": "", "prediction": labels[int(probs.argmax())]}
         row.update({f"prob_{c}": round(float(p), 6) for c, p in zip(labels, probs)})
         row.update(extra or {})
         return row
@@ -229,22 +258,23 @@ class Runner:
                     mask = np.asarray(Image.fromarray(mask).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
                     stem = self.output_stem(path)
                     write_bytes_atomic(self._mask_path(stem), png_bytes(mask))
-                    rows.append({"input": str(path), "status": "ok", "error": "", "note": note,
+                    rows.append({"input": str(path), "status": OK, "error": "", "note": note,
                                  "mask": str(self._mask_path(stem)), "geojson": str(self._mask_geojson(stem, mask, 1.0)),
                                  "foreground_pct": round(100 * float((mask > 0).mean()), 3)})
                 else:
                     rows.append(self._row(path, p, {"note": note}))
         return rows
 
-    def tiled(self, path: Path, source, plan: "ReadPlan") -> dict:
+    def tiled(self, path: Path, source, plan: "ReadPlan", claim: Claim | None = None) -> dict:
         """Overlapping tiles at the planned level, background skipped; the row, and the slide's files:
-        per-tile CSV, WSInfer's CSV, GeoJSON for QuPath, heatmap (and mask).
+        per-tile CSV, WSInfer's CSV, GeoJSON for QuPath, heatmap (and mask), thumbnail, per-slide JSON.
 
         Tiles are read ahead by a pool of threads while the model runs (tiles.py). Memory stays
         bounded: tiles are read as they are needed, the per-tile files are streamed to their
         (atomic) files, the overview is painted from the tiles at a fixed small size, and only
         the per-tile positions and scores are kept, packed (8 + 4 x classes bytes per tile).
-        Every position written is in level-0 pixels (what slide viewers show).
+        Every position written is in level-0 pixels (what slide viewers show). ``claim`` is
+        renewed as the batches go (its heartbeat), and raises Superseded if the slide was taken over.
         """
         labels, segment, args = self.model.labels, self.model.task == "segment", self.args
         reader, tile_px, downsample = source.reader(plan.level), plan.tile, source.levels[plan.level].downsample
@@ -274,6 +304,8 @@ class Runner:
 
             for batch in read_batches(reader, tile_px, args.tile_overlap, args.min_tissue, self.model.prepare,
                                       self.model.normalize, args.batch_size, args.reader_threads, paint):
+                if claim is not None:
+                    claim.beat()
                 total += batch.seen
                 bar.update(batch.seen)
                 if not batch.where:
@@ -305,20 +337,198 @@ class Runner:
             mask_downsample = overview.step * downsample  # from level 0
             extra.update(mask=str(self._mask_path(stem)), mask_downsample=round(mask_downsample, 4),
                          geojson=str(self._mask_geojson(stem, mask, mask_downsample)))
-        if not tissue:
-            extra["note"] = "; ".join(filter(None, [note, "no tissue found"]))
-            return {"input": str(path), "status": "ok", "error": "", "prediction": "", **extra}
         per_tile = np.frombuffer(scores, np.float32).reshape(tissue, len(labels))
-        mean = per_tile.mean(0)
-        # The heatmap shows the most likely class; for segmentation the most frequent non-background one.
-        shown = int(mean[1:].argmax()) + 1 if segment and len(labels) > 1 else int(mean.argmax())
-        heatmap = Path(args.tile_dir) / f"{stem}_heatmap_{labels[shown]}.png"
-        write_bytes_atomic(heatmap, png_bytes(overview.heatmap(np.frombuffer(positions, np.int64).reshape(tissue, 2),
-                                                               per_tile[:, shown], tile_px)))
-        extra["heatmap"] = str(heatmap)
-        if segment:
-            extra["foreground_pct"] = round(100 * float(1 - mean[0]), 3)
-        return self._row(path, mean, extra)
+        where = np.frombuffer(positions, np.int64).reshape(tissue, 2)
+        # the slide-level answers, counted on the overview (answers.py), and the thumbnail that shows them
+        on_tissue = tissue_mask(overview.image)
+        classes = mask.astype(np.int16) if segment else overview.class_map(where, per_tile, tile_px)
+        figures, per_class = slide_answers(labels, per_tile, on_tissue, classes,
+                                           pixel_mm2(overview.step, downsample, source.mpp), segment)
+        extra.update(figures)
+        shown = np.where(classes > 0, classes, -1) if segment else classes
+        thumb = self.thumbnail_dir / f"{stem}.png"
+        write_bytes_atomic(thumb, png_bytes(thumbnail(overview.image, shown, PALETTE, None if segment else on_tissue)))
+        extra["thumbnail"] = str(thumb)
+        if not tissue:
+            row = {"input": str(path), "status": NO_TISSUE,
+                   "error": f"{path}: no tissue found: all {total} tiles are background (a blank slide is usually a "
+                            "scanning error: check the scan)", "prediction": "", **extra}
+        else:
+            mean = per_tile.mean(0)
+            # The heatmap shows the most likely class; for segmentation the most frequent non-background one.
+            shown_class = int(mean[1:].argmax()) + 1 if segment and len(labels) > 1 else int(mean.argmax())
+            heatmap = Path(args.tile_dir) / f"{stem}_heatmap_{labels[shown_class]}.png"
+            write_bytes_atomic(heatmap, png_bytes(overview.heatmap(where, per_tile[:, shown_class], tile_px)))
+            extra["heatmap"] = str(heatmap)
+            if segment:
+                extra["foreground_pct"] = round(100 * float(1 - mean[0]), 3)
+            row = self._row(path, mean, extra)
+        slide_json = self.slide_dir / f"{stem}.json"
+        write_json_atomic(slide_json, {**row, "area_unit": "mm2 (unknown: the slide states no resolution)"
+                                       if source.mpp is None else "mm2", "classes": per_class})
+        row["slide_json"] = str(slide_json)
+        return row
+
+    # -- the worker's loop --------------------------------------------------------------------------------
+
+    def process(self, files: list[Path]) -> None:
+        """Every input once: done here, found done (before, or by another worker of this batch), or failed.
+        Inputs another live worker holds are come back to (every heartbeat, at most every 5 s) until they
+        are done or their holder is found gone (then taken over)."""
+        pending, waiting_said = list(files), False
+        poll = min(self.claims.heartbeat, 5.0) if self.claims else 0.0
+        while pending:
+            held = [path for path in pending if not self.attempt(path)]
+            self.flush_small()
+            if held and len(held) == len(pending):
+                if not waiting_said:
+                    self.say(f"waiting for {len(held)} input(s) other workers hold (they are done by them, or "
+                             f"taken over once a holder is gone)")
+                    waiting_said = True
+                time.sleep(poll)
+            pending = held
+
+    def attempt(self, path: Path) -> bool:
+        """Do ``path`` if no other worker holds it; False while a live worker does."""
+        name = self.output_stem(path)
+        try:
+            key = resume.input_key(self.run_key, path)
+        except FileNotFoundError:
+            self._gone(path)
+            return True
+        if self._found_done(path, name, key):
+            return True
+        claim = self.claims.claim(name) if self.claims is not None else None
+        if isinstance(claim, Holder):
+            return False
+        try:
+            if self._found_done(path, name, key):  # finished by its last holder before this claim
+                if claim is not None:
+                    claim.release()
+                return True
+            if claim is not None and claim.generation > 0:
+                self._sweep_slide(name)
+            self._work(path, name, key, claim)
+        except Superseded as err:
+            self.say(f"{path}: {err}; left to it")
+            self._settled()
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        return True
+
+    def _found_done(self, path: Path, name: str, key: str) -> bool:
+        if self.args.redo:  # only what a worker of this batch did counts
+            row = resume.done_row(self.out_dir, name, key, OUTPUT_FIELDS, since=self.started, final=())
+        else:
+            row = resume.done_row(self.out_dir, name, key, OUTPUT_FIELDS, since=self.started, final=FINAL)
+        if row is None:
+            return False
+        self.rows.append({**row, "skipped_done": True})
+        self.skipped += 1
+        by_peer = resume.written_since(self.out_dir, name, self.started)
+        self.say(f"{path}: {'done by another worker of this batch; skipped' if by_peer else SKIPPED}")
+        self._settled()
+        return True
+
+    def output_files(self, stem: str) -> list[str]:
+        """The names of every file an input's outputs and record are written to (their temporaries are
+        ``.<name>.<random>.tmp`` beside them)."""
+        return [f"{stem}_tiles.csv", f"{stem}.csv", f"{stem}.geojson", f"{stem}_mask.png", f"{stem}.png",
+                f"{stem}.json"] + [f"{stem}_heatmap_{label}.png" for label in self.model.labels]
+
+    def _sweep_slide(self, stem: str) -> None:
+        """The hidden temporaries of a slide taken over from a worker found gone: it wrote them, nobody else."""
+        folders = {Path(self.args.tile_dir), Path(self.args.mask_dir), self.csv_dir, self.geojson_dir,
+                   self.thumbnail_dir, self.slide_dir, self.out_dir / resume.DONE}
+        for folder in folders:
+            for name in self.output_files(stem):
+                for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    def _gone(self, path: Path) -> None:
+        self.say(f"{path}: no longer exists (removed after the batch started): left out")
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def _work(self, path: Path, name: str, key: str, claim: Claim | None) -> None:
+        model, source = self.model, None
+        try:
+            source = open_image(path)
+            h, w = source.height, source.width
+            if h < model.size or w < model.size:
+                raise InputError(f"{path}: image is {w}x{h}, smaller than the model input {model.size}x{model.size}")
+            plan = plan_reading(source, model.mpp, self.args.tile_size or model.tile_px)
+            fits_a_tile = min(h, w) >= plan.tile0
+            if fits_a_tile and (self.args.tile == "always" or (self.args.tile == "auto" and max(h, w) > 2 * plan.tile0)):
+                self.say(f"{path}: {plan.note}")
+                self.finish(path, name, key, claim, self.tiled(path, source, plan, claim))
+            elif max(h, w) > MAX_WHOLE_SIDE_PX:
+                raise InputError(f"{path}: image is {w}x{h}, too large to resize whole (over {MAX_WHOLE_SIDE_PX} "
+                                 "px); tile it (--tile auto)")
+            else:
+                self.small.append((path, source.read_region(0, 0, h, w), source.note, key, claim))
+                if len(self.small) >= self.args.batch_size:
+                    self.flush_small()
+        except (Superseded, KeyboardInterrupt):
+            raise
+        except OSError as err:
+            if err.errno in DISK_FULL:  # not the input's fault: it is left for the next run (run() says so)
+                raise
+            self._failed(path, name, key, claim, err)
+        except Exception as err:  # a decoder failing on one file must not stop the others
+            self._failed(path, name, key, claim, err)
+        finally:
+            if source is not None:
+                source.close()
+
+    def _failed(self, path: Path, name: str, key: str, claim: Claim | None, err: Exception) -> None:
+        if not path.exists():
+            if claim is not None:
+                claim.release()
+            return self._gone(path)
+        text = str(err) if isinstance(err, InputError) else f"{path}: {type(err).__name__}: {err}"
+        self.finish(path, name, key, claim, {"input": str(path), "status": "error", "error": text})
+
+    def flush_small(self) -> None:
+        """Run the images waiting for a full batch, and finish each."""
+        if not self.small:
+            return
+        small, self.small = self.small, []
+        try:
+            rows = self.whole_images([(path, rgb, note) for path, rgb, note, _, _ in small])
+        except BaseException:
+            self.small = small  # released by release_held
+            raise
+        for (path, _, _, key, claim), row in zip(small, rows):
+            try:
+                self.finish(path, self.output_stem(path), key, claim, row)
+            except Superseded as err:
+                self.say(f"{path}: {err}; left to it")
+
+    def release_held(self) -> None:
+        """Let go of the inputs still waiting for a batch (the run is stopping)."""
+        for *_, claim in self.small:
+            if claim is not None:
+                claim.release()
+        self.small = []
+
+    def finish(self, path: Path, name: str, key: str, claim: Claim | None, row: dict) -> None:
+        """The input's record, written last (its outputs are in place), then its claim let go."""
+        if claim is not None:
+            claim.beat(force=True)  # Superseded if another worker took it over meanwhile: theirs to record
+        resume.mark_done(self.out_dir, name, key, row, self.run_key, self.worker.ident if self.worker else "")
+        if claim is not None:
+            claim.release()
+        self.rows.append(row)
+        self.done_here.append(name)
+        self.say(f"{path}: {_outcome(row)}")
+        self.on_finish()
+        self._settled()
 
 
 @dataclass(frozen=True)
@@ -374,44 +584,10 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-def _csv(rows: list[dict], first: list[str]) -> str:
-    fields = list(dict.fromkeys(first + [k for r in rows for k in r]))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
-def results_path(out: str | Path) -> tuple[Path, Path]:
-    """(results file, folder of the run's other outputs): ``--out`` names a .csv/.json file, or a folder."""
-    out = Path(out)
-    if out.suffix.lower() in (".csv", ".json"):
-        return out, out.parent
-    return out / "results.csv", out
-
-
-class RunRecord:
-    """run_metadata.json: what ran (bundle, signer, runtime, versions, settings) and every input's row,
-    rewritten after each input so that a killed run leaves an account of what it did."""
-
-    def __init__(self, path: Path, model: Model, bundle: Path, args, settings: dict):
-        self.path, self.start = path, time.perf_counter()
-        self.meta = {"schema": RUN_SCHEMA, "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                     "bundle": str(bundle), "bundle_sha256": model.bundle_sha256,
-                     "signature": model.signature.status, "signed_by": model.signature.key,
-                     "model": model.artifact, "task": model.task, "classes": model.labels,
-                     "runtime": model.runner.provider, "device": args.device, "threads": model.threads,
-                     "batch_size": args.batch_size, "reader_threads": args.reader_threads,
-                     "versions": runtime_versions(), "settings": settings}
-
-    def write(self, rows: list[dict], finished: bool = False) -> None:
-        failed = [r for r in rows if r["status"] != "ok"]
-        write_json_atomic(self.path, {**self.meta, "finished": finished,
-                                      "seconds": round(time.perf_counter() - self.start, 3),
-                                      "inputs": len(rows), "failed": len(failed),
-                                      "skipped_done": sum(1 for r in rows if r.get("skipped_done")),
-                                      "results": sorted(rows, key=lambda r: r["input"])})
+class DiskFullError(UserError):
+    """The output folder's disk is full: the worker stops, its unfinished input left for the next run."""
 
 
 def _say(text: str, bar=None) -> None:
@@ -423,21 +599,57 @@ def _say(text: str, bar=None) -> None:
 
 
 def _outcome(row: dict) -> str:
-    if row["status"] != "ok":
-        return f"FAILED: {row['error']}"
     if "tiles" in row:
         text = (f"{row['tissue_tiles']} of {row['tiles']} tiles classified, {row['background_tiles']} background, "
                 f"in {row['seconds']:.1f} s ({row['tiles_per_s'] or 0:.0f} tiles/s)")
-        return text + ("; no tissue found" if not row["tissue_tiles"] else "")
+        if row["status"] == NO_TISSUE:
+            return f"NO TISSUE: {text}: a blank slide (a scanning error?), counted as failed"
+        return text
+    if row["status"] != OK:
+        return f"FAILED: {row['error']}"
     return "done"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a SLURM or container limit), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_reader_threads(cores: int, model_threads: int) -> int:
+    """Reader threads beside a model on ``model_threads``: one (it reads and prepares about 800 tiles/s at
+    224 px, 1.2 CPU ms a tile, more than the models infer on these CPUs), two where a core is left over."""
+    return max(1, min(2, cores - model_threads))
+
+
+def relative_names(files: list[Path], inputs: list[str]) -> dict[Path, str]:
+    """Each input's path relative to the folder given on the command line (its name when given as a file),
+    POSIX separators: what ``--shard`` hashes, the same on every machine mounting the folder."""
+    folders = [Path(a) for a in inputs if Path(a).is_dir()]
+    names = {}
+    for path in files:
+        under = next((f for f in folders if path.is_relative_to(f)), None)
+        names[path] = path.relative_to(under).as_posix() if under is not None else path.name
+    return names
+
+
+def choose_shard(args) -> tuple[tuple[int, int] | None, str]:
+    """(K, N) from --shard, else from a SLURM job array or a Kubernetes Indexed Job; and where from."""
+    if args.shard:
+        return parse_shard(args.shard), "--shard"
+    found = shard_from_environment(dict(os.environ), args.shard_count)
+    return found if found is not None else (None, "")
 
 
 def run(args) -> int:
     """Inference as ``add_arguments`` describes; BundleError or ProviderError when it cannot start."""
     bundle = Path(args.bundle)
     trusted = load_trusted_keys(getattr(args, "trusted_key", None) or ())
+    cores = available_cores()
     try:
-        model = Model.from_bundle(bundle, args.runtime, args.threads, args.device, trusted)
+        model = Model.from_bundle(bundle, args.runtime, args.threads, args.device, trusted, cores)
     except BundleError as err:
         raise BundleError(f"refusing to run: {err}") from None
     print(f"bundle {bundle}: {model.signature.text}", file=sys.stderr)
@@ -446,84 +658,76 @@ def run(args) -> int:
         args.format = "json" if out.suffix.lower() == ".json" else "csv"
     profile = model.manifest["profile"]
     args.batch_size = args.batch_size or int(profile.get("slide_batch_size") or profile.get("batch_size") or 1)
+    readers_from = "command line" if args.reader_threads is not None else f"{cores} cores, {model.threads} for the model"
+    if args.reader_threads is None:
+        args.reader_threads = default_reader_threads(cores, model.threads or cores)
     for attr, default in (("mask_dir", out_dir / "masks"), ("tile_dir", out_dir / "tiles")):
         if getattr(args, attr) is None:
             setattr(args, attr, default)
     files, failures = collect_inputs(args.inputs)
+    names = output_names(files)  # of every input of the batch, every shard's: what the summary covers
+    shard, shard_from = choose_shard(args)
+    if shard is not None:
+        relative = relative_names(files, args.inputs)
+        mine = [f for f in files if in_shard(relative[f], shard)]
+        print(f"shard {shard[0]}/{shard[1]} ({shard_from}): {len(mine)} of {len(files)} input(s)", file=sys.stderr)
+        files = mine
     tile_px = args.tile_size or model.tile_px
     settings = {"tile": args.tile, "tile_size": tile_px, "tile_overlap": args.tile_overlap,
                 "min_tissue": args.min_tissue, "heatmap_size": args.heatmap_size, "device": args.device}
-    shared_key = resume.run_key(model.bundle_sha256, model.artifact["path"], settings)
+    run_key = resume.run_key(model.bundle_sha256, model.artifact["path"], settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir, "pathnas-infer"):
-        runner = Runner(model, args, out_dir, output_names(files))
-        record = RunRecord(out_dir / RUN_METADATA, model, bundle, args, settings)
-        rows: list[dict] = list(failures)
-        for row in failures:
-            print(f"{row['input']}: FAILED: {row['error']}", file=sys.stderr)
-        overall = progress.bar(len(files), "inputs", "input", position=0)
-        small: list[tuple[Path, np.ndarray, str]] = []
-        keys: dict[Path, str] = {}
+    worker = Worker.here(run_key)
+    overall = progress.bar(len(files), "inputs", "input", position=0)
+    say = lambda text: _say(text, overall)  # noqa: E731
+    claims = Claims(out_dir, worker, args.heartbeat, args.claim_timeout, say)
+    claims.refuse_other_batches()
+    batch = SlideBatch(model, args, out_dir, names, claims, worker, run_key, say, overall)
+    owners = {file: stem for stem in names.values() for file in batch.output_files(stem)}
+    swept = sweep_stale_temporaries(out_dir, claims, owners)
+    if swept:
+        say(f"removed {len(swept)} temporary file(s) a killed run left in {out_dir}")
+    meta = {"bundle": str(bundle), "bundle_sha256": model.bundle_sha256, "signature": model.signature.status,
+            "signed_by": model.signature.key, "signature_text": model.signature.text, "model": model.artifact,
+            "task": model.task, "classes": model.labels, "runtime": model.runner.provider, "device": args.device,
+            "cores": cores, "threads": model.threads, "threads_from": model.threads_from,
+            "reader_threads": args.reader_threads, "reader_threads_from": readers_from,
+            "batch_size": args.batch_size, "versions": runtime_versions()}
+    clock = time.perf_counter()
 
-        def finish(new_rows: list[dict]) -> None:
-            for row in new_rows:
-                path = Path(row["input"])
-                if row["status"] == "ok" and path in keys:
-                    resume.mark_done(out_dir, runner.output_stem(path), keys[path], row)
-                _say(f"{path}: {_outcome(row)}", overall)
-            rows.extend(new_rows)
-            record.write(rows)
+    def record(finished: bool) -> None:
+        write_worker(out_dir, worker.ident, {
+            **worker.record(), "run": run_key, "meta": meta, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "threads": model.threads, "reader_threads": args.reader_threads, "finished": finished,
+            "finished_at": now() if finished else None, "seconds": round(time.perf_counter() - clock, 3),
+            "slides_done": batch.done_here, "skipped_done": batch.skipped, "input_failures": failures})
 
-        for path in files:
-            source = None
-            try:
-                keys[path] = resume.input_key(shared_key, path)
-                if not args.redo:
-                    row = resume.done_row(out_dir, runner.output_stem(path), keys[path], OUTPUT_FIELDS)
-                    if row is not None:
-                        rows.append({**row, "skipped_done": True})
-                        _say(f"{path}: done before with this bundle and these settings; skipped", overall)
-                        overall.update()
-                        continue
-                source = open_image(path)
-                h, w = source.height, source.width
-                if h < model.size or w < model.size:
-                    raise InputError(f"{path}: image is {w}x{h}, smaller than the model input {model.size}x{model.size}")
-                plan = plan_reading(source, model.mpp, tile_px)
-                fits_a_tile = min(h, w) >= plan.tile0
-                if fits_a_tile and (args.tile == "always" or (args.tile == "auto" and max(h, w) > 2 * plan.tile0)):
-                    _say(f"{path}: {plan.note}", overall)
-                    finish([runner.tiled(path, source, plan)])
-                elif max(h, w) > MAX_WHOLE_SIDE_PX:
-                    raise InputError(f"{path}: image is {w}x{h}, too large to resize whole (over {MAX_WHOLE_SIDE_PX} "
-                                     "px); tile it (--tile auto)")
-                else:
-                    small.append((path, source.read_region(0, 0, h, w), source.note))
-            except InputError as err:
-                finish([{"input": str(path), "status": "error", "error": str(err)}])
-            except Exception as err:  # a decoder failing on one file must not stop the others
-                finish([{"input": str(path), "status": "error", "error": f"{path}: {type(err).__name__}: {err}"}])
-            finally:
-                if source is not None:
-                    source.close()
-            overall.update()
-            if len(small) >= args.batch_size:
-                finish(runner.whole_images(small))
-                small = []
-        finish(runner.whole_images(small))
+    batch.on_finish = lambda: record(False)
+    record(False)
+    for row in failures:
+        say(f"{row['input']}: FAILED: {row['error']}")
+    try:
+        batch.process(files)
+    except BaseException as err:
+        batch.release_held()
         overall.close()
-        rows.sort(key=lambda r: r["input"])
-        if args.format == "json":
-            write_text_atomic(out, json.dumps({"bundle": str(bundle), "signature": model.signature.text,
-                                               "model": model.artifact, "results": rows}, indent=2))
-        else:
-            first = ["input", "status", "error", "note", "prediction"] + [f"prob_{c}" for c in model.labels]
-            write_text_atomic(out, _csv(rows, first))
-        record.write(rows, finished=True)
-    failed = [r for r in rows if r["status"] != "ok"]
-    skipped = sum(1 for r in rows if r.get("skipped_done"))
-    print(f"{len(rows) - len(failed)} input(s) done ({skipped} done before), {len(failed)} failed; results in {out}, "
-          f"run record in {out_dir / RUN_METADATA}", file=sys.stderr)
+        try:  # what was done stays accounted for
+            record(False)
+            write_summary(out, out_dir, False, args.format, failures, set(names.values()))
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise DiskFullError(f"no space left on the device writing {err.filename or out_dir}: the input being "
+                                "done is left for the next run (nothing of it was kept; every input finished "
+                                "before is); free space and run again") from None
+        raise
+    overall.close()
+    record(True)
+    write_summary(out, out_dir, True, args.format, failures, set(names.values()))
+    mine = failures + batch.rows
+    failed = [r for r in mine if r["status"] != OK]
+    print(f"{len(mine) - len(failed)} input(s) done ({batch.skipped} done before), {len(failed)} failed; results in "
+          f"{out}, run record in {out_dir / RUN_METADATA}", file=sys.stderr)
     for r in failed:
         print(f"  failed: {r['error']}", file=sys.stderr)
     return EXIT_INPUT_FAILURES if failed else 0
@@ -534,19 +738,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files, slides or folders of them")
     p.add_argument("--out", required=True,
                    help="a folder (results.csv, run_metadata.json and every input's outputs go in it), or a results "
-                        "file (.csv or .json) with the rest beside it")
+                        "file (.csv or .json) with the rest beside it; any number of workers may share it")
     p.add_argument("--format", choices=["csv", "json"], default=None, help="default: from --out's extension")
     p.add_argument("--runtime", choices=["auto", *BUNDLE_BACKENDS], default="auto",
                    help="the backend of the bundle's model to run (default: the bundle's own)")
     p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="onnxruntime execution provider (fails rather than falling back to the CPU)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the bundle's device profile)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: the bundle's device profile's, at most this machine's cores)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per inference (default: the bundle's device "
                                                                 "profile's slide batch)")
-    p.add_argument("--reader-threads", type=int, default=2,
-                   help="threads reading and preparing tiles ahead of the model (0: read, then infer, in turns)")
+    p.add_argument("--reader-threads", type=int, default=None,
+                   help="threads reading and preparing tiles ahead of the model (0: read, then infer, in turns; "
+                        "default: 1, or 2 where the model's threads leave 2 cores)")
     p.add_argument("--redo", action="store_true",
                    help="process every input again, even those done before with this bundle and these settings")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="do only the K-th of N shares of the inputs (by a hash of each one's path relative to the "
+                        "folder given); default: from $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX when set")
+    p.add_argument("--shard-count", type=int, default=None, metavar="N",
+                   help="with $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job): the Job's completions")
+    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, metavar="S",
+                   help="seconds between renewals of this worker's claim on the slide it is doing")
+    p.add_argument("--claim-timeout", type=float, default=CLAIM_TIMEOUT_S, metavar="S",
+                   help="a claim of another host not renewed for this long is taken over (same host: as soon as "
+                        "its process is gone)")
     p.add_argument("--tile", choices=["auto", "always", "never"], default="auto",
                    help="auto: tile images larger than twice the tile size; always: every image at least one tile "
                         "large; never: resize every image whole")
@@ -583,5 +799,15 @@ def check_arguments(cli: argparse.ArgumentParser, args) -> None:
         cli.error(f"--min-tissue {args.min_tissue}: must be in [0, 1]")
     if args.threads is not None and args.threads < 1:
         cli.error(f"--threads {args.threads}: must be at least 1")
-    if args.reader_threads < 0:
+    if args.reader_threads is not None and args.reader_threads < 0:
         cli.error(f"--reader-threads {args.reader_threads}: must be 0 or more")
+    if args.shard is not None:
+        try:
+            parse_shard(args.shard)
+        except ConfigError as err:
+            cli.error(str(err))
+    if args.shard_count is not None and args.shard_count < 1:
+        cli.error(f"--shard-count {args.shard_count}: must be at least 1")
+    if not 0 < args.heartbeat < args.claim_timeout:
+        cli.error(f"--heartbeat {args.heartbeat:g} and --claim-timeout {args.claim_timeout:g}: need 0 < heartbeat < "
+                  "claim timeout (a few heartbeats, so that a slow worker is not taken over)")

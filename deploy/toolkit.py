@@ -1,6 +1,8 @@
 """`pathnas-infer`: the workstation toolkit, torch-free.
 
   pathnas-infer BUNDLE INPUTS... --out results.csv     classify or segment images and slides
+  pathnas-infer summary OUT                            merge the per-slide records of OUT (any number of
+                                                       workers) into results.csv and run_metadata.json
   pathnas-infer verify BUNDLE                          check every file (and the signature) of a bundle
   pathnas-infer regress BUNDLE [--baseline F] [--same-model] [--junit F]
                                                        latency regression check on this machine, against
@@ -28,7 +30,7 @@ from pathlib import Path
 from pathnas.errors import UserError
 
 EXIT_FAILED = 1  # a bundle that does not verify, a latency regression, an input that failed
-COMMANDS = ("verify", "regress", "predict", "profile", "report")
+COMMANDS = ("verify", "regress", "predict", "profile", "report", "summary")
 
 
 def _version() -> str:
@@ -150,9 +152,13 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"pathnas-infer {_version()}")
-    commands = top.add_subparsers(dest="command", metavar="{predict,verify,regress,profile,report}")
+    commands = top.add_subparsers(dest="command", metavar="{predict,summary,verify,regress,profile,report}")
     predict = commands.add_parser("predict", help="classify or segment images and slides (the default command)")
     add_arguments(predict)
+    summary = commands.add_parser("summary", help="merge an output folder's per-slide records (written by any number "
+                                                  "of workers) into its results file and run_metadata.json")
+    summary.add_argument("out", type=Path, help="the --out the workers were given (a folder, or a .csv/.json file)")
+    summary.add_argument("--json", action="store_true")
     verify = commands.add_parser("verify", help="check the manifest, every file's SHA-256 and the signature")
     verify.add_argument("bundle", type=Path)
     verify.add_argument("--json", action="store_true")
@@ -220,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
             code = 0
         elif args.command == "verify":
             code = verify_bundle(args.bundle, args.json, args.trusted_key)
+        elif args.command == "summary":
+            from .summary import run_summary
+
+            code = run_summary(args.out, args.json)
         elif args.command == "profile":
             from .device_profile import run as time_a_pack
 
