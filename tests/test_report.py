@@ -163,7 +163,7 @@ def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(ho
     page = in_browser(out / "report.html", {"chart-probabilities", "chart-tiles"})
     text = page.facts["text"]
     assert HOSTILE in text and "broken.tif" in text and "not a readable TIFF" in text
-    assert len(page.facts["images"]) == 2  # each slide's thumbnail with its heatmap
+    assert len(page.facts["images"]) == 4  # each slide's thumbnail (tissue in class colours) and its heatmap
     result = infer("report", out)  # made again, by the toolkit with torch blocked: the same file
     assert result.returncode == 0, result.stderr
     assert (out / "report.html").read_bytes() == first
@@ -172,7 +172,7 @@ def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(ho
     # a folder moved elsewhere keeps its pictures: they are found under OUT where the batch wrote them
     moved = Path(shutil.move(out, tmp_path / "moved"))
     assert run_infer_here("report", moved)[0] == 0
-    assert sum(image["loaded"] for image in in_browser(moved / "report.html", set()).facts["images"]) == 2
+    assert sum(image["loaded"] for image in in_browser(moved / "report.html", set()).facts["images"]) == 4
 
 
 def test_the_slide_report_command_names_a_folder_that_is_not_a_batch(tmp_path):

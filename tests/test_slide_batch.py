@@ -24,7 +24,7 @@ def _slides(folder: Path, n: int = 3) -> Path:
 
 def _outputs(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent.name not in ("done", "workers")
-            and p.name not in ("results.csv", "run_metadata.json")}
+            and p.name not in ("results.csv", "run_metadata.json", "report.html")}
 
 
 def test_a_folder_run_again_skips_what_is_done_and_redoes_what_changed(bundle, tmp_path):

@@ -100,11 +100,12 @@ def _strip(obj):
 
 def _snapshot(out: Path) -> dict[str, object]:
     """Every file of an output folder: bytes, except the records, whose timing fields are left out (and the
-    output folder's own path, which the rows name, is written OUT). Worker records and claims are who/when."""
+    output folder's own path, which the rows name, is written OUT). Worker records, claims and the HTML report
+    (it shows the seconds and the workers) are who and when."""
     files = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if not path.is_file() or rel.split("/")[0] in ("workers", "claims"):
+        if not path.is_file() or rel.split("/")[0] in ("workers", "claims") or rel == "report.html":
             continue
         data = path.read_bytes()
         if path.suffix == ".json" and (path.parent.name in ("done", "slides") or path.name == "run_metadata.json"):
