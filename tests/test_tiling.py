@@ -391,6 +391,7 @@ def test_the_pipeline_goes_from_annotated_slides_to_a_bundle_at_their_resolution
                          mpp=1.0, pretrain_epochs=1, retrain_epochs=1, iterations=1, formats="onnx", batch_size=16)
     summary = run_pipeline(run, settings, progress=False)
     assert summary["smoke_test_passed"]
+    assert summary["report"] == str(run / "report.html") and "chart-pareto" in (run / "report.html").read_text()
     stages = json.loads((run / "stages.json").read_text())
     assert list(stages)[0] == "tiles"
     assert json.loads((run / "bundle" / "preprocess.json").read_text())["mpp"] == 1.0
