@@ -10,10 +10,10 @@ from .common import JSON_HELP, console, print_json
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="a run directory (the pipeline's), or a search's run directory"),
-    out: Optional[Path] = typer.Option(None, "--out", help="where to write the HTML (default: RUN/report.html)"),
-    junit: list[Path] = typer.Option([], "--junit", help="a `regress --junit` report to show (repeatable)"),
-    baseline: list[Path] = typer.Option([], "--baseline",
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="a run directory (the pipeline's), or a search's run directory"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="where to write the HTML (default: RUN/report.html)"),
+    junit: list[Path] = typer.Option([], "--junit", metavar="FILE", help="a `regress --junit` report to show (repeatable)"),
+    baseline: list[Path] = typer.Option([], "--baseline", metavar="FILE",
                                         help="a latency baseline a workstation measured, to show (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
