@@ -65,6 +65,24 @@ class Annotations:
     notes: list[str] = field(default_factory=list)
     unclassified: int = 0
 
+    def add(self, name: str | None, geometry, feature: int) -> bool:
+        """Keep a region (one without a class is counted, not kept); False when it has no area."""
+        if geometry is None:
+            return False
+        if name is None:
+            self.unclassified += 1
+        else:
+            self.regions.append(Region(name, geometry, feature, self.path))
+        return True
+
+    def said(self, skipped: int, skipped_what: str, unclassified_what: str) -> "Annotations":
+        """These annotations, with a note on what was left out (``skipped`` shapes, the regions without a class)."""
+        if skipped:
+            self.notes.append(f"{self.path}: {skipped} {skipped_what} left out")
+        if self.unclassified:
+            self.notes.append(f"{self.path}: {self.unclassified} {unclassified_what} left out")
+        return self
+
     def classes(self) -> list[str]:
         return sorted({r.name for r in self.regions})
 
@@ -190,18 +208,10 @@ def _read_geojson(path: Path, data: bytes, repair: bool) -> Annotations:
         except Exception as err:  # shapely raises several types for malformed coordinates
             raise AnnotationError(f"{where}: malformed {raw.get('type')} coordinates ({type(err).__name__}: "
                                   f"{err})") from None
-        name = _class_name(properties)
-        geometry = _checked(geometry, where, out.notes, repair)
-        if geometry is None:
+        if not out.add(_class_name(properties), _checked(geometry, where, out.notes, repair), i):
             left_out["polygons without area"] = left_out.get("polygons without area", 0) + 1
-        elif name is None:
-            out.unclassified += 1
-        else:
-            out.regions.append(Region(name, geometry, i, path))
     out.notes += [f"{path}: {n} feature(s) of {what} left out (not regions)" for what, n in sorted(left_out.items())]
-    if out.unclassified:
-        out.notes.append(f"{path}: {out.unclassified} region(s) without a classification left out")
-    return out
+    return out.said(0, "", "region(s) without a classification")
 
 
 # -- XML (ASAP, ImageScope) -------------------------------------------------------------------------
@@ -232,7 +242,7 @@ def _number(element, attribute: str, where: str) -> float:
     return value
 
 
-def _ring(points: list[tuple[float, float]], where: str) -> Polygon | None:
+def _ring(points: list[tuple[float, float]]) -> Polygon | None:
     return Polygon(points) if len(points) >= 3 else None
 
 
@@ -259,23 +269,15 @@ def _read_asap(path: Path, root, repair: bool) -> Annotations:
         coords = sorted(((_number(c, "Order", where) if c.get("Order") is not None else n,
                           _number(c, "X", where), _number(c, "Y", where))
                          for n, c in enumerate(annotation.iter("Coordinate"))))
-        polygon = _ring([(x, y) for _, x, y in coords], where)
+        polygon = _ring([(x, y) for _, x, y in coords])
         if polygon is None:
             skipped += 1
             continue
-        geometry = _checked(polygon, where, out.notes, repair)
         group = (annotation.get("PartOfGroup") or "").strip()
-        if geometry is None:
+        if not out.add(group if group not in ("", "None") else None, _checked(polygon, where, out.notes, repair), i):
             skipped += 1
-        elif not group or group == "None":
-            out.unclassified += 1
-        else:
-            out.regions.append(Region(group, geometry, i, path))
-    if skipped:
-        out.notes.append(f"{path}: {skipped} annotation(s) without an area (dots, point sets, under 3 points) left out")
-    if out.unclassified:
-        out.notes.append(f"{path}: {out.unclassified} annotation(s) in no group (PartOfGroup) left out")
-    return out
+    return out.said(skipped, "annotation(s) without an area (dots, point sets, under 3 points)",
+                    "annotation(s) in no group (PartOfGroup)")
 
 
 def _imagescope_name(annotation) -> str | None:
@@ -301,7 +303,7 @@ def _read_imagescope(path: Path, root, repair: bool) -> Annotations:
                 centre = shapely.Point((x0 + x1) / 2, (y0 + y1) / 2).buffer(1.0, quad_segs=32)
                 polygon = affinity.scale(centre, abs(x1 - x0) / 2, abs(y1 - y0) / 2)
             elif kind in ("0", "1", "5"):  # free hand, rectangle, polygon
-                polygon = _ring(points, rwhere)
+                polygon = _ring(points)
             else:  # 3 arrow, 4 ruler: not areas
                 polygon = None
             geometry = _checked(polygon, rwhere, out.notes, repair) if polygon is not None else None
@@ -313,15 +315,7 @@ def _read_imagescope(path: Path, root, repair: bool) -> Annotations:
             continue
         geometry = _polygonal(shapely.difference(shapely.union_all(positive), shapely.union_all(negative))
                               if negative else shapely.union_all(positive))
-        name = _imagescope_name(annotation)
-        if geometry is None:
+        if not out.add(_imagescope_name(annotation), geometry, i):
             skipped += 1
-        elif name is None:
-            out.unclassified += 1
-        else:
-            out.regions.append(Region(name, geometry, i, path))
-    if skipped:
-        out.notes.append(f"{path}: {skipped} region(s) without an area (rulers, arrows, under 3 points) left out")
-    if out.unclassified:
-        out.notes.append(f"{path}: {out.unclassified} annotation(s) without a name left out")
-    return out
+    return out.said(skipped, "region(s) without an area (rulers, arrows, under 3 points)",
+                    "annotation(s) without a name")
