@@ -58,7 +58,7 @@ def child(args) -> None:
         source = open_image(slide)
         reader = source.reader(0)
         if args.child == "label":  # the labels (as tile_slide gets them), then the same reading, no files
-            regions, _, _ = tiling.load_regions(job, settings, source.width, source.height, (0.0, 0.0))
+            regions, *_ = tiling.load_regions(job, settings, source.width, source.height, (0.0, 0.0))
             labeller = tiling.Labeller(regions, list(settings.order), settings.order)
             grid = ((y, x) for y, x, _, _, why in tiling.labelled_grid(reader, args.size, 1.0, labeller, settings,
                                                                        len(settings.classes)) if not why)

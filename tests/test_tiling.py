@@ -268,6 +268,14 @@ def test_unpaired_slides_and_annotations_are_refused_by_name(slides, tmp_path):
     (a / "other.xml").rename(a / "slide00.svs.xml")  # QuPath scripts' name.ext.geojson pairs too
     jobs = pair_inputs([s], [a])
     assert jobs[0].annotations == (a / "slide00.svs.xml",)
+    dicom = tmp_path / "dicom" / "case7"  # a DICOM slide is a folder of .dcm files, one per level: one slide
+    dicom.mkdir(parents=True)
+    for level in ("level0.dcm", "level1.dcm"):
+        (dicom / level).write_bytes(b"")
+    (a / "case7.geojson").write_text("[]")
+    assert [(j.slide, j.name) for j in pair_inputs([s, tmp_path / "dicom"], [a])][:2] == [
+        (dicom / "level0.dcm", "case7"), (s / "slide00.tif", "slide00")]
+    (a / "case7.geojson").unlink()
     code, output = cli(s / "slide00.tif", "--annotations", a / "slide00.svs.xml", "--mpp", MPP, "--out", tmp_path / "o")
     assert code == 2 and "1 slide(s) or patient(s) (slide00): at least 3 are needed" in output
     assert not (tmp_path / "o").exists()
@@ -321,6 +329,8 @@ def test_other_classes_bad_polygons_and_regions_outside_the_slide_are_said_and_l
     assert "annotation classes not in --classes, left out: Lymphoid (3 region(s)), Necrosis (3 region(s))" in flat
     assert "feature 4: invalid polygon (Self-intersection" in flat and "repaired" in flat
     assert "feature 5 (Stroma) lies outside the slide" in flat
+    slide00 = json.loads((out / "report.json").read_text())["slides"][0]
+    assert slide00["name"] == "slide00" and slide00["regions_outside_slide"] == 1
     assert "1 feature(s) of objectType detection left out" in flat and "Point (no area)" in flat
     assert set(tiles_of(out).values()) == {"Tumor", "Stroma"}
     assert json.loads((out / "dataset.json").read_text())["classes"] == ["Stroma", "Tumor"]

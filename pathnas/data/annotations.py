@@ -64,6 +64,7 @@ class Annotations:
     regions: list[Region] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unclassified: int = 0
+    outside: int = 0  # regions wholly outside the slide, left out (``within``)
 
     def add(self, name: str | None, geometry, feature: int) -> bool:
         """Keep a region (one without a class is counted, not kept); False when it has no area."""
@@ -92,25 +93,26 @@ class Annotations:
             return self
         moved = [Region(r.name, shapely.transform(r.geometry, lambda xy: xy + (dx, dy)), r.feature, r.path)
                  for r in self.regions]
-        return Annotations(self.path, moved, self.notes, self.unclassified)
+        return Annotations(self.path, moved, self.notes, self.unclassified, self.outside)
 
     def within(self, width: float, height: float) -> "Annotations":
         """Regions clipped to the slide; one wholly outside is left out with a note naming it."""
         frame = box(0, 0, width, height)
-        kept, notes = [], list(self.notes)
+        kept, notes, outside = [], list(self.notes), self.outside
         for r in self.regions:
             if frame.contains(r.geometry):
                 kept.append(r)
                 continue
             inside = _polygonal(r.geometry.intersection(frame))
             if inside is None:
+                outside += 1
                 x0, y0, x1, y1 = r.geometry.bounds
                 notes.append(f"{self.path}: feature {r.feature} ({r.name}) lies outside the slide ({width:.0f}x"
                              f"{height:.0f} px; it spans x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f}): left out")
             else:
                 notes.append(f"{self.path}: feature {r.feature} ({r.name}) reaches beyond the slide: clipped to it")
                 kept.append(Region(r.name, inside, r.feature, r.path))
-        return Annotations(self.path, kept, notes, self.unclassified)
+        return Annotations(self.path, kept, notes, self.unclassified, outside)
 
 
 def _polygonal(geometry) -> Polygon | MultiPolygon | None:

@@ -154,15 +154,21 @@ def find_files(paths: list[Path], suffixes, what: str) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-                            and not p.name.startswith("."))
+            for p in sorted(path.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                if p.is_file() and p.suffix.lower() in suffixes:
+                    found.append(p)
+                elif p.is_dir() and DICOM in suffixes:  # a DICOM slide: a folder of .dcm files, one per level
+                    found += sorted(p.glob("*.dcm"))[:1]
         elif path.is_file():
             found.append(path)
         else:
             raise ConfigError(f"{path}: no such {what} file or folder")
     if not found:
         raise ConfigError(f"{', '.join(map(str, paths))}: no {what} files ({', '.join(sorted(suffixes))})")
-    return list(dict.fromkeys(found))
+    dicom: dict[Path, Path] = {}  # one .dcm per DICOM folder opens the slide (OpenSlide finds the other levels)
+    return list(dict.fromkeys(dicom.setdefault(p.parent, p) if p.suffix.lower() == DICOM else p for p in found))
 
 
 def read_pairs(path: Path) -> dict[str, tuple[list[str], str | None]]:
@@ -430,19 +436,20 @@ def slide_origin(source) -> tuple[float, float]:
 
 
 def load_regions(job: SlideJob, settings: TileSettings, width: int, height: int,
-                 origin: tuple[float, float]) -> tuple[list[Region], list[str], dict[str, int]]:
-    """The slide's regions of the chosen classes (placed on the slide, clipped to it), the notes, and how many
-    regions of classes not chosen were left out, by class."""
-    regions, notes, other = [], [], {}
+                 origin: tuple[float, float]) -> tuple[list[Region], list[str], dict[str, int], int]:
+    """The slide's regions of the chosen classes (placed on the slide, clipped to it), the notes, how many
+    regions of classes not chosen were left out, by class, and how many lay wholly outside the slide."""
+    regions, notes, other, outside = [], [], {}, 0
     for path in job.annotations:
         found = read_annotations(path, repair=settings.repair).shifted(*origin).within(width, height)
         notes += found.notes
+        outside += found.outside
         for r in found.regions:
             if r.name in settings.classes:
                 regions.append(r)
             else:
                 other[r.name] = other.get(r.name, 0) + 1
-    return regions, notes, other
+    return regions, notes, other, outside
 
 
 def _inputs(job: SlideJob) -> dict:
@@ -494,7 +501,7 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
     try:
         plan = plan_reading(source, settings.mpp, settings.size)
         downsample = source.levels[plan.level].downsample
-        regions, notes, other = load_regions(job, settings, source.width, source.height, slide_origin(source))
+        regions, notes, other, outside = load_regions(job, settings, source.width, source.height, slide_origin(source))
         if not regions:
             notes.append(f"{job.slide}: no region of the classes {', '.join(settings.classes)} in its annotations")
         # Label indices follow the priority (ties go to the earlier class); names map them to the data set's.
@@ -565,7 +572,7 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
                   "mpp_source": source.mpp_source, "level": plan.level, "downsample": round(downsample, 6),
                   "tile_level_px": plan.tile, "tile_level0_px": round(side0, 3), "read_mpp": plan.read_mpp,
                   "reading": plan.note, "tiles_seen": seen, "counts": counts, "per_class": per_class,
-                  "other_classes": other, "notes": notes}
+                  "other_classes": other, "regions_outside_slide": outside, "notes": notes}
         write_json_atomic(record_path, record)
         return {**record, "skipped": False}
     finally:
@@ -820,6 +827,7 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
                "sha256": r["inputs"]["slide_sha256"], "annotations": r["inputs"]["annotations"],
                "slide_mpp": r["slide_mpp"], "mpp_source": r["mpp_source"], "level": r["level"],
                "tile_level0_px": r["tile_level0_px"], "tiles_seen": r["tiles_seen"], **r["counts"],
+               "regions_outside_slide": r["regions_outside_slide"],
                "per_class": r["per_class"], "skipped": r["skipped"]} for r in records]
     report = {"slides": slides, "classes": {c: {**per_class_split[c], "kept": sum(per_class_split[c].values())}
                                             for c in labels},
