@@ -207,8 +207,12 @@ def batch_context(out: Path, meta: dict) -> dict:
         "tile_bars": tile_bars, "tile_rows": tile_rows, "most_tiles": most or 1,
         "failures": [[str(r.get("input", "")), str(r.get("error", ""))] for r in failed],
         "settings": [(k, v if isinstance(v, (int, float, str)) else str(v)) for k, v in settings.items()]
-                    + [(k, meta.get(k)) for k in ("runtime", "device", "threads", "batch_size", "reader_threads",
-                                                   "started_at", "seconds") if meta.get(k) is not None],
+                    + [(k, meta.get(k)) for k in ("runtime", "device", "cores", "threads", "threads_from", "batch_size",
+                                                   "reader_threads", "started_at", "seconds") if meta.get(k) is not None],
+        # the workers that wrote the folder (a batch run on several machines or processes), as recorded
+        "workers": [[w.get("host"), str(w.get("pid", "")), w.get("shard") or "", w.get("started_at"), w.get("finished_at") or "",
+                     len(w["slides_done"]) if isinstance(w.get("slides_done"), list) else w.get("slides_done"),
+                     w.get("seconds")] for w in meta.get("workers") or [] if isinstance(w, dict)],
         "bundle": [("bundle", meta.get("bundle")), ("manifest SHA-256", meta.get("bundle_sha256")),
                    ("signature", meta.get("signature")), ("signed by", meta.get("signed_by")),
                    ("model", model.get("path")), ("backend", model.get("backend")),
