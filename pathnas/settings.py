@@ -30,6 +30,10 @@ OFFLINE_PROPOSER = "prior-bo"
 ProposerName = Literal[tuple(PROPOSERS)]  # type: ignore[valid-type]
 PROPOSER_HELP = "; ".join(f"{name}: {text}" for name, text in PROPOSERS.items())
 
+# The kinds of LLM server the client knows (pathnas.search.llm asks each for structured output in its own form
+# and reads its context length); "auto" detects the kind from what the server answers.
+LLM_SERVERS = ("openai", "vllm", "llamacpp", "ollama")
+
 # Export formats and precisions come from the runtime registry (pathnas.deploy.runtimes): FORMATS, PRECISIONS.
 
 
@@ -169,6 +173,11 @@ class SearchSettings(BaseModel):
     proposer: ProposerName = Field("auto", description=PROPOSER_HELP)
     llm_model: str = "gpt-4o"
     llm_base_url: str | None = Field(None, description="OpenAI-compatible server (overrides OPENAI_BASE_URL)")
+    llm_server: Literal[("auto",) + LLM_SERVERS] = Field(  # type: ignore[valid-type]
+        "auto", description="the server's kind, which sets how structured output is asked and where the context "
+                            "length is read: auto (detected from the server's answers), " + ", ".join(LLM_SERVERS))
+    llm_context: int | None = Field(None, ge=512, description="the model's context in tokens where the server does "
+                                                              "not say (a longer prompt drops old history rows)")
     temperature: float = Field(0.0, ge=0, le=2)
     prompt: Literal["expert", "generic", "none"] = Field("expert", description="system prompt: expert, generic or none")
     llm_timeout_s: float = Field(60.0, gt=0, description="seconds per LLM request")

@@ -20,8 +20,8 @@ HANG_TIMEOUT_S = 3.0
 def server_factory():
     servers = []
 
-    def make(script):
-        servers.append(ScriptedServer(script))
+    def make(script, **kind):  # kind: a server kind's routes and context (llm_server.ollama(), ...)
+        servers.append(ScriptedServer(script, **kind))
         return servers[-1]
 
     yield make

@@ -63,8 +63,10 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     server = server_factory([
         {"reply": proposal([3, 3, 3, 3])},                                            # good JSON
-        {"reply": "Here you go:\n```json\n" + proposal([5, 5, 5, 5]) + "\n```"},      # fenced JSON
-        {"reply": "I suggest larger kernels late. " + proposal([3, 5, 7, 7]) + " Good luck!"},  # prose around JSON
+        {"reply": "Here you go:\n```json\n" + proposal([5, 5, 5, 5]) + "\n```"},      # fenced JSON: the schema
+        {"reply": proposal([5, 5, 5, 5])},                                            # was ignored, so sent back
+        {"reply": "I suggest larger kernels late. " + proposal([3, 5, 7, 7]) + " Good luck!"},  # prose: likewise
+        {"reply": proposal([3, 5, 7, 7])},
         {"reply": proposal([3, 5, 7])},                                               # wrong length ...
         {"reply": proposal(["id", 5, 7, 3])},                                         # ... then fixed
         {"reply": proposal([3, 4, 7, 3])},                                            # a value outside the space ...
@@ -92,13 +94,16 @@ def test_llm_search_survives_every_kind_of_reply(world, server_factory, tmp_path
     assert "x86-cpu-ort" in first and "onnxruntime-cpu" in first and "latency on the device at most" in first
     assert "predicted from a latency table measured on the device" in first
     assert " ms |" in prompts[1] and "| 0 | 3333 |" in prompts[1]  # the history carries latency figures
-    assert "an architecture has 4 decisions, got 3" in prompts[4]
-    assert "position 1 (stage2.block1.kernel): '4' is not allowed" in prompts[6]
-    assert "3333 was already evaluated" in prompts[8]
+    assert "does not follow the requested JSON schema (the reply is not valid JSON" in prompts[2]
+    assert "does not follow the requested JSON schema" in prompts[4]
+    assert "an architecture has 4 decisions, got 3" in prompts[6]
+    assert "at configuration/1: 4 is not one of ['id', 3, 5, 7]" in prompts[8]  # the schema's enum
+    assert "3333 was already evaluated" in prompts[10]
     assert all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)
 
     transcript = (run / "transcript.jsonl").read_text()
     calls = [c for c in read_jsonl(run / "transcript.jsonl") if c["type"] == "llm_call"]
+    assert [c["schema_followed"] for c in calls].count(False) == 3 and summary["llm"]["schema_ignored"] == 3
     assert sum(1 for c in calls if c["error"]) == 2  # the 500 and the timeout, both retried
     # the hung request's place in the sequence: its retry got the next reply (3737), nothing got a reply twice
     assert [bool(c["error"]) for c in calls][-3:] == [False, True, False] and len(calls) == len(server.requests)
@@ -122,7 +127,7 @@ def test_an_llm_that_never_gives_a_valid_answer_stops_the_search_cleanly(world, 
     server = server_factory([{"reply": "I cannot help with that."}] * 3)
     summary = search(settings(world, tmp_path / "run", proposer="llm", llm_base_url=server.url, iterations=2))
     assert summary["status"] == "stopped" and "no valid new architecture in 3 attempts" in summary["reason"]
-    assert "holds no JSON object" in server.prompts()[1]
+    assert "does not follow the requested JSON schema (the reply is not valid JSON" in server.prompts()[1]
 
 
 def test_replay_needs_no_network(world, server_factory, tmp_path):

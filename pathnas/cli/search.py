@@ -15,7 +15,7 @@ SUPERNET = "Supernet spaces (shufflenet, unet, vit)"
 TABULAR = f"Tabular spaces ({', '.join(S.TABULAR_SPACES)})"
 LLM = "LLM proposers (llm, llm-rank)"
 _PANELS = {SUPERNET: S.SUPERNET_ONLY, TABULAR: S.TABULAR_ONLY,
-           LLM: ("llm_model", "llm_base_url", "temperature", "prompt", "llm_timeout_s", "llm_retries",
+           LLM: ("llm_model", "llm_base_url", "llm_server", "llm_context", "temperature", "prompt", "llm_timeout_s", "llm_retries",
                  "llm_backoff_s", "replay")}
 _KIND = {SUPERNET: "supernet spaces", TABULAR: "tabular spaces", LLM: "LLM proposers"}
 

@@ -32,7 +32,8 @@ def _chat_client(settings: SearchSettings, transcript: Transcript):
         return ReplayClient(settings.replay, transcript)
     return ChatClient(settings.llm_model, settings.llm_base_url, temperature=settings.temperature,
                       timeout_s=settings.llm_timeout_s, max_retries=settings.llm_retries,
-                      backoff_s=settings.llm_backoff_s, transcript=transcript)
+                      backoff_s=settings.llm_backoff_s, transcript=transcript, server=settings.llm_server,
+                      context_tokens=settings.llm_context)
 
 
 # Each proposer by its name; the LLM ones fall back to prior-bo for an iteration they cannot fill.

@@ -27,7 +27,7 @@ from .factory import choose_proposer, make_proposer
 from .latency import LatencyFactory, LatencyModel, source_note
 from .llm import LLMUnavailable, Transcript, safe_url
 from .plot import plot_pareto
-from .proposers import NoProposal, SearchContext
+from .proposers import NoProposal, SearchContext, pareto_front
 from .runfile import (EVALUATIONS_FILE, FORMAT, HEADER, PARETO_FILE, SUMMARY_FILE, TRANSCRIPT_FILE, open_evaluations,
                       refuse_existing, repair_torn_tail)
 
@@ -73,20 +73,6 @@ class Budgets:
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "mflops": self.mflops}
-
-
-def pareto_front(records: list[dict]) -> list[dict]:
-    """Evaluations not beaten on both accuracy (higher) and latency (lower) by another."""
-    front = []
-    for r in records:
-        dominated = any(
-            o["metric"] >= r["metric"] and o["latency_ms"] <= r["latency_ms"]
-            and (o["metric"] > r["metric"] or o["latency_ms"] < r["latency_ms"])
-            for o in records
-        )
-        if not dominated:
-            front.append(r)
-    return sorted(front, key=lambda r: r["latency_ms"])
 
 
 def best_of(history: list[dict]) -> dict | None:
@@ -296,6 +282,8 @@ def summarize(history, settings, target, predictor, budgets, choice, status, rea
                 "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in calls),
                 "completion_tokens": sum(r.get("completion_tokens") or 0 for r in calls),
                 "cost_usd_estimate": round(sum(costs), 6) if costs else None,
+                "schema_ignored": sum(1 for r in calls if r.get("schema_followed") is False),
+                "prompts_shortened": len(transcript.entries("prompt_shortened")),
                 "rejected_proposals": len(transcript.entries("rejected")),
                 "fallback_iterations": len(transcript.entries("fallback"))},
     }

@@ -75,6 +75,29 @@ def strict_loads(text: str, what: str = "the text", max_chars: int = MAX_REPLY_C
         raise JSONProblem(f"{what} nests JSON too deeply to be read (more than Python's recursion limit)") from None
 
 
+def schema_problem(text: str, schema: dict) -> str | None:
+    """Why a reply does not follow the JSON schema the server was asked to enforce, or None when it does.
+
+    A server that enforces the schema sends the JSON document alone; prose or a fenced block around it,
+    a missing field or a value outside the schema's enums means the server answered 200 without
+    enforcing it (several do), so the reply counts as unusable."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    try:
+        _check_size(text, "the reply")
+        value = strict_loads(text.strip(), "the reply")
+    except JSONProblem as err:
+        return str(err)
+    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(map(str, error.absolute_path))
+    message = " ".join(error.message.split())
+    message = message if len(message) <= 200 else f"{message[:200]}..."
+    return f"at {where}: {message}" if where else message
+
+
 def json_objects(text: str) -> tuple[list[tuple[int, dict]], str | None]:
     """Every JSON object in the text (position, value), outermost only, and the first decoding error."""
     try:

@@ -28,7 +28,7 @@ from pathnas.errors import ConfigError
 from pathnas.spaces import Architecture, SearchSpace
 
 from . import figures
-from .llm import untrusted
+from .llm import ReplySchema, untrusted
 from .parse import ProposalError, ncode, parse_choice, parse_proposal
 
 log = logging.getLogger("pathnas.search")
@@ -175,6 +175,20 @@ def latency_cell(record: dict, is_estimate: bool) -> str:
     return text
 
 
+def pareto_front(records: list[dict]) -> list[dict]:
+    """Evaluations not beaten on both accuracy (higher) and latency (lower) by another."""
+    front = []
+    for r in records:
+        dominated = any(
+            o["metric"] >= r["metric"] and o["latency_ms"] <= r["latency_ms"]
+            and (o["metric"] > r["metric"] or o["latency_ms"] < r["latency_ms"])
+            for o in records
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r["latency_ms"])
+
+
 def history_rows(ctx: SearchContext) -> list[dict]:
     """Evaluations and rejected proposals in the order they happened."""
     rows = [dict(r, _order=(r["iteration"], 1, 0)) for r in ctx.history]
@@ -182,13 +196,28 @@ def history_rows(ctx: SearchContext) -> list[dict]:
     return sorted(rows, key=lambda r: r["_order"])
 
 
-def history_table(ctx: SearchContext) -> str:
+def drop_order(ctx: SearchContext, rows: list[dict]) -> list[dict]:
+    """The rule that shortens a prompt's history to fit a context: rows off the Pareto front (accuracy vs
+    latency; rejected proposals are never on it) go first, oldest first; then the front's, oldest first."""
+    front = {r["arch"] for r in pareto_front([r for r in ctx.history if r.get("latency_ms") is not None])}
+    on_front = [r for r in rows if "metric" in r and r["arch"] in front]
+    return [r for r in rows if r not in on_front] + on_front
+
+
+def omitted_note(omitted: int, rows: list[dict]) -> str:
+    if not omitted:
+        return ""
+    return (f"\n({omitted} older row(s) left out to fit the model's context window: rows off the Pareto front of "
+            f"accuracy vs latency go first, oldest first; {len(rows)} shown.)")
+
+
+def history_table(ctx: SearchContext, rows: list[dict] | None = None, omitted: int = 0) -> str:
     if not ctx.history and not ctx.rejected:
         return "None yet: this is the first proposal."
     is_estimate = bool(ctx.prompt_facts.get("is_estimate"))
-    rows = [f"| # | code | configuration | {ctx.metric_name} | MFLOPs | params (M) | latency | verdict |",
-            "|---|---|---|---|---|---|---|---|"]
-    for r in history_rows(ctx):
+    lines = [f"| # | code | configuration | {ctx.metric_name} | MFLOPs | params (M) | latency | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in history_rows(ctx) if rows is None else rows:
         evaluated = "metric" in r
         cells = [
             str(r["iteration"]) if evaluated else f"{r['iteration']} (not evaluated)", r["arch"], r["arch_explicit"],
@@ -197,8 +226,8 @@ def history_table(ctx: SearchContext) -> str:
             figures.mparams(r["params"]) if r.get("params") is not None else "-",
             latency_cell(r, is_estimate) if r.get("latency_ms") is not None else "-", r["verdict"],
         ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + omitted_note(omitted, rows or [])
 
 
 def decisions_list(space: SearchSpace) -> str:
@@ -208,6 +237,25 @@ def decisions_list(space: SearchSpace) -> str:
 
 def _show(value) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def proposal_schema(space: SearchSpace, has_inactive: bool) -> ReplySchema:
+    """The JSON schema of a proposal (what the prompt's answer format asks), for servers that enforce one."""
+    values = list(dict.fromkeys(v for d in space.decisions for v in d.values))
+    if has_inactive:
+        values += ["-", None]
+    return ReplySchema("architecture_proposal", {
+        "type": "object", "additionalProperties": False, "required": ["reasoning", "configuration"],
+        "properties": {"reasoning": {"type": "string"},
+                       "configuration": {"type": "array", "items": {"enum": values}}}})
+
+
+def choice_schema(space: SearchSpace, pool: list[Architecture]) -> ReplySchema:
+    """The JSON schema of a pick among the candidates: an NCode shown, or its number in the list."""
+    return ReplySchema("candidate_choice", {
+        "type": "object", "additionalProperties": False, "required": ["choice"],
+        "properties": {"choice": {"anyOf": [{"type": "string", "enum": [ncode(a, space) for a in pool]},
+                                            {"type": "integer", "enum": list(range(1, len(pool) + 1))}]}}})
 
 
 class _LLMBase:
@@ -232,6 +280,47 @@ class _LLMBase:
         for note in notes:
             log.info("iteration %d: %s", iteration, note)
             self._note({"type": "reply_note", "iteration": iteration, "purpose": purpose, "note": note})
+
+    def _fit(self, ctx: SearchContext, build: Callable[[list[dict], int], list[dict]], purpose: str,
+             iteration: int) -> list[dict]:
+        """The messages ``build(rows, omitted)`` makes with as much of the history as the server's context holds
+        (an estimate, from characters): rows leave by ``drop_order``, and the log and the transcript say so."""
+        rows = history_rows(ctx)
+        messages = build(rows, 0)
+        limit = self.client.prompt_limit() if hasattr(self.client, "prompt_limit") else None
+        before = self.client.estimate_tokens(messages) if limit is not None else 0
+        if limit is None or before <= limit:
+            return messages
+        dropped: list[dict] = []
+        after = before
+        for row in drop_order(ctx, rows):
+            dropped.append(row)
+            kept = [r for r in rows if not any(r is d for d in dropped)]
+            messages = build(kept, len(dropped))
+            after = self.client.estimate_tokens(messages)
+            if after <= limit:
+                break
+        else:
+            raise NoProposal(f"the prompt does not fit the model's context of {self.client.server.context_tokens:,} "
+                             f"tokens even without its history (about {after:,} tokens, estimated): give a larger "
+                             f"--llm-context or serve the model with a larger context")
+        front = {r["arch"] for r in pareto_front([r for r in ctx.history if r.get("latency_ms") is not None])}
+        message = (f"the prompt (about {before:,} tokens, estimated) would not fit the model's context ({limit:,} "
+                   f"tokens for the prompt): left out {len(dropped)} of {len(rows)} history row(s), oldest off the "
+                   f"Pareto front first; now about {after:,} tokens")
+        log.warning("iteration %d: %s", iteration, message)
+        self._note({"type": "prompt_shortened", "iteration": iteration, "purpose": purpose, "note": message,
+                    "estimated_tokens_before": before, "estimated_tokens_after": after, "prompt_token_limit": limit,
+                    "dropped": [r["arch"] for r in dropped],
+                    "dropped_from_pareto_front": [r["arch"] for r in dropped if "metric" in r and r["arch"] in front]})
+        return messages
+
+    def _usable(self, reply) -> None:
+        """A reply the server sent without following the schema asked for is unusable (the transcript says so)."""
+        problem = getattr(reply, "schema_problem", None)
+        if problem:
+            raise ProposalError(f"the server answered, but the reply does not follow the requested JSON schema "
+                                f"({problem}); reply with the JSON object alone")
 
     def _fall_back(self, ctx: SearchContext, iteration: int, reason: str) -> Architecture:
         arch = self.fallback.propose(ctx)
@@ -260,12 +349,13 @@ class LLMProposer(_LLMBase):
             return []
         return [{"role": "system", "content": template(f"system_{self.prompt}.md").template.strip()}]
 
-    def user_prompt(self, ctx: SearchContext) -> str:
+    def user_prompt(self, ctx: SearchContext, rows: list[dict] | None = None, omitted: int = 0) -> str:
         f = ctx.prompt_facts
         return template("propose.md").substitute(
             task=f["task"], metric_name=ctx.metric_name, dataset=f["dataset"], space=ctx.space.name,
             space_notes=f["space_notes"], decisions=decisions_list(ctx.space), device=f["device"],
-            latency_source_note=f["latency_source_note"], budgets=f["budgets"], history=history_table(ctx),
+            latency_source_note=f["latency_source_note"], budgets=f["budgets"],
+            history=history_table(ctx, rows, omitted),
             last_position=len(ctx.space) - 1, num_decisions=len(ctx.space),
             inactive_note=', "-" for a decision that does not apply' if f.get("has_inactive") else "",
         )
@@ -297,13 +387,16 @@ class LLMProposer(_LLMBase):
 
     def propose(self, ctx: SearchContext) -> Architecture:
         self.last_source = self.name
-        messages = self.system_messages() + [{"role": "user", "content": self.user_prompt(ctx)}]
         iteration = len(ctx.history)
+        messages = self._fit(ctx, lambda rows, omitted: self.system_messages() + [
+            {"role": "user", "content": self.user_prompt(ctx, rows, omitted)}], "propose", iteration)
+        schema = proposal_schema(ctx.space, bool(ctx.prompt_facts.get("has_inactive")))
         well_formed, last = False, "no reply"
         for attempt in range(self.max_attempts):
-            reply = self.client.chat(messages, purpose="propose", iteration=iteration)
+            reply = self.client.chat(messages, purpose="propose", iteration=iteration, schema=schema)
             notes: list[str] = []
             try:
+                self._usable(reply)
                 arch = parse_proposal(reply.text, ctx.space, notes)
                 self._reply_notes(notes, iteration, "propose")
                 well_formed = True
@@ -361,16 +454,18 @@ class LLMRankProposer(_LLMBase):
             raise NoProposal("no new candidate meets the budgets")
         return list(pool.values())
 
-    def prompt(self, ctx: SearchContext, pool: list[Architecture]) -> str:
+    def prompt(self, ctx: SearchContext, pool: list[Architecture], rows: list[dict] | None = None,
+               omitted: int = 0) -> str:
         f, space = ctx.prompt_facts, ctx.space
         is_estimate = bool(f.get("is_estimate"))
+        rows = history_rows(ctx) if rows is None else rows
         history = "\n".join(
             f"NCode: {ncode(space.decode(r['arch']), space)}, " +
             (f"{ctx.metric_name}: {r['metric']:.2f}, " if "metric" in r else "not evaluated, ") +
             (f"latency: {latency_cell(r, is_estimate)}, " if r.get("latency_ms") is not None else "") +
             (f"MFLOPs: {figures.mflops(r['flops'])}, " if r.get("flops") is not None else "") +
             f"verdict: {r['verdict']}"
-            for r in history_rows(ctx)) or "None yet."
+            for r in rows) + omitted_note(omitted, rows) or "None yet."
         assess = ctx.assess or (lambda a: {})
         lines = []
         for i, arch in enumerate(pool):
@@ -393,13 +488,17 @@ class LLMRankProposer(_LLMBase):
     def propose(self, ctx: SearchContext) -> Architecture:
         self.last_source = self.name
         pool = self.candidates(ctx)
-        messages = [{"role": "user", "content": self.prompt(ctx, pool)}]
         iteration = len(ctx.history)
+        messages = self._fit(ctx, lambda rows, omitted: [{"role": "user", "content": self.prompt(ctx, pool, rows,
+                                                                                                   omitted)}],
+                             "rank", iteration)
+        schema = choice_schema(ctx.space, pool)
         last = "no reply"
         for attempt in range(self.max_attempts):
-            reply = self.client.chat(messages, purpose="rank", iteration=iteration)
+            reply = self.client.chat(messages, purpose="rank", iteration=iteration, schema=schema)
             notes: list[str] = []
             try:
+                self._usable(reply)
                 arch = parse_choice(reply.text, ctx.space, pool, notes)
                 self._reply_notes(notes, iteration, "rank")
                 return arch
