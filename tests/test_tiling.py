@@ -445,3 +445,27 @@ def test_annotations_move_by_openslides_bounds_as_qupath_places_them(tmp_path):
     assert origin == (1200.0, 300.0) and slide_origin(SimpleNamespace()) == (0.0, 0.0)
     moved = read_annotations(path).shifted(*origin).regions[0].geometry
     assert moved.bounds == (1200, 300, 1210, 310)
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_tiles_go_straight_into_a_pack_with_the_same_pixels_and_splits(slides, tmp_path, task):
+    from pathnas.data import build_loaders
+    from pathnas.data.shards import open_pack
+
+    root, _ = slides
+    run(root, tmp_path / "png", task=task)
+    run(root, tmp_path / "pack", task=task, image_format="pack")
+    pack = open_pack(tmp_path / "pack")
+    folder = json.loads((tmp_path / "png" / "splits.json").read_text())
+    assert pack.splits["train"] == [Path(rel).with_suffix("").as_posix() for rel in folder["train"]]
+    images = pack.array("images.npy")
+    for i in (0, len(pack.index["files"]) - 1):
+        png = tmp_path / "png" / (pack.index["files"][i] + ".png")
+        assert np.array_equal(images[i], np.asarray(Image.open(png)).transpose(2, 0, 1))
+        if task == "segment":
+            mask = tmp_path / "png" / "masks" / (Path(pack.index["files"][i]).name + ".png")
+            assert np.array_equal(pack.array("masks.npy")[i], np.asarray(Image.open(mask)))
+        else:
+            assert pack.classes[int(pack.array("labels.npy")[i])] == Path(pack.index["files"][i]).parent.name
+    assert not list((tmp_path / "pack").glob("*/*.png"))  # no image files
+    assert build_loaders(tmp_path / "pack", SIZE, 4).task == task

@@ -38,8 +38,8 @@ def tiles(
                                            "state no resolution; repeatable"),
     refuse_invalid: bool = typer.Option(False, "--refuse-invalid", help="refuse self-intersecting polygons (default: "
                                         "repair them, saying which)"),
-    image_format: str = typer.Option("png", help="png, or tiff: uncompressed, several times faster to write, "
-                                     "half again the size"),
+    image_format: str = typer.Option("png", help="png; tiff (uncompressed: several times faster to write, half "
+                                     "again the size); or pack: no image files, OUT is a pack of the tiles"),
     seed: int = typer.Option(0, help="seed of the splits"),
     workers: int = typer.Option(1, min=1, help="slides tiled at once, one process each"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -54,6 +54,8 @@ def tiles(
                             min_tissue=min_tissue, classes=wanted, priority=_names(priority),
                             background_class=background_class, repair=not refuse_invalid, image_format=image_format)
     settings.check()
+    if pack_dir is not None and image_format == "pack":
+        raise ConfigError("--pack DIR packs the image files; with --image-format pack, --out is the pack already")
     jobs = pair_inputs(slides, annotations, pairs, read_mpp_overrides(mpp_override))
     checked = check_inputs(jobs, settings)  # bad input is refused before the progress bar and before any file
     on_interrupt(f"the slides finished are kept in {out}; run the same command again to continue")

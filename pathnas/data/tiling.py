@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -50,10 +51,12 @@ from ..io import read_json, sha256_file, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
 from .annotations import ANNOTATION_EXTENSIONS, Annotations, Region, read_annotations
 from .datasets import MARKER_FILE, SPLITS, SPLITS_FILE, DataError
+from .shards import IMAGES_FILE, LABELS_FILE, MASKS_FILE, PACK_FORMAT, PACK_INDEX
 
 RULES = ("centroid", "majority", "exclude-mixed")
 TASKS = ("classify", "segment")
-IMAGE_FORMATS = {"png": ".png", "tiff": ".tif"}  # -> the tiles' suffix
+# -> the tiles' suffix; "pack": no image files, the tiles' pixels straight into a pack's arrays (names only)
+IMAGE_FORMATS = {"png": ".png", "tiff": ".tif", "pack": ""}
 SLIDE_FILES = SLIDE_EXTENSIONS | {".tif", ".tiff"}
 STATE_DIR = ".tiles"  # done records, tile lists and staging folders of the slides
 HEADER_FILE = "header.json"
@@ -82,7 +85,7 @@ class TileSettings:
     priority: tuple[str, ...] = ()  # () : the order of classes
     background_class: str | None = None
     repair: bool = True  # self-intersecting polygons: repaired (annotations.REPAIR_RULE) or refused
-    image_format: str = "png"  # or "tiff" (uncompressed: fast to write, larger)
+    image_format: str = "png"  # "tiff" (uncompressed: fast to write, larger), or "pack" (no files: a pack)
 
     def check(self) -> None:
         if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and 0.01 <= self.mpp <= 50):
@@ -479,6 +482,8 @@ def _remove_listed(out: Path, listing: Path) -> None:
             if rel.startswith("images/"):
                 (out / "masks" / rel[len("images/"):]).unlink(missing_ok=True)
         listing.unlink()
+    for raw in ("tiles", "masks"):  # a pack's rows (image_format "pack")
+        (listing.parent / f"{listing.stem}.{raw}.raw").unlink(missing_ok=True)
 
 
 def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callable[[int], None] | None = None) -> dict:
@@ -518,8 +523,12 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
         per_class = dict.fromkeys(labels, 0)
         reader = source.reader(plan.level)
         side0, n, seen = plan.tile * downsample, settings.size, 0
-        suffix = IMAGE_FORMATS[settings.image_format]
-        with open(staging / "tiles.tsv", "w") as tiles:
+        suffix, packed = IMAGE_FORMATS[settings.image_format], settings.image_format == "pack"
+        with ExitStack() as files:
+            tiles = files.enter_context(open(staging / "tiles.tsv", "w"))
+            if packed:  # rows of the pack's arrays, this slide's; assembled in split order at the end
+                pixels = files.enter_context(open(staging / "tiles.raw", "wb"))
+                masks = files.enter_context(open(staging / "masks.raw", "wb"))
             made: set[Path] = set()
             for y, x, label, mask, why in labelled_grid(reader, plan.tile, downsample, labeller, settings, background):
                 seen += 1
@@ -545,6 +554,13 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
                     name = names[label]
                     rel, folders = f"{name}/{stem}{suffix}", (name,)
                     per_class[name] += 1
+                if packed:
+                    pixels.write(np.ascontiguousarray(region.transpose(2, 0, 1)).tobytes())
+                    if mask is not None:
+                        masks.write(np.ascontiguousarray(mask, np.uint8).tobytes())
+                    tiles.write(f"{rel}\t{name}\n")
+                    counts["kept"] += 1
+                    continue
                 for folder in set(folders) - made:
                     (staging / folder).mkdir()
                     made.add(folder)
@@ -559,12 +575,15 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
         for folder in made:
             (out / folder).mkdir(exist_ok=True)
         with open(staging / "tiles.tsv") as tiles:
-            for line in tiles:
+            for line in tiles if not packed else ():
                 rel = line.split("\t", 1)[0]
                 os.replace(staging / rel, out / rel)
                 if settings.task == "segment":
                     mask_rel = "masks/" + rel[len("images/"):]
                     os.replace(staging / mask_rel, out / mask_rel)
+        if packed:
+            for raw in ("tiles", "masks"):
+                os.replace(staging / f"{raw}.raw", state / f"{job.name}.{raw}.raw")
         os.replace(staging / "tiles.tsv", listing)
         shutil.rmtree(staging, ignore_errors=True)
         record = {"slide": str(job.slide), "name": job.name, "patient": job.patient, "inputs": inputs,
@@ -717,7 +736,7 @@ def make_tiles(jobs: list[SlideJob], out: Path, settings: TileSettings, seed: in
         sweep_temporaries(out)
         state.mkdir(exist_ok=True)
         write_json_atomic(state / HEADER_FILE, header)
-        for name in (MARKER_FILE, SPLITS_FILE):  # rewritten at the end: until then the folder is not a data set
+        for name in (MARKER_FILE, SPLITS_FILE, PACK_INDEX):  # rewritten at the end: till then it is no data set
             (out / name).unlink(missing_ok=True)
         names = {job.name for job in jobs}
         for old in sorted(state.glob("*.json")):  # slides no longer given: their tiles go
@@ -834,6 +853,8 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
               "left_out": {why: sum(r["counts"][why] for r in records) for why in REASONS},
               "notes": notes, "splits": {s: len(splits[s]) for s in SPLITS}}
     write_json_atomic(out / REPORT_FILE, report)
+    if settings.image_format == "pack":
+        _write_pack(out, settings, records, splits, classes_out)
     summary = {"generator": "pathnas-edge data tiles", "task": settings.task, "classes": classes_out,
                "mpp": settings.mpp, "image_size": settings.size, "overlap": settings.overlap,
                "label_rule": settings.rule, "min_cover": settings.min_cover, "min_tissue": settings.min_tissue,
@@ -845,6 +866,47 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
         summary["class_values"] = {c: i for i, c in enumerate(labels)}
     write_json_atomic(out / MARKER_FILE, summary)  # last: the folder is a finished data set from now on
     return report
+
+
+def _write_pack(out: Path, settings: TileSettings, records: list[dict], splits: dict, classes: list[str]) -> None:
+    """OUT as a pack (pathnas.data.shards' format): every slide's rows copied into the arrays in split order, then
+    pack.json (its commit point). Rows of a slide are in its listing's order."""
+    import numpy as np
+
+    size = settings.size
+    where: dict[str, tuple[str, int, str]] = {}
+    for r in records:
+        with open(out / STATE_DIR / f"{r['name']}.tiles") as listing:
+            for row, line in enumerate(listing):
+                rel, name = line.rstrip("\n").split("\t")
+                where[rel] = (r["name"], row, name)
+    files = [rel for split in SPLITS for rel in splits[split]]
+    n = len(files)
+    segment = settings.task == "segment"
+    images = np.lib.format.open_memmap(out / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+    target = (np.lib.format.open_memmap(out / MASKS_FILE, mode="w+", dtype=np.uint8, shape=(n, size, size)) if segment
+              else np.lib.format.open_memmap(out / LABELS_FILE, mode="w+", dtype=np.int64, shape=(n,)))
+    sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for i, rel in enumerate(files):
+        slide, row, name = where[rel]
+        if slide not in sources:
+            sources.clear()  # one slide's maps open at a time: files are in split order, slide by slide
+            base = out / STATE_DIR / slide
+            sources[slide] = (np.memmap(f"{base}.tiles.raw", np.uint8, "r").reshape(-1, 3, size, size),
+                              np.memmap(f"{base}.masks.raw", np.uint8, "r").reshape(-1, size, size) if segment
+                              else np.zeros((0,), np.uint8))
+        pixels, masks = sources[slide]
+        images[i] = pixels[row]
+        target[i] = masks[row] if segment else classes.index(name)
+    images.flush()
+    target.flush()
+    del images, target
+    arrays = [IMAGES_FILE, MASKS_FILE if segment else LABELS_FILE]
+    write_json_atomic(out / PACK_INDEX, {
+        "format": PACK_FORMAT, "task": settings.task, "classes": classes, "size": size, "files": files,
+        "source": str(out), "splits": {**{s: splits[s] for s in SPLITS}, "skipped": [], "seed": splits["seed"],
+                                       "task": settings.task},
+        "source_sha256": [None] * n, "sha256": {a: sha256_file(out / a) for a in arrays}})
 
 
 __all__ = ["RULES", "TASKS", "Labeller", "OtherSettingsError", "SlideJob", "TileSettings", "check_inputs", "decide", "make_tiles", "pair_inputs",
