@@ -26,8 +26,8 @@ from .infer import MAX_WHOLE_SIDE_PX, RUN_METADATA
 
 TEMPLATE = "slide_report.html.j2"
 RESULTS_CSV = "results.csv"
-# Beyond this many inputs, the pictures of the first ones only (the figures of all): the file stays
-# a few MB (thumbnails are 10-20 KB each).
+# Beyond this many inputs, the cards (pictures) and chart bars of the first ones only, the tables of all:
+# the file stays a few MB (thumbnails are 10-20 KB each) however many images a batch held.
 MAX_PICTURES = 300
 # A row's pictures and the folder under OUT each is written to: the thumbnail with the tissue in its class's
 # colour (the batch writes it when it counts the slide's areas), the heatmap of the most likely class, the mask.
@@ -158,8 +158,8 @@ def batch_context(out: Path, meta: dict) -> dict:
     ok = [r for r in rows if r.get("status") in DONE_STATUSES]
     failed = [r for r in rows if r.get("status") not in DONE_STATUSES]
     cards = []
-    for i, row in enumerate(ok):
-        pictures, problems = _pictures(row, out, classes) if i < MAX_PICTURES else ([], [])
+    for row in ok[:MAX_PICTURES]:
+        pictures, problems = _pictures(row, out, classes)
         figures = [("prediction", row.get("prediction") or ""),
                    *((f"P({c})", _float(row.get(f"prob_{c}"))) for c in classes if row.get(f"prob_{c}") not in (None, "")),
                    ("foreground", html.percent(_float(row.get("foreground_pct")))),
@@ -202,9 +202,9 @@ def batch_context(out: Path, meta: dict) -> dict:
                      f"{', '.join(classes) or '?'}"] + ([meta["note"]] if meta.get("note") else []),
         "source": str(out), "classes": classes, "legend": [(c, colour(i)) for i, c in enumerate(classes)],
         "cards": cards, "more_than_shown": max(0, len(ok) - MAX_PICTURES), "max_pictures": MAX_PICTURES,
-        "probability_bars": probability_bars, "probability_rows": probability_rows,
-        "area_bars": area_bars, "area_rows": area_rows,
-        "tile_bars": tile_bars, "tile_rows": tile_rows, "most_tiles": most or 1,
+        "probability_bars": probability_bars[:MAX_PICTURES], "probability_rows": probability_rows,
+        "area_bars": area_bars[:MAX_PICTURES], "area_rows": area_rows,
+        "tile_bars": tile_bars[:MAX_PICTURES], "tile_rows": tile_rows, "most_tiles": most or 1,
         "failures": [[str(r.get("input", "")), str(r.get("error", ""))] for r in failed],
         "settings": [(k, v if isinstance(v, (int, float, str)) else str(v)) for k, v in settings.items()]
                     + [(k, meta.get(k)) for k in ("runtime", "device", "cores", "threads", "threads_from", "batch_size",

@@ -150,7 +150,7 @@ def hostile_bundle(bundle, tmp_path_factory):
 
 
 @needs_browser
-def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(hostile_bundle, tmp_path):
+def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(hostile_bundle, tmp_path, monkeypatch):
     slides = tmp_path / "slides"
     slides.mkdir()
     for i in range(2):
@@ -173,6 +173,14 @@ def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(ho
     moved = Path(shutil.move(out, tmp_path / "moved"))
     assert run_infer_here("report", moved)[0] == 0
     assert sum(image["loaded"] for image in in_browser(moved / "report.html", set()).facts["images"]) == 4
+    # a large batch: the cards and chart bars of the first inputs only, the tables of all (the file stays small)
+    from pathnas.deploy import slide_report
+
+    monkeypatch.setattr(slide_report, "MAX_PICTURES", 1)
+    assert run_infer_here("report", moved)[0] == 0
+    capped = (moved / "report.html").read_text()
+    assert capped.count('<article class="slide"') == 1 and "the figures of all 2" in capped
+    assert 'data-slide="s1.tif"' not in capped and "s1.tif</td>" in capped  # no card for s1; its figures are there
 
 
 def test_the_slide_report_command_names_a_folder_that_is_not_a_batch(tmp_path):
