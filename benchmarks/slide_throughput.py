@@ -1,6 +1,6 @@
 """Slide inference against the model's own speed: is reading the slide the limit, or the model?
 
-    python benchmarks/slide_throughput.py [--threads 2] [--batch-size 8] [--reader-threads 2]
+    python benchmarks/slide_throughput.py [--threads 1,2] [--batch-size 8] [--reader-threads N]
                                           [--models paper,small] [--side 6720] [--passes 5] [--big] [--json]
     python benchmarks/slide_throughput.py --batch-sweep 1,4,8,16 [--runtimes onnxruntime,openvino]
     python benchmarks/slide_throughput.py --read-costs [--side 3360]
@@ -202,9 +202,11 @@ def measure(model: Path, slide: Path, args, reader_threads: int, out: Path, pass
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="1,2", help="model threads; comma-separated: a row per count (the first "
+                                                    "count for --batch-sweep and --read-costs)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--reader-threads", type=int, default=2)
+    p.add_argument("--reader-threads", type=int, default=None,
+                   help="default: 1 beside a 1-thread model (a core each on 2 cores), 2 beside more")
     p.add_argument("--models", default="paper,small")
     p.add_argument("--side", type=int, default=SIZE * 30, help="slide side in px (default 30 x 30 tiles of 224)")
     p.add_argument("--pure-tiles", type=int, default=400)
@@ -219,6 +221,8 @@ def main() -> None:
     p.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    args.threads = thread_counts[0]
     if args.child:
         return child(args)
     if args.batch_sweep:
@@ -237,43 +241,47 @@ def main() -> None:
                   "4x": write_slide(tmp / "slide4.tif", side=2 * args.side, tile=256, tissue=1.0, compression="jpeg")}
         if args.big:
             slides["40k"] = write_slide(tmp / "big.tif", side=200 * SIZE, tile=256, tissue=1.0, compression="jpeg")
-        for name in names:
-            model = export_model(name, tmp)
-            ahead = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-ahead", args.passes)
+        models = {name: export_model(name, tmp) for name in names}
+        for threads, name in ((t, n) for t in thread_counts for n in names):
+            model, args.threads = models[name], threads
+            readers = args.reader_threads if args.reader_threads is not None else (1 if threads == 1 else 2)
+            ahead = measure(model, slides["1x"], args, readers, tmp / f"{name}-ahead", args.passes)
             turns = measure(model, slides["1x"], args, 0, tmp / f"{name}-turns", args.passes)
             # peak memory: one pass of each slide size, each in a process of its own
-            once = measure(model, slides["1x"], args, args.reader_threads, tmp / f"{name}-1x")
-            bigger = measure(model, slides["4x"], args, args.reader_threads, tmp / f"{name}-4x")
-            row = {"model": name, "pure_tps": ahead["pure_tps"], "slide_tps": ahead["slide_tps"],
+            once = measure(model, slides["1x"], args, readers, tmp / f"{name}-1x")
+            bigger = measure(model, slides["4x"], args, readers, tmp / f"{name}-4x")
+            row = {"model": name, "threads": threads, "reader_threads": readers,
+                   "pure_tps": ahead["pure_tps"], "slide_tps": ahead["slide_tps"],
                    "ratio": ahead["ratio"], "ratios": ahead["ratios"], "turns_tps": turns["slide_tps"],
                    "turns_ratio": turns["ratio"], "turns_ratios": turns["ratios"], "tiles": ahead["tiles"],
                    "peak_mb": once["peak_mb"], "peak_4x_mb": bigger["peak_mb"], "tiles_4x": bigger["tiles"]}
             if args.big:
-                big = measure(model, slides["40k"], args, args.reader_threads, tmp / f"{name}-40k")
+                big = measure(model, slides["40k"], args, readers, tmp / f"{name}-40k")
                 row.update(big_tiles=big["tiles"], big_s=big["seconds"], big_peak_mb=big["peak_mb"])
             rows.append(row)
-    settings = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size,
-                "reader_threads": args.reader_threads, "side": args.side}
+    settings = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": thread_counts, "batch_size": args.batch_size,
+                "side": args.side}
     if args.json:
         print(json.dumps({"settings": settings, "rows": rows}, indent=2))
         return
     print(f"# slide vs pure inference, {SIZE} px tiles, {settings['cpu']} ({settings['cores']} cores), "
-          f"{args.threads} threads,\n# batch {args.batch_size}, {args.reader_threads} reader threads; "
-          f"slide {args.side} px ({rows[0]['tiles'] if rows else 0} tiles)")
+          f"batch {args.batch_size};\n# slide {args.side} px ({rows[0]['tiles'] if rows else 0} tiles); threads: the "
+          f"model's, readers: the reader threads beside it")
     print(f"# tiles/s and ratios: medians of {args.passes} slide passes, each against the pure runs before and "
           f"after it\n# (range: the lowest and highest pass); in turns: --reader-threads 0")
-    print("| model | pure t/s | slide t/s | ratio (range) | in turns | ratio (range) | MB | MB 4x |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | threads | readers | pure t/s | slide t/s | ratio (range) | in turns | ratio (range) | MB | MB 4x |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         span = {k: f"{min(r[k]):.2f}-{max(r[k]):.2f}" for k in ("ratios", "turns_ratios")}
-        print(f"| {r['model']} | {r['pure_tps']:.0f} | {r['slide_tps']:.0f} | {r['ratio']:.2f} ({span['ratios']}) "
+        print(f"| {r['model']} | {r['threads']} | {r['reader_threads']} | {r['pure_tps']:.0f} | {r['slide_tps']:.0f} "
+              f"| {r['ratio']:.2f} ({span['ratios']}) "
               f"| {r['turns_tps']:.0f} | {r['turns_ratio']:.2f} ({span['turns_ratios']}) | {r['peak_mb']:.0f} "
               f"| {r['peak_4x_mb']:.0f} |")
     if args.big:
         print(f"\n# a slide of 40,000 tissue tiles of {SIZE} px (H2G-Net: ~{H2G_NET_CPU_S} s per slide on a CPU)")
-        print("| model | tiles | seconds | peak MB |\n|---|---:|---:|---:|")
+        print("| model | threads | tiles | seconds | peak MB |\n|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['model']} | {r['big_tiles']} | {r['big_s']:.0f} | {r['big_peak_mb']:.0f} |")
+            print(f"| {r['model']} | {r['threads']} | {r['big_tiles']} | {r['big_s']:.0f} | {r['big_peak_mb']:.0f} |")
 
 
 if __name__ == "__main__":

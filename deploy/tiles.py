@@ -60,6 +60,10 @@ def _read_chunk(reader, positions: list[tuple[int, int]], tile: int, min_tissue:
     return where, pixels, len(positions)
 
 
+def _stacked(pixels: list[np.ndarray], normalize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return normalize(np.stack(pixels)) if pixels else np.zeros((0, 3, 1, 1), np.float32)
+
+
 def read_batches(reader, tile: int, overlap: float, min_tissue: float, prepare: Callable[[np.ndarray], np.ndarray],
                  normalize: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int = 2,
                  paint: Callable | None = None) -> Iterator[Batch]:
@@ -67,7 +71,10 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, prepare: 
 
     ``prepare`` maps an HxWx3 uint8 tile to a 3xSxS array (uint8: resized, channels first), and
     ``normalize`` the Nx3xSxS stack of a batch to the model's float32 input; ``paint(y, x, tile)``
-    sees every tile read (the overview), from the reader threads.
+    sees every tile read (the overview), from the reader threads. With threads, the batch is
+    stacked and normalised in the pool too, one batch ahead: the thread running the model only
+    runs it (with the model on one thread, stacking and normalising there took about a tenth of
+    its time, benchmarks/slide_throughput.py --threads 1).
     """
     grid = tile_grid(reader.height, reader.width, tile, overlap, reader.block)
     chunk = max(batch_size, 16)  # enough work per hand-over that threads do not wait on each other
@@ -83,12 +90,12 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, prepare: 
         pixels.extend(p)
         seen += n
 
-    def full(final: bool) -> Iterator[Batch]:
+    def full(final: bool) -> Iterator[tuple[list, list, int]]:
+        """Whole batches of what was taken (all of it when ``final``): positions, tiles, tiles seen."""
         nonlocal where, pixels, seen
         while len(where) >= batch_size or (final and (where or seen)):
             n = min(batch_size, len(where))
-            batch = Batch(where[:n], normalize(np.stack(pixels[:n])) if n else np.zeros((0, 3, 1, 1), np.float32),
-                          seen)
+            batch = (where[:n], pixels[:n], seen)
             where, pixels, seen = where[n:], pixels[n:], 0
             yield batch
             if not where and not seen:
@@ -97,21 +104,32 @@ def read_batches(reader, tile: int, overlap: float, min_tissue: float, prepare: 
     if workers <= 0:
         for positions in chunks:
             take(_read_chunk(reader, positions, tile, min_tissue, prepare, paint))
-            yield from full(False)
-        yield from full(True)
+            for w, p, n in full(False):
+                yield Batch(w, _stacked(p, normalize), n)
+        for w, p, n in full(True):
+            yield Batch(w, _stacked(p, normalize), n)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="tile-reader") as pool:
-        pending: deque = deque()
+        pending: deque = deque()  # chunks being read, in grid order
+        ahead: deque = deque()  # batches being stacked and normalised, in grid order
+
+        def stack(final: bool) -> Iterator[Batch]:
+            for w, p, n in full(final):
+                ahead.append((w, n, pool.submit(_stacked, p, normalize)))
+            while len(ahead) > (0 if final else 1):  # one batch kept in the making while the model runs
+                w, n, pixels_future = ahead.popleft()
+                yield Batch(w, pixels_future.result(), n)
+
         try:
             for positions in chunks:
                 pending.append(pool.submit(_read_chunk, reader, positions, tile, min_tissue, prepare, paint))
                 while len(pending) >= 2 * workers:
                     take(pending.popleft().result())
-                    yield from full(False)
+                    yield from stack(False)
             while pending:
                 take(pending.popleft().result())
-                yield from full(False)
-            yield from full(True)
+                yield from stack(False)
+            yield from stack(True)
         finally:  # an error or an abandoned generator: drop what was queued, wait for what runs
-            for future in pending:
+            for future in [*pending, *(f for _, _, f in ahead)]:
                 future.cancel()

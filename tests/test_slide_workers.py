@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_helpers import bundle, read_csv, run_infer_here, write_slide  # noqa: F401 (a fixture)
+from bundle_helpers import bundle, read_csv, run_infer_capture, run_infer_here, write_slide  # noqa: F401
 from pathnas.deploy.claims import in_shard, shard_from_environment, shard_key
 from pathnas.errors import ConfigError
 
@@ -154,6 +154,13 @@ def test_shards_cover_the_folder_exactly_once(bundle, tmp_path, monkeypatch):
         assert f"shard {k}/3 (--shard): {len(done[-1])} of 12 input(s)" in err
     assert all(done) and sum(map(len, done)) == 12 and set.union(*done) == {f"s{i:02d}.tif" for i in range(12)}
     assert len(read_csv(out / "results.csv")) == 12  # the last shard's summary covers the whole folder
+    # the summary made again from the records alone, as `pathnas-infer summary OUT` does: the same
+    before = _snapshot(out)
+    (out / "results.csv").unlink()
+    (out / "run_metadata.json").unlink()
+    code, text, err = run_infer_capture("summary", out)
+    assert code == 0 and "12 input(s): 12 ok; results in" in text, err
+    assert _snapshot(out) == before
     # a SLURM array task or a Kubernetes Indexed Job's pod finds its shard itself; a re-submitted one redoes nothing
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
