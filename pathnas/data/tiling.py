@@ -747,7 +747,7 @@ def make_tiles(jobs: list[SlideJob], out: Path, settings: TileSettings, seed: in
         for line in notes:
             warn(line)
         records = _run(jobs, settings, out, workers, advance)
-        return _finish(out, jobs, settings, records, notes, seed, fractions, warn)
+        return _finish(out, settings, records, notes, seed, fractions, warn)
 
 
 def _run(jobs, settings, out, workers, advance) -> list[dict]:
@@ -789,8 +789,8 @@ def _run(jobs, settings, out, workers, advance) -> list[dict]:
     return records
 
 
-def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: list[dict], notes: list[str],
-            seed: int, fractions, warn) -> dict:
+def _finish(out: Path, settings: TileSettings, records: list[dict], notes: list[str], seed: int, fractions,
+            warn) -> dict:
     labels = settings.labels
     group_of = {r["name"]: (r["patient"] or r["name"]) for r in records}
     by_patient = any(r["patient"] for r in records)
@@ -803,8 +803,6 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
             if line not in notes:
                 notes.append(line)
                 warn(line)
-        if r["other_classes"]:
-            pass  # said once, from the annotation files, by resolve_classes
     kept_groups = {g: c for g, c in group_counts.items() if sum(c.values())}
     empty = sorted(set(group_counts) - set(kept_groups))
     if empty:
@@ -871,8 +869,6 @@ def _finish(out: Path, jobs: list[SlideJob], settings: TileSettings, records: li
 def _write_pack(out: Path, settings: TileSettings, records: list[dict], splits: dict, classes: list[str]) -> None:
     """OUT as a pack (pathnas.data.shards' format): every slide's rows copied into the arrays in split order, then
     pack.json (its commit point). Rows of a slide are in its listing's order."""
-    import numpy as np
-
     size = settings.size
     where: dict[str, tuple[str, int, str]] = {}
     for r in records:
