@@ -219,7 +219,7 @@ class SlideBatch:
         self.say, self.bar = say, bar
         self.started = time.time()  # a record written since then is this batch's (another worker's)
         self.rows: list[dict] = []
-        self.done_here: list[str] = []
+        self.done_here = 0  # inputs this worker finished (which ones: their records name the worker)
         self.skipped = 0
         self.small: list[tuple[Path, np.ndarray, str, str, Claim | None]] = []  # images awaiting a full batch
         self.on_finish = lambda: None  # after every input this worker finishes (its worker record)
@@ -525,7 +525,7 @@ class SlideBatch:
         if claim is not None:
             claim.release()
         self.rows.append(row)
-        self.done_here.append(name)
+        self.done_here += 1
         self.say(f"{path}: {_outcome(row)}")
         self.on_finish()
         self._settled()

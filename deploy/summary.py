@@ -1,7 +1,7 @@
 """One account of an output folder however many workers wrote it: results.csv and run_metadata.json. Torch-free.
 
 Each worker keeps its own record, ``workers/<host>-<pid>-<start>.json`` (what it ran: bundle,
-signer, runtime, threads, versions, settings; when; which slides it did), and each slide its
+signer, runtime, threads, versions, settings; when; how many slides it did), and each slide its
 per-slide record (``done/<slide>.json``, resume.py). Nothing a worker writes overwrites another
 worker's. The results file and ``run_metadata.json`` are merged from those records at the end of
 every worker's run (for the inputs it was given, every shard's: the workers of a batch are given

@@ -324,6 +324,14 @@ def test_segmentation_bundle_writes_masks(tmp_path):
     assert float(rows[image.name]["foreground_pct"]) == pytest.approx(100 * (mask > 0).mean(), abs=1e-3)
     assert rows["large.png"]["tiles"] == "9" and Path(rows["large.png"]["mask"]).exists()
     assert np.asarray(Image.open(rows["large.png"]["mask"])).shape == (80, 80)  # at full size: 80 px < --heatmap-size
+    # the slide-level answer of a segmentation: each mask class's area (unknown: a PNG states no µm/px) and share
+    from pathnas.deploy.images import tissue_mask
+
+    foreground = json.loads((tmp_path / "b" / "labels.json").read_text())[1]
+    tissue = int(tissue_mask(np.asarray(Image.open(large))).sum())
+    drawn = int((np.asarray(Image.open(rows["large.png"]["mask"])) == 1).sum())
+    assert rows["large.png"][f"area_mm2_{foreground}"] == rows["large.png"]["tissue_mm2"] == "unknown"
+    assert float(rows["large.png"][f"share_{foreground}"]) == pytest.approx(drawn / tissue if tissue else 0, abs=1e-5)
     # QuPath's GeoJSON: the mask's foreground class as polygons in level-0 pixels, exactly the mask's area
     from pathnas.deploy.geojson import signed_area
 
