@@ -12,7 +12,7 @@ heartbeat every ``heartbeat`` seconds, checked at every batch of tiles). A claim
 is gone is taken over, with a line saying so, by creating the next generation (again an
 exclusive create, so of two workers taking over only one succeeds):
 - on the same host when its PID is no longer running (or is a zombie);
-- on another host when its heartbeat is older than ``timeout`` (the hosts' clocks agree, NTP);
+- on any host when its heartbeat is older than ``timeout`` (a hung worker; the hosts' clocks agree, NTP);
 - an empty or garbled claim (its writer died between the create and the write) by its age.
 A holder that finds a later generation at its next heartbeat was judged gone (it was stalled
 longer than the timeout): it drops the slide (``Superseded``) and leaves it to the new holder.
@@ -188,10 +188,9 @@ class Claims:
         except ValueError:  # empty (its writer died between the create and the write) or garbled
             gone = f"an empty or unreadable claim {age:.0f} s old" if age > self.timeout else ""
             return Holder(path, generation, None, age, gone)
-        if record.get("host") == self.worker.host:
-            gone = "" if pid_running(record["pid"]) else f"its process (PID {record['pid']}) is no longer running"
-        else:
-            gone = f"no heartbeat for {age:.0f} s (over --claim-timeout {self.timeout:g} s)" if age > self.timeout else ""
+        gone = f"no heartbeat for {age:.0f} s (over --claim-timeout {self.timeout:g} s)" if age > self.timeout else ""
+        if record.get("host") == self.worker.host and not pid_running(record["pid"]):
+            gone = f"its process (PID {record['pid']}) is no longer running"
         return Holder(path, generation, record, age, gone)
 
     def claim(self, name: str) -> Claim | Holder:

@@ -761,8 +761,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, metavar="S",
                    help="seconds between renewals of this worker's claim on the slide it is doing")
     p.add_argument("--claim-timeout", type=float, default=CLAIM_TIMEOUT_S, metavar="S",
-                   help="a claim of another host not renewed for this long is taken over (same host: as soon as "
-                        "its process is gone)")
+                   help="a claim not renewed for this long is taken over (on the same host also as soon as its "
+                        "process is gone)")
     p.add_argument("--tile", choices=["auto", "always", "never"], default="auto",
                    help="auto: tile images larger than twice the tile size; always: every image at least one tile "
                         "large; never: resize every image whole")

@@ -191,7 +191,7 @@ def test_two_workers_started_at_once_on_one_slide(bundle, tmp_path):
 
 
 def test_claims_left_by_gone_workers_are_taken_over_and_another_batch_is_refused(bundle, tmp_path):
-    slides, out = _folder(tmp_path / "slides", 5), tmp_path / "out"
+    slides, out = _folder(tmp_path / "slides", 6), tmp_path / "out"
     claims = out / "claims"
     claims.mkdir(parents=True)
     (claims / "s00.0.claim").write_bytes(b"")  # its writer died between the create and the write
@@ -199,8 +199,10 @@ def test_claims_left_by_gone_workers_are_taken_over_and_another_batch_is_refused
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (claims / "s02.0.claim").write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout)}))
     (claims / "s03.0.claim").write_text(json.dumps({"host": "scanner-2", "pid": 4242}))  # another host, silent
+    hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # alive, but no heartbeat
+    (claims / "s05.0.claim").write_text(json.dumps({"host": socket.gethostname(), "pid": hung.pid}))
     hour_ago = time.time() - 3600
-    for name in ("s00", "s01", "s03"):
+    for name in ("s00", "s01", "s03", "s05"):
         os.utime(claims / f"{name}.0.claim", (hour_ago, hour_ago))
     # the hidden temporaries killed workers left: a claimed slide's, an unclaimed one's, an old summary's; and a
     # summary's being written now (a live worker's, whose end it may be: kept)
@@ -210,8 +212,13 @@ def test_claims_left_by_gone_workers_are_taken_over_and_another_batch_is_refused
     for path in left + [out / ".results.csv.n0w.tmp"]:
         path.write_text("half")
     os.utime(out / ".results.csv.0ld.tmp", (hour_ago, hour_ago))
-    code, err = run_infer_here(bundle, slides, "--out", out)
+    try:
+        code, err = run_infer_here(bundle, slides, "--out", out)
+    finally:
+        hung.kill()
+        hung.wait()
     assert code == 0, err
+    assert re.search(rf"s05: taking over the slide from {re.escape(socket.gethostname())} PID {hung.pid}: no heartbeat", err)
     assert not any(p.exists() for p in left) and (out / ".results.csv.n0w.tmp").exists()
     assert "removed 2 temporary file(s) a killed run left" in err  # s03's when it was taken over
     assert len(re.findall(r"s0[01]: taking over the slide from an unreadable claim: an empty or unreadable claim "
@@ -219,7 +226,7 @@ def test_claims_left_by_gone_workers_are_taken_over_and_another_batch_is_refused
     assert f"s02: taking over the slide from {socket.gethostname()} PID {gone.stdout.strip()}: its process" in err
     assert re.search(r"s03: taking over the slide from scanner-2 PID 4242: no heartbeat for 36\d\d s \(over "
                      r"--claim-timeout 300 s\)", err)
-    assert len(_done(err)) == 5 and not list(claims.iterdir())
+    assert len(_done(err)) == 6 and not list(claims.iterdir())
     # a live worker of another batch (other settings) in the folder: refused in one line naming what differs
     run = json.loads((out / "done" / "s00.json").read_text())["run"]
     live = {"host": "scanner-2", "pid": 4242, **run, "settings": {**run["settings"], "min_tissue": 0.5}}
