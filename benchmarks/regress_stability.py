@@ -125,7 +125,7 @@ def main() -> None:
     from pathnas.deploy.machine import cpu_model
     from pathnas.deploy.regress import RunSettings, measure_with_reference
     from pathnas.deploy.regress_stats import compare, compare_normalized
-    from pathnas.pipeline.reference_model import write_reference_model
+    from pathnas.profiling.reference import write_reference_model
     from pathnas.profiling import load_profile
 
     profile = RunSettings.of(load_profile(args.device))

@@ -26,7 +26,7 @@ from pathnas.errors import MissingFileError, UserError
 from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .child import run_module
-from .machine import OtherLoad, busy_warning, cpu_flags, cpu_info, cpu_model, versions
+from .machine import OtherLoad, busy_warning, cpu_flags, cpu_info, cpu_model, speed_state, versions
 from .manifest import _safe_relative  # the bundle's rule: a relative POSIX path inside the folder
 from .runtimes import PACK_RUNTIMES
 from .runtimes import runtime as runtime_record
@@ -79,6 +79,7 @@ def machine_record(runtime: str, precision: str, threads: int, batch_size: int) 
         "threads": threads,
         "batch_size": batch_size,
         "versions": versions(found.distributions),  # the distributions whose versions decide its latency
+        "speed_state": speed_state(gpu=found.gpu),
     }
 
 

@@ -81,3 +81,41 @@ def busy_warning(other_load_cores: float | None) -> str | None:
         return None
     return (f"other programs used {other_load_cores:.2f} CPU cores while this was timed: these figures are less "
             f"reliable than on a quiet machine; time again when it is quiet")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _command(args: list[str]) -> str | None:
+    """A state-reporting command's output (one line per line, trimmed), or None where it is absent or fails."""
+    import shutil
+    import subprocess
+
+    if shutil.which(args[0]) is None:
+        return None
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = " | ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+    return text if out.returncode == 0 and text else None
+
+
+def speed_state(gpu: bool = False) -> dict[str, str]:
+    """What this machine's speed depends on that a program can read, beside the runtime's versions and
+    threads: the CPU frequency governor and limits, the GPU driver, and on a Jetson the power mode
+    (`nvpmodel -q`) and clocks (`jetson_clocks --show`). Only what is readable is listed: a table
+    records it, and a later search names what differs."""
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq"
+    found = {"cpu_governor": _read(f"{cpufreq}/scaling_governor"),
+             "cpu_max_khz": _read(f"{cpufreq}/scaling_max_freq"),
+             "cpu_hardware_max_khz": _read(f"{cpufreq}/cpuinfo_max_freq"),
+             "nvpmodel": _command(["nvpmodel", "-q"]),
+             "jetson_clocks": _command(["jetson_clocks", "--show"])}
+    if gpu:
+        found["gpu_driver"] = _command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return {k: v for k, v in found.items() if v is not None}

@@ -60,8 +60,8 @@ def export_onnx(
     """Export ``model`` (put in eval mode) to ``path`` atomically; returns which exporter was used.
 
     ``input_shape`` is the NCHW (or N...) shape at batch 1; the batch axis is made dynamic.
-    ``exporters`` is the order to try; latency profiling of many small blocks puts the
-    (much faster) legacy exporter first, since both give the same graph for plain convs.
+    ``exporters`` is the order to try. Latency tables export with the default too: the two
+    exporters give different graphs of one subnet, and a table must time the graph that ships.
     """
     path = Path(path)
     model = model.eval()

@@ -154,7 +154,7 @@ class SearchSettings(BaseModel):
     # Options that only mean something for a supernet search (the tabular kind looks everything up).
     SUPERNET_ONLY: ClassVar[tuple[str, ...]] = (
         "supernet", "data", "finetune_epochs", "bn_images", "batch_size", "latency_source", "latency_table",
-        "measure_local", "torch_device", "skip_bad")
+        "measure_local", "reanchor", "torch_device", "skip_bad")
     TABULAR_ONLY: ClassVar[tuple[str, ...]] = ("benchmark", "dataset")
 
     device: str = Field(description="supernet spaces: a hardware profile (name or alias, e.g. jetson, cpu); "
@@ -192,6 +192,9 @@ class SearchSettings(BaseModel):
         "table", description="table (measured on the device) or roofline (an estimate)")
     latency_table: Path | None = Field(None, description="an explicit latency table file")
     measure_local: bool = Field(True, description="also measure latency when the device is this machine")
+    reanchor: bool = Field(False, description="scale the latency table by the reference model's time now / then "
+                                              "(timed here at the start; recorded in the run, reused by "
+                                              "--resume and --replay)")
     skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
     resume: bool = False
     replay: Path | None = Field(None, description="replay the LLM replies of a transcript (no network)")

@@ -29,7 +29,6 @@ from pathnas.errors import ConfigError
 
 from .profiles import HardwareProfile
 from .fitting import accuracy_figures, spearman
-from .machine import machine_metadata
 from .pack import sample_archs
 
 # Paths for calibration are drawn with another seed than measure_table's, and never one the
@@ -83,16 +82,19 @@ def fit_calibration(parts_sum_ms, predicted_before_ms, measured_ms, overhead: di
             "loo_predicted_ms": loo[chosen], "loo_mape_pct": mape}
 
 
-def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: int = 8, rounds: int = 3,
+def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: int = 10, rounds: int = 3,
                     seed: int = CALIBRATION_SEED, table_path: Path | None = None, progress=None,
-                    remote=None) -> dict:
+                    remote=None, holdout: int = 0) -> dict:
     """A copy of ``table`` whose overhead model is refitted to ``subnets`` paths timed on the device
     now (here, or on ``remote``; none of them a path the table measured), with a ``calibration``
     record: the paths, the before / after figures (after: leave-one-out), the time it took.
 
     ``table`` may come from another device (few-shot transfer, as HELP and LitePred do): its parts
     are kept as the other device timed them and only the overhead model is fitted to this one; the
-    record says where the parts come from and whether the fit is good enough to use."""
+    record says where the parts come from and whether the fit is good enough to use.
+
+    ``holdout``: as many further paths, timed interleaved with the calibration paths and never used by
+    the fit, judge it as HELP judges a transfer: Spearman's ρ and the share within ±10 % before / after."""
     from .measure import time_items
     from .pack import net_items
     from .predictor import TablePredictor
@@ -106,8 +108,10 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
     source_device = table["profile"]
     table = {**table, "profile": profile.name}  # a transfer: the other device's parts, this device's fit
     predictor = TablePredictor(profile, supernet, table, table_path)  # checks the configuration
-    archs = sample_archs(supernet, subnets, seed, {r["arch"] for r in table.get("end_to_end", [])})
-    manifest, timings = time_items(profile, supernet, net_items(supernet, archs, lambda j: "calibration"),
+    drawn = sample_archs(supernet, subnets + holdout, seed, {r["arch"] for r in table.get("end_to_end", [])})
+    archs, held = drawn[:subnets], drawn[subnets:]
+    manifest, timings = time_items(profile, supernet, net_items(supernet, drawn, lambda j: "calibration" if j < subnets
+                                                                else "holdout"),
                                    rounds, seed=seed, progress=progress, remote=remote)
     measured = np.array([timings["results"][f"net:{a.code}"]["median_ms"] for a in archs])
     parts_sum = np.array([predictor.parts_sum_ms(a) for a in archs])
@@ -139,6 +143,7 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
         "before": {**accuracy_figures(measured, before), "spearman": spearman(measured, before)},
         "after": after,
         "usable": after["within_10_pct"] >= USABLE_WITHIN_10_PCT,
+        **({"holdout": _held_out(predictor, held, timings, fit)} if held else {}),
         "subnets": [
             {"arch": a.code, "measured_median_ms": float(m), "parts_sum_ms": float(p), "predicted_before_ms": float(b),
              "predicted_after_loo_ms": float(lo), "predicted_after_ms": fit["scale"] * float(p) + fit["offset_ms"]}
@@ -146,3 +151,13 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
         ],
     }
     return calibrated
+
+
+def _held_out(predictor, archs, timings: dict, fit: dict) -> dict:
+    """Before / after on paths the fit never saw: Spearman's ρ, the share within ±10 % and the others."""
+    measured = np.array([timings["results"][f"net:{a.code}"]["median_ms"] for a in archs])
+    before = np.array([predictor.predict_ms(a) for a in archs])
+    after = np.array([fit["scale"] * predictor.parts_sum_ms(a) + fit["offset_ms"] for a in archs])
+    return {"subnets": len(archs),
+            **{name: {**accuracy_figures(measured, p), "spearman": spearman(measured, p)}
+               for name, p in (("before", before), ("after", after))}}

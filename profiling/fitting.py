@@ -17,7 +17,18 @@ def accuracy_figures(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> dict:
         "within_5_pct": float(100 * np.mean(rel <= 0.05)),
         "within_10_pct": float(100 * np.mean(rel <= 0.10)),
         "within_15_pct": float(100 * np.mean(rel <= 0.15)),
+        "p90_error_pct": float(100 * np.percentile(rel, 90)),
     }
+
+
+def spread_pct(rounds_ms) -> float | None:
+    """An item's spread across its rounds (each in a process of its own): the standard error of its
+    figure, in % (the EON Tuner's latency standard error), from the log of each round's median; None
+    with fewer than two rounds."""
+    values = np.log(np.asarray(rounds_ms or [], dtype=float))
+    if values.size < 2:
+        return None
+    return round(float(100 * np.std(values, ddof=1) / np.sqrt(values.size)), 3)
 
 
 def fit_overhead(parts_sum_ms: np.ndarray, measured_ms: np.ndarray) -> dict:

@@ -16,9 +16,9 @@ from pathnas.deploy.machine import versions
 from pathnas.errors import ConfigError
 from pathnas.io import read_json
 
-from .fitting import accuracy_figures, fit_overhead
+from .fitting import accuracy_figures, fit_overhead, spread_pct
 from .machine import machine_metadata, same_machine
-from .pack import NET, PART, TOOLCHAIN_DISTRIBUTIONS, Item, plan_table, profile_record, write_pack
+from .pack import NET, PART, REFERENCE_SET, TOOLCHAIN_DISTRIBUTIONS, Item, plan_table, profile_record, write_pack
 from .profiles import HardwareProfile
 from .tables import SCHEMA, config_digest, tables_of
 from .timed import TORCH_DEVICES, time_torch_modules
@@ -52,7 +52,7 @@ def assemble_table(manifest: dict, timings: dict) -> dict:
             r = results[item["name"]]
             parts[item["key"]] = {"input_shape": item["input_shape"], "module_digest": item.get("module_digest"),
                                   **{k: r[k] for k in ("median_ms", "p90_ms", "rounds_median_ms", "runs", "inner")
-                                     if k in r}}
+                                     if k in r}, "spread_pct": spread_pct(r.get("rounds_median_ms"))}
     end_to_end = []
     for item in manifest["items"]:
         if item["kind"] != NET or item.get("set") not in ("fit", "holdout"):
@@ -63,6 +63,7 @@ def assemble_table(manifest: dict, timings: dict) -> dict:
                               f"nor reuses")
         r = results[item["name"]]
         end_to_end.append({"arch": item["arch"], "measured_median_ms": r["median_ms"], "measured_p90_ms": r["p90_ms"],
+                           "spread_pct": spread_pct(r.get("rounds_median_ms")),
                            "parts_sum_ms": sum(parts[k]["median_ms"] for k in item["parts"]), "set": item["set"]})
     fit = [r for r in end_to_end if r["set"] == "fit"]
     held = [r for r in end_to_end if r["set"] == "holdout"]
@@ -74,6 +75,8 @@ def assemble_table(manifest: dict, timings: dict) -> dict:
         r["predicted_ms"] = overhead["scale"] * r["parts_sum_ms"] + overhead["offset_ms"]
     config = manifest["space_config"]
     timed = sum(1 for i in manifest["items"] if i["kind"] == PART)
+    accuracy = accuracy_figures(np.array([r["measured_median_ms"] for r in held]),
+                                np.array([r["predicted_ms"] for r in held]))
     return {
         "schema": SCHEMA,
         "profile": profile["name"],
@@ -86,9 +89,27 @@ def assemble_table(manifest: dict, timings: dict) -> dict:
         "parts": parts,
         "overhead": overhead,
         "end_to_end": end_to_end,
-        "accuracy": accuracy_figures(np.array([r["measured_median_ms"] for r in held]),
-                                     np.array([r["predicted_ms"] for r in held])),
+        "accuracy": accuracy,
+        **({"anchor": anchor_record(manifest, results, accuracy)} if _reference(manifest) else {}),
     }
+
+
+def _reference(manifest: dict) -> dict | None:
+    return next((i for i in manifest["items"] if i.get("set") == REFERENCE_SET), None)
+
+
+def anchor_record(manifest: dict, results: dict, accuracy: dict) -> dict:
+    """What a table promises on a later day and how to hold it to that: the reference model's time,
+    timed in the same rounds and processes as the parts, with its spread; ``tolerance_pct`` is how far a
+    later timing of the reference (or of paths, against their prediction) may be off before the machine
+    reads as another one: the larger of the held-out paths' 90th-percentile error, three spreads of the
+    reference, and 10 %."""
+    item = _reference(manifest)
+    r = results[item["name"]]
+    spread = spread_pct(r.get("rounds_median_ms"))
+    return {"reference_sha256": item["sha256"], "reference_ms": r["median_ms"],
+            "reference_rounds_ms": r.get("rounds_median_ms"), "reference_spread_pct": spread,
+            "tolerance_pct": round(max(10.0, accuracy.get("p90_error_pct", 0.0), 3 * (spread or 0.0)), 2)}
 
 
 def assemble_files(pack: str | Path, timings: str | Path) -> dict:
@@ -107,6 +128,7 @@ def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: in
         if remote is not None:
             raise ConfigError(f"runtime {profile.runtime} times PyTorch modules on the device: run `pathnas-edge "
                               f"profile measure` there (--remote needs a runtime that times files)")
+        items = [i for i in items if i.onnx is None]  # ONNX files (the reference) are for file runtimes
         advance = _progress(progress, f"timing {profile.name}", len(items) + rounds * repeats)
         results, providers = time_torch_modules(profile, [(i.name, i.build, i.input_shape) for i in items],
                                                 rounds, seed, repeats, advance)

@@ -29,6 +29,9 @@ from .profiles import HardwareProfile
 from .tables import config_digest
 
 PART, NET = "part", "net"
+# The reference model's item: a net of set "reference", timed in the same rounds and processes as the
+# parts and probes (the device half needs no new kind); the table keeps its time as its anchor.
+REFERENCE, REFERENCE_SET = "reference", "reference"
 ITEMS_DIR = "items"  # the ONNX files inside a pack
 # The toolchain's distributions whose versions decide the exported graphs.
 TOOLCHAIN_DISTRIBUTIONS = ("torch", "onnx")
@@ -47,6 +50,7 @@ class Item:
     arch: str | None = None
     set: str | None = None
     parts: list[str] | None = None
+    onnx: Callable[[], bytes] | None = field(default=None, repr=False)  # a ready ONNX file (the reference)
 
     def record(self) -> dict:
         out = {"name": self.name, "kind": self.kind, "input_shape": list(self.input_shape)}
@@ -83,6 +87,14 @@ def net_items(supernet, archs, set_of: Callable[[int], str]) -> list[Item]:
                  parts=[p.key for p in supernet.parts_for(a, parts)]) for j, a in enumerate(archs)]
 
 
+def reference_item() -> Item:
+    """The reference model (profiling/reference.py) as an item: its file as it is, never exported."""
+    from .reference import INPUT_SIZE, reference_model_bytes
+
+    return Item(REFERENCE, NET, (1, 3, INPUT_SIZE, INPUT_SIZE), lambda: None, set=REFERENCE_SET,
+                onnx=reference_model_bytes)
+
+
 def plan_table(supernet, subnets: int, fit_subnets: int, seed: int = 0,
                reuse: dict[str, dict] | None = None) -> tuple[list[Item], dict[str, dict]]:
     """What a table needs timed: every distinct part not in ``reuse`` (key -> part entry of another
@@ -101,17 +113,18 @@ def plan_table(supernet, subnets: int, fit_subnets: int, seed: int = 0,
             items.append(Item(f"part:{key}", PART, part.input_shape, part.build, key=key, module_digest=digest))
     archs = sample_archs(supernet, subnets, seed)
     items += net_items(supernet, archs, lambda j: "fit" if j < fit_subnets else "holdout")
-    return items, reused
+    return items + [reference_item()], reused
 
 
-def export_part(module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """``module`` as ONNX at this input shape (batch included)."""
+def export_part(module, input_shape: tuple[int, ...], path: Path) -> str:
+    """``module`` as ONNX at this input shape (batch included), exported exactly as a shipped model is
+    (``export_onnx``'s default exporter, export/artifacts.py): a table must time the graph that ships.
+    The TorchScript exporter is ~10x faster, but its graph of a subnet is another one (a demo path: 181
+    nodes against 62), and the shipped graph ran 0.84-0.86x its time, so a table made of it over-predicted
+    the deployed model by ~15 % (issue 29). Returns the exporter used (the manifest records it)."""
     from pathnas.onnx import export_onnx
 
-    # Blocks and subnets are plain convolutions/attention: the TorchScript exporter is
-    # ~100x faster than dynamo here and gives the same graph.
-    export_onnx(module.eval(), path, input_shape, exporters=("legacy", "dynamo"))
-    return path
+    return export_onnx(module.eval(), path, input_shape)["exporter"]
 
 
 def profile_record(profile: HardwareProfile) -> dict:
@@ -140,8 +153,14 @@ def write_pack(supernet, profile: HardwareProfile, items: list[Item], out: str |
         with torch.no_grad():
             for i, item in enumerate(items):
                 rel = f"{ITEMS_DIR}/{i:04d}.onnx"
-                export_part(item.build(), (profile.batch_size, *item.input_shape[1:]), staging / rel)
-                records.append({**item.record(), "file": rel, "sha256": sha256_file(staging / rel)})
+                if item.onnx is not None:
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / rel).write_bytes(item.onnx())
+                    exporter = None
+                else:
+                    exporter = export_part(item.build(), (profile.batch_size, *item.input_shape[1:]), staging / rel)
+                records.append({**item.record(), "file": rel, "sha256": sha256_file(staging / rel),
+                                "exporter": exporter})
                 if advance:
                     advance()
         config = supernet.config.model_dump(mode="json")

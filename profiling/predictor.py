@@ -10,24 +10,16 @@ caller and never imports this package.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
 
 from pathnas.errors import ConfigError, InvalidFileError, UserError
 
 from .profiles import HardwareProfile
-from .commands import calibrate_command, missing_table_error, profile_command
+from .commands import missing_table_error, profile_command
 from .tables import find_table, load_table, table_filename
 
-log = logging.getLogger("pathnas.profiling")
-
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
-# The drift check warns when a probe path's time here is off the table's prediction by more than this.
-DRIFT_THRESHOLD = 0.15
-PROBE_ROUNDS = 3
-# Paths timed when a drifted table is recalibrated at the start of a search on the device itself.
-AUTO_CALIBRATION_SUBNETS = 8
 
 
 class UnknownShapeError(UserError):
@@ -52,9 +44,9 @@ class LatencyPredictor:
         """The path's latency timed on this machine now, or None when this machine is not the device.
 
         Timed exactly as a table's paths are (``measure.time_items``: exported, then ``rounds`` rounds each
-        in a fresh process that does nothing else), so a probe compares like with like. Timed in this
+        in a fresh process that does nothing else), so a figure compares like with like. Timed in this
         process, a path ran beside whatever the search had just done: right after pretraining, torch's
-        threads competed with it and a probe found a good table 2.3x off."""
+        threads competed with it and a good table read 2.3x off."""
         if not self.measures_here:
             return None
         from .measure import time_items
@@ -63,16 +55,6 @@ class LatencyPredictor:
         _, timings = time_items(self.profile, self.supernet, net_items(self.supernet, [arch], lambda j: "probe"),
                                 rounds)
         return timings["results"][f"net:{arch.code}"]["median_ms"]
-
-    def checked_here(self) -> "LatencyPredictor":
-        """Check the predictions against this machine where that means something (see
-        TablePredictor.check_drift); returns the predictor, so a caller can chain it."""
-        self.check_drift()
-        return self
-
-    def check_drift(self, threshold: float = DRIFT_THRESHOLD, measure=None) -> dict | None:
-        """Nothing to check for an estimate; a measured table overrides this."""
-        return None
 
     def label(self, latency_ms: float) -> str:
         """The figure as it should be shown: estimates say so."""
@@ -85,7 +67,9 @@ class LatencyPredictor:
 
 
 class TablePredictor(LatencyPredictor):
-    """Sum of the measured parts a path selects, through the fitted overhead model."""
+    """Sum of the measured parts a path selects, through the fitted overhead model; times ``anchor`` when a
+    search was asked to re-anchor the table (``probe.reanchor``: the reference's time now / then). It
+    predicts only: checking a table against the machine is ``probe``'s job, refitting one ``calibrate``'s."""
 
     source = "measured-table"
     is_estimate = False
@@ -97,6 +81,7 @@ class TablePredictor(LatencyPredictor):
             raise InvalidFileError(f"{table_path}: table was measured for device {table['profile']}, not {profile.name}")
         self.table, self.table_path = table, table_path
         self.note: str | None = None  # where the figures come from, when it is more than "a table"
+        self.anchor: dict | None = None  # {"factor", ...} once a search re-anchored the table (recorded in its run)
         self._scale = table["overhead"]["scale"]
         self._offset = table["overhead"]["offset_ms"]
         # Checked once, here, for every part the space can select: a search must not stop at
@@ -114,86 +99,35 @@ class TablePredictor(LatencyPredictor):
     def parts_sum_ms(self, arch) -> float:
         return sum(self.table["parts"][p.key]["median_ms"] for p in self.supernet.parts_for(arch, self._parts))
 
-    def predict_ms(self, arch) -> float:
+    def table_ms(self, arch) -> float:
+        """The table's prediction as measured (no anchor)."""
         return self._scale * self.parts_sum_ms(arch) + self._offset
 
-    def probe_arch(self):
-        """The path the drift check times: a fixed random one, if possible one the table did not measure
-        end to end (a tiny space may have no other)."""
-        from .calibrate import CALIBRATION_SEED
-        from .pack import sample_archs
+    def predict_ms(self, arch) -> float:
+        return self.table_ms(arch) * (self.anchor["factor"] if self.anchor else 1.0)
 
-        measured = {r["arch"] for r in self.table.get("end_to_end", [])}
-        try:
-            return sample_archs(self.supernet, 1, CALIBRATION_SEED + 1, measured)[0]
-        except ConfigError:
-            return sample_archs(self.supernet, 1, CALIBRATION_SEED + 1)[0]
-
-    def check_drift(self, threshold: float = DRIFT_THRESHOLD, measure=None) -> dict | None:
-        """When this machine is the device (and timing here is on), time one probe path now and
-        warn, naming the calibrate command, when the table's prediction is off by more than
-        ``threshold``. ``measure(arch) -> ms`` replaces the timing (tests give samples).
-        Returns the probe's figures, or None when nothing was timed."""
-        if not self.measures_here and measure is None:
-            return None
-        arch = self.probe_arch()
-        # As many rounds as a table pools, so that the probe is timed as the table was.
-        measured = measure(arch) if measure else self.measure_ms(arch, rounds=PROBE_ROUNDS)
-        if measured is None:
-            return None
-        predicted = self.predict_ms(arch)
-        probe = {"arch": arch.code, "measured_ms": measured, "predicted_ms": predicted, "ratio": measured / predicted,
-                 "drifted": abs(measured / predicted - 1) > threshold}
-        if probe["drifted"] and measure is None:
-            # This machine is the device: calibrate now from a few probes (as `profile calibrate` does)
-            # rather than only warn, and keep the result in the user's table folder.
-            probe["calibration"] = self.recalibrate_here(probe)
-        elif probe["drifted"]:
-            config = self.supernet.config.model_dump(mode="json")
-            out = f"{self.profile.name}-{table_filename(config)}".replace(".json", "-calibrated.json")
-            log.warning(
-                "latency table %s is off on this machine now: probe path %s timed %.3f ms, predicted %.3f ms "
-                "(%.2fx, more than ±%.0f%%). Recalibrate it (it times 8 paths), then search with --latency-table %s:\n  %s",
-                self.table_path or "(in memory)", arch.code, measured, predicted, probe["ratio"], 100 * threshold,
-                out, calibrate_command(self.profile, config, self.table_path, out))
-        return probe
-
-    def recalibrate_here(self, probe: dict, subnets: int = AUTO_CALIBRATION_SUBNETS) -> dict:
-        """Refit this table's overhead to ``subnets`` paths timed here now, use it from now on, and save
-        it in the user's table folder; returns the calibration's before/after figures."""
-        from .calibrate import calibrate_table
-        from .tables import save_table, user_tables_dir
-
-        log.warning("latency table %s is off on this machine now (probe path %s: %.2fx its prediction): "
-                    "recalibrating it from %d paths timed now", self.table_path or "(in memory)", probe["arch"],
-                    probe["ratio"], subnets)
-        calibrated = calibrate_table(self.table, self.supernet, self.profile, subnets=subnets, rounds=PROBE_ROUNDS,
-                                     table_path=self.table_path)
-        record = calibrated["calibration"]
-        if not record["usable"]:
-            # Paths timed now that the refit cannot predict: the machine is busy (in a pipeline, right after
-            # training, torch's threads still compete), not drifted. Keep the table; never store such a fit.
-            log.warning("recalibration not used: only %.0f%% of the paths timed now within ±10%% after the refit (a "
-                        "busy machine?); the table stays as it was. When the machine is quiet: %s",
-                        record["after"]["within_10_pct"], calibrate_command(
-                            self.profile, self.supernet.config.model_dump(mode="json"), self.table_path, "NEW.json"))
-            return {k: record[k] for k in ("model", "factor", "before", "after", "usable")} | {"table": None}
-        path = user_tables_dir(self.profile) / table_filename(self.supernet.config.model_dump(mode="json"))
-        save_table(calibrated, path)
-        log.warning("recalibrated: within ±10%% on those paths %.0f%% before, %.0f%% after (each predicted by a fit "
-                    "without it); the table is now %s", record["before"]["within_10_pct"],
-                    record["after"]["within_10_pct"], path)
-        self.table, self.table_path = calibrated, path
-        self._scale, self._offset = calibrated["overhead"]["scale"], calibrated["overhead"]["offset_ms"]
-        self.note = (f"predicted from a latency table measured on this machine and recalibrated at the start of this "
-                     f"search (it had drifted {probe['ratio']:.2f}x), stored at {path}.")
-        return {k: record[k] for k in ("model", "factor", "before", "after", "usable")} | {"table": str(path)}
+    def use_anchor(self, anchor: dict | None) -> None:
+        """Predict the table's figures times ``anchor["factor"]`` from now on, and say so wherever the
+        figures are shown ("table of DATE × 1.07 by the reference"); None or a factor of 1 changes nothing."""
+        if not anchor or anchor.get("factor") in (None, 1.0):
+            self.anchor = None
+            return
+        self.anchor = anchor
+        self.note = (f"predicted from a latency table measured on the device, re-anchored at the start of the search: "
+                     f"{anchored_label(self.table, anchor['factor'])}.")
 
     def describe(self) -> dict:
         return {**super().describe(), "table": str(self.table_path) if self.table_path else None,
                 "measured_on": self.table["metadata"].get("cpu_model"), "measured_at": self.table["metadata"].get("date"),
                 "metadata": self.table["metadata"], "overhead": self.table["overhead"],
-                "holdout_accuracy": self.table.get("accuracy"), **({"note": self.note} if self.note else {})}
+                "holdout_accuracy": self.table.get("accuracy"), "table_anchor": self.table.get("anchor"),
+                **({"anchor": self.anchor} if self.anchor else {}), **({"note": self.note} if self.note else {})}
+
+
+def anchored_label(table: dict, factor: float) -> str:
+    """How a re-anchored table is named to people and prompts: "table of 2026-12-05 × 1.07 by the reference"."""
+    date = str(table["metadata"].get("date") or "an unknown date")[:10]
+    return f"table of {date} × {factor:.2f} by the reference"
 
 
 class RooflinePredictor(LatencyPredictor):

@@ -59,7 +59,10 @@ def test_pack_describes_itself(tiny, pack):
     assert manifest["config_digest"] == config_digest(tiny.config.model_dump(mode="json"))
     assert {i["key"] for i in manifest["items"] if i["kind"] == "part"} == parts
     nets = [i for i in manifest["items"] if i["kind"] == "net"]
-    assert [i["set"] for i in nets] == ["fit"] * 3 + ["holdout"] * 2
+    assert [i["set"] for i in nets] == ["fit"] * 3 + ["holdout"] * 2 + ["reference"]
+    reference = nets.pop()  # timed with the parts and probes: the table's anchor, a file as it is
+    assert reference["name"] == "reference" and reference["input_shape"] == [1, 3, 64, 64]
+    assert "exporter" not in reference or reference["exporter"] is None
     for net in nets:  # each probe names the parts it selects, so the table is assembled from data alone
         assert net["parts"] == [p.key for p in tiny.parts_for(net["arch"])]
     assert all((pack / i["file"]).is_file() and i["file"].endswith(".onnx") for i in manifest["items"])
@@ -171,65 +174,32 @@ def test_an_incremental_measure_times_only_the_new_part_and_refits_the_overhead(
 
 # -- never stop a search for a table this machine can measure ----------------------------------------
 
-def test_a_missing_table_for_this_host_is_measured_and_stored(assembled, tmp_path, monkeypatch):
+def test_a_missing_table_for_this_host_is_measured_into_the_run_and_nothing_outside(assembled, tmp_path, monkeypatch):
     from pathnas.profiling import ondemand
 
-    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
-    save_table(assembled, tmp_path / "x86-cpu-ort" / "earlier.json")  # an earlier table of this machine
+    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path / "tables"))
+    save_table(assembled, tmp_path / "tables" / "x86-cpu-ort" / "earlier.json")  # an earlier table of this machine
     monkeypatch.setattr(ondemand, "INCREMENTAL_SUBNETS", 4)
     monkeypatch.setattr(ondemand, "INCREMENTAL_FIT", 3)
     net = tiny_net(num_classes=2)  # a class count no table has: only the head is timed
-    predictor = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net)
+    predictor = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net, tmp_path / "run")
     assert predictor.table["metadata"]["parts_timed"] == 1
-    stored = tmp_path / "x86-cpu-ort" / f"shufflenet-{config_digest(net.config.model_dump(mode='json'))}.json"
+    stored = tmp_path / "run" / f"shufflenet-{config_digest(net.config.model_dump(mode='json'))}.json"
     assert stored.is_file() and predictor.table_path == stored
+    assert [p.name for p in (tmp_path / "tables" / "x86-cpu-ort").iterdir()] == ["earlier.json"]  # only read
     note = predictor.describe()["note"]
     assert "measured on this machine" in note and str(stored) in note
     monkeypatch.setattr(ondemand, "measure_table", lambda *a, **k: pytest.fail("measured twice"))
-    again = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net)
+    again = ondemand.predictor_measuring_if_missing(load_profile("cpu"), net, tmp_path / "run")  # a resumed run
     assert again.table_path == stored and again.predict_ms("0000") == pytest.approx(predictor.predict_ms("0000"))
 
 
-def test_another_device_without_a_table_still_names_the_commands(tiny):
+def test_another_device_without_a_table_still_names_the_commands(tiny, tmp_path):
     from pathnas.profiling import ondemand
     from pathnas.profiling.tables import NoLatencyTableError
 
     with pytest.raises(NoLatencyTableError, match="profile pack --device jetson-orin-nano"):
-        ondemand.predictor_measuring_if_missing(load_profile("jetson"), tiny)
-
-
-@pytest.mark.parametrize("usable", [True, False])
-def test_a_drifted_table_on_this_host_is_recalibrated_automatically_when_the_refit_holds(tiny, tmp_path, monkeypatch,
-                                                                                         caplog, usable):
-    from pathnas.profiling import calibrate
-    from test_profiling import hand_made_table
-
-    monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path))
-    path = save_table(hand_made_table(tiny), tmp_path / "given.json")
-    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path, measure_here=True)
-    before = predictor.predict_ms("3333")
-    monkeypatch.setattr(type(predictor), "measure_ms", lambda self, arch, rounds=1: 0.001 * self.predict_ms(arch))
-
-    def refit(table, supernet, profile, **kwargs):  # the refit's figures as given, not timed on this machine
-        after = 100.0 if usable else 40.0
-        return {**table, "overhead": {**table["overhead"], "scale": 0.001, "offset_ms": 0.0},
-                "calibration": {"model": "scale", "factor": 0.001, "before": {"within_10_pct": 0.0},
-                                "after": {"within_10_pct": after}, "usable": usable,
-                                "source_table": str(kwargs.get("table_path"))}}
-
-    monkeypatch.setattr(calibrate, "calibrate_table", refit)
-    with caplog.at_level("WARNING", logger="pathnas.profiling"):
-        probe = predictor.check_drift()
-    assert probe["drifted"] and any("recalibrating it from 8 paths" in r.getMessage() for r in caplog.records)
-    if usable:  # used from now on, and kept in the user's folder for the next search
-        assert probe["calibration"]["table"].startswith(str(tmp_path / "x86-cpu-ort"))
-        assert predictor.predict_ms("3333") < 0.01 * before  # the refit (scale 0.001, no offset) is in use
-        assert "recalibrated" in predictor.describe()["note"]
-        assert load_table(probe["calibration"]["table"])["calibration"]["source_table"] == str(path)
-    else:  # a refit that cannot predict the paths timed now (a busy machine) is never used nor stored
-        assert probe["calibration"]["table"] is None and predictor.predict_ms("3333") == pytest.approx(before)
-        assert not (tmp_path / "x86-cpu-ort").exists()
-        assert any("recalibration not used" in r.getMessage() for r in caplog.records)
+        ondemand.predictor_measuring_if_missing(load_profile("jetson"), tiny, tmp_path)
 
 
 # -- few-shot transfer from another device's table ---------------------------------------------------
@@ -241,11 +211,15 @@ def test_calibrate_from_another_devices_table(tiny, tmp_path):
     source = save_table(other, tmp_path / "openvino.json")
     out = tmp_path / "transferred.json"
     code, stdout, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *KNOBS, "--from", source, "--out", out,
-                                     "--subnets", "4", "--rounds", "1", "--json")
+                                     "--subnets", "4", "--holdout", "3", "--rounds", "1", "--json")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["source_device"] == "x86-cpu-openvino" and isinstance(report["usable"], bool)
     assert set(report["before"]) >= {"within_10_pct", "spearman"} and report["after"]["subnets"] == 4
+    held = report["holdout"]  # paths the fit never saw, timed with the probes: HELP's figures before and after
+    assert held["subnets"] == 3 and set(held["after"]) >= {"within_10_pct", "spearman"}
+    held_archs = {r["arch"] for r in load_table(out)["calibration"]["subnets"]}
+    assert len(held_archs) == 4
     table = load_table(out)
     assert table["profile"] == "x86-cpu-ort" and table["parts"] == other["parts"]
     assert table["metadata"]["parts_timed_on"]["device"] == "x86-cpu-openvino"
@@ -273,36 +247,114 @@ def test_shipped_tables_still_load_and_an_unusable_one_says_how_to_remeasure(tmp
         load_table(old)
 
 
-def test_a_search_on_this_host_measures_the_table_it_lacks_and_runs_to_the_end(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny supernet pretrained for one step on a 2-class image-folder data set at 48 px (no table has it)."""
+    from PIL import Image
+
+    from pathnas.train import PretrainConfig, pretrain
+
+    root = tmp_path_factory.mktemp("trained")
+    rng = np.random.default_rng(0)
+    for label in ("benign", "tumour"):
+        (root / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / "data" / label / f"{i}.png")
+    cfg = PretrainConfig(data=root / "data", run_dir=root / "supernet", epochs=1, batch_size=4, workers=0,
+                         eval_paths=0, device="cpu", max_steps_per_epoch=1)
+    config = space_config("shufflenet", **{**TINY, "num_classes": 2, "input_size": 48})
+    result = pretrain(config, cfg, progress=False)
+    return {"root": root, "config": config, "supernet": result.supernet, "checkpoint": root / "supernet" / "last.pt",
+            "data": root / "data"}
+
+
+def search_settings(trained, run_dir, **changes):
+    from pathnas.settings import SearchSettings
+
+    return SearchSettings(**{**dict(device="cpu", supernet=trained["checkpoint"], data=trained["data"], run_dir=run_dir,
+                                    iterations=4, proposer="random", bn_images=4, batch_size=4, measure_local=False),
+                             **changes})
+
+
+def test_a_search_on_this_host_measures_the_table_it_lacks_into_its_run(trained, tmp_path, monkeypatch):
     """`search --device cpu` on a 2-class data set at an input size no table has: the table is measured
-    first, stored in the user's folder, and the summary says so."""
+    first, stored in the run directory (never in the shared folder), and the summary says so."""
     from pathnas.profiling import ondemand
     from pathnas.search import run_search
-    from pathnas.settings import SearchSettings
-    from pathnas.train import PretrainConfig, pretrain
 
     monkeypatch.setenv("PATHNAS_LATENCY_TABLES", str(tmp_path / "tables"))
     monkeypatch.setattr(ondemand, "ON_DEMAND_SUBNETS", 4)
     monkeypatch.setattr(ondemand, "ON_DEMAND_FIT", 3)
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label in ("benign", "tumour"):  # a 2-class image-folder data set
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
-    cfg = PretrainConfig(data=tmp_path / "data", run_dir=tmp_path / "supernet", epochs=1, batch_size=4, workers=0,
-                         eval_paths=0, device="cpu", max_steps_per_epoch=1)
-    config = space_config("shufflenet", **{**TINY, "num_classes": 2, "input_size": 48})
-    pretrain(config, cfg, progress=False)
-    settings = SearchSettings(device="cpu", supernet=tmp_path / "supernet" / "last.pt", data=tmp_path / "data",
-                              run_dir=tmp_path / "search", iterations=2, proposer="random", bn_images=4, batch_size=4,
-                              measure_local=False)
+    settings = search_settings(trained, tmp_path / "search", iterations=2)
     summary = run_search(settings, ondemand.latency_factory(settings))
     assert summary["status"] == "completed"
-    stored = tmp_path / "tables" / "x86-cpu-ort" / f"shufflenet-{config_digest(config.model_dump(mode='json'))}.json"
+    stored = tmp_path / "search" / "latency" / f"shufflenet-{config_digest(trained['config'].model_dump(mode='json'))}.json"
     assert stored.is_file() and summary["device"]["table"] == str(stored)
-    assert "measured on this machine" in summary["device"]["note"]
+    assert "measured on this machine" in summary["device"]["note"] and not (tmp_path / "tables").exists()
+
+
+def test_a_search_decides_the_same_whatever_its_probe_reads_and_reanchors_only_when_asked(trained, tmp_path,
+                                                                                          monkeypatch, caplog):
+    """The start-up probe made to read 2x off, on a busy machine and then on a quiet one: the search chooses
+    what it chooses untouched, and writes nothing outside its run directory; --reanchor scales the table by
+    the reference, records the factor in the run, and --resume reuses it whatever the probe reads then."""
+    from pathnas.profiling import probe
+    from pathnas.profiling.anchoring import anchor_record_path, recorded_anchor
+    from pathnas.search import read_evaluations
+    from search_helpers import search
+    from test_profiling import anchored_table, probe_timings
+
+    for var in ("PATHNAS_LATENCY_TABLES", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    table_path = save_table(anchored_table(trained["supernet"]), tmp_path / "given" / "table.json")
+    table_bytes = table_path.read_bytes()
+    reading = {"factor": 2.0, "load": 1.5}
+
+    def timed_now(predictor, archs, rounds):  # the probe's timings, as a machine 2x off would give them
+        return probe_timings(predictor, archs, reading["factor"], reading["factor"], reading["load"])
+
+    monkeypatch.setattr(probe, "time_probe", timed_now)
+    from pathnas.profiling.pack import sample_archs
+
+    predictor = predictor_for(load_profile("cpu"), trained["supernet"], table_path=table_path)
+    predicted = sorted(predictor.predict_ms(a) for a in sample_archs(trained["supernet"], 12, 0))
+    base = dict(latency_table=table_path, budget_ms=predicted[6])  # about half the paths fit
+
+    def chosen(run):
+        return [(e["arch"], round(e["latency_ms"], 6), e["verdict"]) for e in read_evaluations(run / "evaluations.jsonl")]
+
+    unprobed = search(search_settings(trained, tmp_path / "unprobed", **base))
+    with caplog.at_level("WARNING", logger="pathnas.profiling"):
+        busy = search(search_settings(trained, tmp_path / "busy", measure_local=True, **base))
+    assert any("this machine is busy" in r.getMessage() for r in caplog.records)
+    reading["load"] = 0.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pathnas.profiling"):
+        quiet = search(search_settings(trained, tmp_path / "quiet", measure_local=True, **base))
+    warned = [r.getMessage() for r in caplog.records if "is off on this machine now" in r.getMessage()]
+    assert len(warned) == 1 and f"pathnas-edge profile check {table_path}" in warned[0]
+    for summary, run in ((busy, tmp_path / "busy"), (quiet, tmp_path / "quiet")):
+        assert chosen(run) == chosen(tmp_path / "unprobed") and summary["best"]["arch"] == unprobed["best"]["arch"]
+        assert "anchor" not in summary["device"]
+    assert table_path.read_bytes() == table_bytes and list(tmp_path.glob("PATHNAS_LATENCY_TABLES/*")) == []
+    assert not (tmp_path / "XDG_CACHE_HOME" / "pathnas-edge").exists()  # (libraries keep their font caches there)
+
+    anchored = search(search_settings(trained, tmp_path / "anchored", measure_local=True, reanchor=True,
+                                      **{**base, "iterations": 2}))
+    assert anchored["device"]["anchor"]["factor"] == pytest.approx(2.0)
+    assert "table of 2026-11-02 × 2.00 by the reference" in anchored["device"]["note"]
+    first = chosen(tmp_path / "anchored")
+    assert [lat for _, lat, _ in first] == [pytest.approx(2 * lat) for a, lat, _ in chosen(tmp_path / "unprobed")
+                                            if a in {x for x, _, _ in first}]
+    reading["factor"] = 1.0  # the machine sped up: a resumed run keeps the factor it recorded
+    resumed = search(search_settings(trained, tmp_path / "anchored", measure_local=True, reanchor=True, resume=True,
+                                     **{**base, "iterations": 3}))
+    assert resumed["device"]["anchor"]["factor"] == pytest.approx(2.0) and chosen(tmp_path / "anchored")[:2] == first
+    record = json.loads(anchor_record_path(tmp_path / "anchored").read_text())
+    assert record["anchor"]["factor"] == pytest.approx(2.0) and record["probe"]["path_ratio"] == pytest.approx(1.0)
+    # --replay of this run's transcript takes the factor this run recorded, not one timed now
+    replay = search_settings(trained, tmp_path / "replayed", replay=tmp_path / "anchored" / "transcript.jsonl")
+    assert recorded_anchor(replay) == (True, record["anchor"])
 
 
 def test_the_device_half_takes_relative_paths_as_the_readme_writes_them(pack, tmp_path):
@@ -322,3 +374,27 @@ def test_the_device_half_takes_relative_paths_as_the_readme_writes_them(pack, tm
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert read_timings(written, dev / "p")["metadata"]["timing_processes"] == 2
+
+
+def test_a_pack_times_the_graph_that_ships(pack, tmp_path):
+    """One exporter for tables, probes and artifacts: a pack's whole-subnet probe and the shipped model's
+    export of the same path (export/artifacts.py) are the same graph, node type by node type."""
+    from collections import Counter
+
+    import onnx
+
+    from pathnas.export.artifacts import MODEL_ONNX, export_canonical
+    from pathnas.subnet import build_subnet
+
+    manifest = read_pack(pack)
+    probe = next(i for i in manifest["items"] if i["kind"] == "net")
+    model = build_subnet(manifest["space_config"], probe["arch"])
+    meta = {"space_config": manifest["space_config"], "arch": probe["arch"], "task": "classify",
+            "classes": [f"c{i}" for i in range(manifest["space_config"]["num_classes"])]}
+    shipped = export_canonical(tmp_path, model, meta)["onnx"]
+
+    def op_types(path):
+        return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+    assert probe["exporter"] == shipped["exporter"]
+    assert op_types(pack / probe["file"]) == op_types(tmp_path / MODEL_ONNX)

@@ -258,6 +258,15 @@ def test_measured_table_round_trip(tiny, tmp_path):
     predictor = predictor_for(profile, tiny, table_path=path)
     row = table["end_to_end"][0]
     assert predictor.predict_ms(row["arch"]) == pytest.approx(row["predicted_ms"])
+    # anchored: the reference model timed in the same rounds as the parts, with what it promises
+    import hashlib
+
+    from pathnas.profiling.reference import reference_model_bytes
+
+    anchor = table["anchor"]
+    assert anchor["reference_ms"] > 0 and anchor["tolerance_pct"] >= 10
+    assert anchor["reference_sha256"] == hashlib.sha256(reference_model_bytes()).hexdigest()
+    assert "reference" not in {r["arch"] for r in table["end_to_end"]} and "speed_state" in table["metadata"]
 
 
 # -- regression checks ------------------------------------------------------------------------
@@ -512,31 +521,85 @@ def test_spearman_is_the_rank_correlation():
     assert spearman(a, a ** 3) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
 
 
-# -- the drift probe at the start of a search ------------------------------------------------------
+# -- the probe: it checks and reports, it decides nothing ------------------------------------------
 
-def test_the_drift_probe_warns_with_the_calibrate_command(tiny, tmp_path, caplog):
-    path = save_table(hand_made_table(tiny), tmp_path / "t.json")
+def anchored_table(supernet, reference_ms: float = 1.0, tolerance_pct: float = 10.0) -> dict:
+    """``hand_made_table`` with an anchor: the reference model timed at 1 ms beside the parts."""
+    return {**hand_made_table(supernet), "metadata": {"cpu_model": "test", "date": "2026-11-02T10:00:00+00:00"},
+            "anchor": {"reference_ms": reference_ms, "reference_spread_pct": 1.0, "tolerance_pct": tolerance_pct}}
+
+
+def probe_timings(predictor, archs, path_factor: float, reference_factor: float | None, load: float | None) -> dict:
+    """Timings as a probe reads them: each path ``path_factor`` x its prediction, the reference
+    ``reference_factor`` x its time in the table, ``load`` cores of other programs meanwhile."""
+    results = {f"net:{a.code}": {"median_ms": path_factor * predictor.table_ms(a)} for a in archs}
+    if reference_factor is not None:
+        results["reference"] = {"median_ms": reference_factor * predictor.table["anchor"]["reference_ms"]}
+    return {"results": results, "metadata": {"other_load_cores": load}}
+
+
+@pytest.mark.parametrize("paths, reference, load, verdict", [
+    (2.0, 2.0, 1.5, "busy"),            # a busy machine: nothing can be told
+    (1.05, 0.97, 0.0, "holds"),
+    (2.0, 2.0, 0.0, "machine-moved"),   # the reference moved with the paths: re-anchoring helps
+    (2.0, 1.0, 0.0, "table-off"),       # the paths moved alone: the table is wrong here
+])
+def test_the_probe_tells_a_busy_machine_a_moved_one_and_a_wrong_table_apart(tiny, tmp_path, paths, reference, load,
+                                                                           verdict):
+    from pathnas.profiling.probe import judge, probe_archs, probe_line, reanchored
+
+    path = save_table(anchored_table(tiny), tmp_path / "t.json")
     predictor = predictor_for(load_profile("cpu"), tiny, table_path=path)
-    with caplog.at_level("WARNING", logger="pathnas.profiling"):
-        steady = predictor.check_drift(measure=lambda arch: 1.1 * predictor.predict_ms(arch))
-    assert steady["ratio"] == pytest.approx(1.1) and not steady["drifted"] and not caplog.records
-    with caplog.at_level("WARNING", logger="pathnas.profiling"):
-        drifted = predictor.check_drift(measure=lambda arch: 0.7 * predictor.predict_ms(arch))
-    assert drifted["drifted"] and drifted["arch"] == predictor.probe_arch().code
-    message = caplog.records[-1].getMessage()
-    assert f"latency table {path} is off on this machine now" in message and "(0.70x" in message
-    assert "pathnas-edge profile calibrate --device x86-cpu-ort --space shufflenet --input-size 32" in message
-    assert f"--table {path} --out " in message and "--latency-table" in message
-    # the probe path is one the table never timed end to end
-    assert drifted["arch"] not in {r["arch"] for r in hand_made_table(tiny).get("end_to_end", [])}
+    archs = probe_archs(predictor, 2)
+    assert not {a.code for a in archs} & {r["arch"] for r in predictor.table.get("end_to_end", [])}
+    report = judge(predictor, archs, probe_timings(predictor, archs, paths, reference, load), load_average=0.1)
+    assert report["verdict"] == verdict and report["path_ratio"] == pytest.approx(paths)
+    assert report["reference_ratio"] == pytest.approx(reference)
+    level, line = probe_line(report, path)
+    assert ("pathnas-edge profile check " + str(path) in line) == (verdict in ("machine-moved", "table-off"))
+    assert ("machine is busy" in line) == (verdict == "busy") and "\n" not in line
+    assert predictor.predict_ms(archs[0]) == predictor.table_ms(archs[0])  # the probe changed nothing
+    anchor = reanchored(report)
+    assert anchor["factor"] == (1.0 if verdict == "busy" else pytest.approx(reference))
 
 
-def test_the_drift_probe_times_nothing_when_told_not_to_measure_here(tiny, tmp_path):
-    path = save_table(hand_made_table(tiny), tmp_path / "t.json")
-    quiet = predictor_for(load_profile("cpu"), tiny, table_path=path, measure_here=False)
-    assert quiet.check_drift() is None and quiet.checked_here() is quiet
-    roofline = predictor_for(load_profile("jetson"), tiny, latency_source="roofline")
-    assert roofline.check_drift() is None and roofline.checked_here() is roofline
+def test_a_table_without_an_anchor_is_judged_on_its_paths_and_cannot_be_reanchored(tiny, tmp_path):
+    from pathnas.profiling.probe import judge, probe_archs, reanchored
+
+    path = save_table(hand_made_table(tiny), tmp_path / "t.json")  # measured before tables timed the reference
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path)
+    archs = probe_archs(predictor, 2)
+    report = judge(predictor, archs, probe_timings(predictor, archs, 1.3, None, 0.0))
+    assert report["verdict"] == "unanchored-off" and report["reference_ratio"] is None
+    with pytest.raises(ConfigError, match="no reference time"):
+        reanchored(report)
+
+
+def test_a_reanchored_table_says_so_wherever_its_figures_are_shown(tiny, tmp_path):
+    path = save_table(anchored_table(tiny), tmp_path / "t.json")
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=path)
+    before = predictor.predict_ms("3333")
+    predictor.use_anchor({"factor": 1.07})
+    assert predictor.predict_ms("3333") == pytest.approx(1.07 * before)
+    assert "table of 2026-11-02 × 1.07 by the reference" in predictor.describe()["note"]
+
+
+def test_a_search_names_what_differs_from_the_state_the_table_was_measured_in(tiny, tmp_path, monkeypatch):
+    from pathnas.profiling import probe
+
+    table = anchored_table(tiny)
+    table["metadata"] = {**table["metadata"], "threads": 2, "versions": {"onnxruntime": "1.0.0"},
+                         "speed_state": {"cpu_governor": "performance", "nvpmodel": "NV Power Mode: MAXN"}}
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=save_table(table, tmp_path / "t.json"))
+    now = {"cpu_model": "test", "threads": 2, "versions": {"onnxruntime": "1.18.0"},
+           "speed_state": {"cpu_governor": "powersave", "nvpmodel": "NV Power Mode: MAXN"}}
+    monkeypatch.setattr(probe, "machine_metadata", lambda profile: now)
+    line = probe.state_line(predictor)
+    assert "onnxruntime 1.0.0 then, 1.18.0 now" in line and "cpu_governor performance then, powersave now" in line
+    assert "nvpmodel" not in line and "threads" not in line and "pathnas-edge profile check" in line
+    monkeypatch.setattr(probe, "machine_metadata", lambda profile: {**now, **{k: table["metadata"][k] for k in
+                                                                             ("versions", "speed_state")}})
+    assert probe.state_line(predictor) is None
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -556,7 +619,7 @@ def test_profile_measures_by_default_and_calibrate_refits_the_table(tiny, tmp_pa
     table = load_table(table_path)
     out_path = tmp_path / "calibrated.json"
     code, out, err = pathnas_edge("profile", "calibrate", "--device", "cpu", *knobs, "--table",
-                         table_path, "--out", out_path, "--subnets", "4", "--rounds", "1", "--json")
+                         table_path, "--out", out_path, "--subnets", "4", "--holdout", "0", "--rounds", "1", "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["source_table"] == str(table_path) and report["model"] in ("scale", "linear")
@@ -586,7 +649,7 @@ def test_a_session_that_must_not_spin_leaves_the_cpu_to_other_threads(onnx_model
 
 def test_regress_times_the_model_beside_the_reference_in_a_process_of_its_own(onnx_model, tmp_path):
     from pathnas.deploy.regress import RunSettings, measure_with_reference
-    from pathnas.pipeline.reference_model import write_reference_model
+    from pathnas.profiling.reference import write_reference_model
 
     reference = write_reference_model(tmp_path / "reference.onnx")
     settings = RunSettings("x86-cpu-ort", "onnxruntime-cpu", "fp32", threads=2)
@@ -594,3 +657,17 @@ def test_regress_times_the_model_beside_the_reference_in_a_process_of_its_own(on
     assert len(model_ms) == len(reference_ms) == 10 and min(model_ms + reference_ms) > 0
     with pytest.raises(ConfigError, match="beside the reference model failed: model .*missing.onnx does not exist"):
         measure_with_reference(tmp_path / "missing.onnx", reference, settings, rounds=2, repeats=5)
+
+
+def test_profile_check_reports_stored_reanchored_and_refitted_and_writes_nothing(tiny, tmp_path):
+    path = save_table(anchored_table(tiny), tmp_path / "t.json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = pathnas_edge("profile", "check", path, "--paths", "3", "--rounds", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(report["rows"]) == {"stored", "re-anchored", "refitted"} and len(report["paths"]) == 3
+    assert all(0 <= r["within_10_pct"] <= 100 for r in report["rows"].values())
+    assert report["reference_now_ms"] > 0 and report["verdict"] in ("busy", "holds", "machine-moved", "table-off")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    code, out, err = pathnas_edge("profile", "check", path, "--paths", "3", "--rounds", "1")
+    assert code == 0 and "re-anchored" in out and "±10%" in out, err

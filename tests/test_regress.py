@@ -170,7 +170,7 @@ def test_regress_refuses_and_reports_what_it_cannot_check(bundle, tmp_path, fake
 
 def test_regress_of_a_model_file_uses_the_reference_too(classify_run, tmp_path):
     """pathnas-edge regress MODEL.onnx: the baseline times the same fixed reference model bundles carry."""
-    from pathnas.pipeline.reference_model import reference_model_bytes
+    from pathnas.profiling.reference import reference_model_bytes
     import hashlib
 
     run, _ = classify_run

@@ -104,7 +104,7 @@ def regress(
     from pathnas.deploy.junit import junit_on_error
     from pathnas.deploy.regress import RunSettings
     from pathnas.deploy.toolkit import regress_bundle, regress_model
-    from pathnas.pipeline.reference_model import write_reference_model
+    from pathnas.profiling.reference import write_reference_model
     from pathnas.profiling import load_profile
 
     if device_link.remote is not None:

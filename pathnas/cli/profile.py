@@ -94,13 +94,20 @@ def _report_table(table: dict, path: Path, as_json: bool, seconds: float | None 
     if as_json:
         print_json({"table": str(path), "profile": table["profile"], "parts": len(table["parts"]),
                     "parts_timed": meta.get("parts_timed"), "parts_reused": meta.get("parts_reused"),
-                    "overhead": table["overhead"], "accuracy": acc, "seconds": seconds})
+                    "overhead": table["overhead"], "accuracy": acc, "anchor": table.get("anchor"), "seconds": seconds})
         return
     reused = f", {meta['parts_reused']} reused" if meta.get("parts_reused") else ""
     console.print(f"latency table {path}: {len(table['parts'])} parts ({meta.get('parts_timed')} timed{reused}), "
                   f"{len(table['end_to_end'])} subnets ({table['overhead']['fit_subnets']} fit the overhead)"
                   + (f", {seconds:.0f} s" if seconds is not None else ""), markup=False)
     console.print(f"held-out accuracy on {acc['subnets']} subnets: {_accuracy_line(acc)}", markup=False)
+    anchor = table.get("anchor")
+    if anchor:
+        spread = anchor["reference_spread_pct"]
+        console.print(f"anchor: the reference model {anchor['reference_ms']:.4g} ms"
+                      + (f" (spread ±{spread:.1f}%)" if spread is not None else "")
+                      + f", timed with the parts; it promises ±{anchor['tolerance_pct']:.0f}% on a later day "
+                      f"(check: pathnas-edge profile check {path})", markup=False)
     busy = busy_warning(meta.get("other_load_cores"))
     if busy:
         console.print(f"warning: {busy}", markup=False)
@@ -225,7 +232,9 @@ def calibrate(
     from_table: Optional[Path] = typer.Option(None, "--from", help="transfer: another device's table, whose parts "
                                                                     "are fitted to this device from a few probes"),
     out: Path = typer.Option(..., help="the recalibrated table (use it with search --latency-table)"),
-    subnets: int = typer.Option(8, min=3, help="unseen subnets timed end to end now"),
+    subnets: int = typer.Option(10, min=3, help="K: unseen subnets timed end to end now, which the fit uses"),
+    holdout: int = typer.Option(8, min=0, help="further unseen subnets, timed with them, that judge the fit "
+                                               "(Spearman, share within ±10%, before and after)"),
     rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
     force: bool = typer.Option(False, "--force", help="time even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -254,13 +263,13 @@ def calibrate(
     on_interrupt("nothing was written: the recalibrated table is saved once every subnet is timed")
     with _progress(as_json) as bar:
         calibrated = calibrate_table(source_table, net, hw, subnets=subnets, rounds=rounds, table_path=source,
-                                     progress=bar, remote=link)
+                                     progress=bar, remote=link, holdout=holdout)
     save_table(calibrated, out)
     record = calibrated["calibration"]
     if as_json:
         print_json({"table": str(out), "source_table": str(source), "profile": hw.name,
                     **{k: record[k] for k in ("source_device", "seconds", "model", "factor", "loo_mape_pct", "before",
-                                              "after", "usable", "subnets")},
+                                              "after", "usable", "subnets")}, "holdout": record.get("holdout"),
                     "overhead": calibrated["overhead"]})
         return
     kind = f"transferred from {record['source_device']}" if record["source_device"] != hw.name else "recalibrated"
@@ -271,12 +280,56 @@ def calibrate(
                   f"{record['before']['spearman']:.2f}", markup=False)
     console.print(f"after (leave-one-out: each subnet predicted by a fit without it): "
                   f"{_accuracy_line(record['after'])}", markup=False)
+    held = record.get("holdout")
+    if held:
+        console.print(f"on {held['subnets']} held-out subnets the fit never saw: Spearman "
+                      f"{held['before']['spearman']:.2f} -> {held['after']['spearman']:.2f}, within ±10% "
+                      f"{held['before']['within_10_pct']:.0f}% -> {held['after']['within_10_pct']:.0f}%", markup=False)
     if not record["usable"]:
         console.print(f"this fit is too poor to use: only {record['after']['within_10_pct']:.0f}% of unseen subnets "
                       f"within ±10%. Measure {hw.name}'s own table (pathnas-edge profile measure, or pack / "
                       f"pathnas-infer profile / assemble)", markup=False)
         return
     console.print(f"search with it: pathnas-edge search --device {hw.name} --latency-table {out} ...", markup=False)
+
+
+@profile_app.command("check")
+def check(
+    table: Path = typer.Argument(..., metavar="TABLE", help="the latency table to hold to its word"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " (default: the table's)"),
+    paths: int = typer.Option(8, min=1, help="unseen paths timed interleaved with the reference model"),
+    rounds: int = typer.Option(3, min=1, help="rounds, each in a process of its own"),
+    force: bool = typer.Option(False, "--force", help="time even if this machine does not match the profile"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Does a table still hold here? Times the reference model interleaved with unseen paths, and reports the
+    share within ±10% as stored, re-anchored by the reference and refitted, with the machine's load. Writes
+    nothing: re-anchor in a search with --reanchor, refit with `profile calibrate`, or re-measure."""
+    import torch
+
+    from pathnas.profiling import load_table, predictor_for
+    from pathnas.profiling.probe import check_table, probe_line
+    from pathnas.spaces import build_supernet, config_from_dict
+
+    stored = load_table(table)
+    hw = _device_here(device or stored["profile"], force)
+    torch.manual_seed(0)
+    net = build_supernet(config_from_dict(stored["space_config"])).eval()  # the table says which space it times
+    on_interrupt("nothing was written: `profile check` only reports")
+    report = check_table(predictor_for(hw, net, table_path=table), paths, rounds)
+    if as_json:
+        print_json({"table": str(table), "profile": hw.name, **report})
+        return
+    load = report["other_load_cores"]
+    console.print(f"{table} (measured {str(report['table_date'])[:10]}): {len(report['paths'])} unseen paths and the "
+                  f"reference model timed in {report['seconds']:.0f} s; other programs used "
+                  f"{'an unknown share of' if load is None else f'{load:.2f}'} CPU cores, load average "
+                  f"{report['load_average']}", markup=False)
+    for name, row in report["rows"].items():
+        lo, hi = row["measured_over_predicted"]
+        console.print(f"  {name:<11} ±10% {row['within_10_pct']:3.0f}%  MAPE {row['mape_pct']:5.1f}%  "
+                      f"ρ {row['spearman']:5.2f}  measured/predicted {lo:.2f}-{hi:.2f}", markup=False)
+    console.print(probe_line(report, table)[1], markup=False)
 
 
 COMMANDS = ()

@@ -127,16 +127,11 @@ def stage_pretrain(layout: RunLayout, space_config, cfg: PretrainConfig, progres
 def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
     """The latency table of ``supernet``'s configuration for ``profile``: None when one is installed;
     measured here into RUN/latency when this machine is the device; NoLatencyTableError otherwise."""
-    from pathnas.profiling import predictor_for
-    from pathnas.profiling.ondemand import measure_missing_table
-    from pathnas.profiling.tables import NoLatencyTableError, table_filename
+    from pathnas.profiling.ondemand import installed_predictor, measure_missing_table
+    from pathnas.profiling.tables import table_filename
 
-    try:
-        predictor_for(profile, supernet)
+    if installed_predictor(profile, supernet) is not None:
         return None
-    except NoLatencyTableError:
-        if not profile.runs_here():
-            raise
     config = supernet.config.model_dump(mode="json")
     table = layout.latency_dir / table_filename(config)
     run_stage(layout, "profile", {"space": config, "device": profile.name}, [table],
@@ -288,7 +283,7 @@ def stage_package(layout: RunLayout, profile, out: Path | None = None, measure_l
     from pathnas.deploy.bundle import PackageInputs, package, zip_path
     from pathnas.deploy.signing import key_fingerprint
 
-    from .reference_model import write_reference_model
+    from pathnas.profiling.reference import write_reference_model
 
     out = Path(out) if out is not None else layout.bundle
     inputs = PackageInputs(root=layout.root, report=_need(layout.report, "validate"),

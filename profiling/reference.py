@@ -1,8 +1,10 @@
-"""The latency reference model: a small fixed ONNX network that bundles carry for `regress`.
+"""The latency reference model: a small fixed ONNX network timed beside what is judged.
 
 `regress` times it in alternation with the bundle's model, in the baseline and in every
 check, and judges the model relative to it (deploy/regress.py): a machine that is uniformly
-slower or faster than when the baseline was taken then does not read as a regression.
+slower or faster than when the baseline was taken then does not read as a regression. A latency
+table times it in the same rounds and processes as its parts and probes (its anchor), so a later
+`profile check` or a search's start-up probe can tell a machine that moved from a table that is wrong.
 
 The more it runs like the models it is compared with, the better it cancels the machine: so it
 is built from the searched models' own parts (ShuffleNet / MobileNet-style units: 1x1 conv,
