@@ -88,6 +88,8 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     console.print(table if records else "no architecture was evaluated", markup=False)
     if device["is_estimate"]:
         console.print("~ latency is a roofline ESTIMATE, not a measurement", markup=False)
+    if device.get("anchor"):  # --reanchor: the table's figures were scaled, and by what
+        console.print(f"latency: {device['note']}", markup=False, highlight=False)
     console.print(f"proposer: {summary['proposer']} ({summary['proposer_choice']['why']})", markup=False,
                   highlight=False)
     if best:
