@@ -2,7 +2,7 @@
 
     python benchmarks/latency_calibration.py [--device cpu] [--config demo|paper-width0.5-128] [--table F]
                                              [--paths 24] [--rounds 3] [--runs 3] [--gap-s 120]
-                                             [--load] [--json]
+                                             [--load] [--threads N] [--json]
 
 Run it in a session LATER than the one that measured the table (by default the table installed for
 the device and configuration, e.g. the one shipped in hardware_profiles/tables/). Each run is what
@@ -15,7 +15,8 @@ and, on those paths, the share within ±10 % of
 with the measured / predicted range and the other programs' CPU use meanwhile. Then it times the
 search's start-up probe (2 paths and the reference, 2 rounds). `--runs` repeats all of it `--gap-s`
 apart (the issue's goal: re-anchored >= 90 % in every run). `--load` runs a CPU-bound process beside
-it (the figure to report, with the profile's threads: on 2 cores a second thread has nowhere to run).
+it (a figure to report, with `--threads 1` and a table measured at 1 thread: on 2 cores a second
+thread has nowhere to run).
 On a busy machine the timings are noisy: say so with the figures, and re-run on a quiet one.
 """
 from __future__ import annotations
@@ -59,10 +60,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--gap-s", type=float, default=120.0, help="seconds between runs")
     parser.add_argument("--load", action="store_true", help="a CPU-bound process beside the timing")
+    parser.add_argument("--threads", type=int, help="time with this many runtime threads (the issue's loaded figure: "
+                                                    "1, with a --table measured at 1 thread)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     profile = load_profile(args.device)
+    if args.threads:
+        profile = profile.model_copy(update={"threads": args.threads})
     torch.manual_seed(0)
     net = build_supernet(space_config("shufflenet", **CONFIGS[args.config])).eval()
     path = find_table(profile, net.config.model_dump(mode="json"), args.table)
