@@ -1,11 +1,22 @@
 """How far the search's proxy can be trusted: rank correlation between inherited-weight accuracy (BN
 recalibrated, exactly as the search scores a path) and stand-alone accuracy (each path trained alone,
-from scratch), for a supernet pretrained with uniform single-path sampling (SPOS) and one pretrained
-with fair sampling (FairNAS), at the same number of image-passes.
+from scratch), for a supernet pretrained with uniform single-path sampling (SPOS), one pretrained
+with fair sampling (FairNAS) and one with skip-balanced sampling (the number of 'id' layers uniform),
+at the same number of image-passes; and what each remedy for the under-rating of skip-heavy paths does.
 
     python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 20]
                                           [--n-per-class 800] [--bn-images 256] [--threads N] [--work DIR]
+                                          [--samplers uniform,fair,balanced] [--remedies bn,bn-more,tie]
                                           [--ceiling] [--seed 0] [--json] [--only supernets|alone [--slice K/N]]
+
+Remedies on the evaluation side, per supernet: ``bn`` (today: BN recalibrated per path on --bn-images
+training images), ``bn-more`` (per path on --bn-images-more, default 2048: the whole training split
+nearly), ``tie`` (the ``bn`` accuracies, paths within --tie points of each other ranked by FLOPs: the
+free proxy as a tie-breaker), ``finetune`` (the ``bn`` evaluation after --finetune-epochs, default 1,
+of training of the path alone, as the search's --finetune-epochs does). Per column: Kendall tau-b and Spearman rho against stand-alone with
+95 % bootstrap intervals, the share of paths whose inherited accuracy is within 5 points of their
+stand-alone accuracy, and the worst under-rating: a path's inherited rank minus its stand-alone rank,
+against the goal of at most a third of the ranking.
 
 The paths are spread over the FLOPs range of the demo space (the pipeline's DEMO_SPACE / DEMO_DATA):
 every path's FLOPs are counted (fvcore) and the paths at evenly spaced FLOPs ranks are taken. A fair
@@ -46,10 +57,11 @@ from pathnas.search.targets import calibration_batches
 from pathnas.settings import PretrainConfig, RetrainConfig
 from pathnas.spaces import build_supernet, space_config
 from pathnas.subnet import build_subnet, save_subnet
-from pathnas.train import evaluate_architecture, pretrain, primary_metric
+from pathnas.train import evaluate_architecture, finetune_architecture, pretrain, primary_metric
 from pathnas.train.spos import fair_path_count
 
-SAMPLERS = ("uniform", "fair")
+SAMPLERS = ("uniform", "fair", "balanced")
+REMEDIES = ("bn", "bn-more", "tie", "finetune")
 
 
 def paths_over_flops(space_cfg, count: int, seed: int, pool: int) -> list[tuple[object, float]]:
@@ -82,6 +94,53 @@ def correlation(x: list[float], y: list[float], seed: int) -> dict:
     return out
 
 
+def short(column: str) -> str:
+    """A column's name in the 80-column tables: U bn, B bn+, F ft ..."""
+    sampler, _, remedy = column.partition(" ")
+    if not remedy:
+        return column
+    return f"{sampler[0].upper()} {({'bn-more': 'bn+', 'finetune': 'ft'}).get(remedy, remedy)}"
+
+
+def cached(work: Path, name: str, paths, compute) -> list[float]:
+    """One column of inherited accuracies, kept in --work (inherited/NAME.json, keyed by the paths) so that a
+    second run prints without evaluating again."""
+    path = work / "inherited" / f"{name}.json"
+    codes = [a.code for a, _ in paths]
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("paths") == codes:
+            return saved["accuracy"]
+    values = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"paths": codes, "accuracy": values}))
+    return values
+
+
+def tie_broken(accuracy: list[float], flops: list[float], tie: float) -> list[float]:
+    """A score that orders paths by accuracy, those within ``tie`` points of each other (binned) by FLOPs."""
+    order = sorted(range(len(accuracy)), key=lambda i: (round(accuracy[i] / tie), flops[i]))
+    score = [0.0] * len(accuracy)
+    for rank, i in enumerate(order):
+        score[i] = float(rank)
+    return score
+
+
+def fidelity(score: list[float], accuracy: list[float] | None, alone: list[float], seed: int) -> dict:
+    """How a column ranks the paths against stand-alone: correlations with intervals, the share of paths
+    within 5 points of stand-alone, and the worst under-rating (inherited rank - stand-alone rank; rank 1 best)."""
+    n = len(alone)
+    inherited_rank = stats.rankdata([-v for v in score])
+    alone_rank = stats.rankdata([-v for v in alone])
+    drop = inherited_rank - alone_rank
+    worst = int(np.argmax(drop))
+    return {**correlation(score, alone, seed),
+            "within_5_points": None if accuracy is None else int(sum(abs(a - b) <= 5 for a, b in zip(accuracy, alone))),
+            "worst": {"index": worst, "inherited_rank": float(inherited_rank[worst]),
+                      "alone_rank": float(alone_rank[worst]), "drop": float(drop[worst])},
+            "goal_met": bool(drop.max() <= n / 3)}
+
+
 def standalone(config, data: Path, arch, work: Path, args, seed: int | None = None) -> dict:
     """One path trained alone from scratch (resumed or read back when --work holds it); ``seed`` other than
     --seed trains it again into a folder of its own."""
@@ -110,7 +169,11 @@ def main() -> None:
                         help="train every path a second time (seed + 1): how well the ground truth ranks itself")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bn-images", type=int, default=256)
-    parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: uniform, fair")
+    parser.add_argument("--bn-images-more", type=int, default=2048, help="BN recalibration images of remedy bn-more")
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs of remedy finetune")
+    parser.add_argument("--tie", type=float, default=1.0, help="remedy tie: accuracies within this many points tie")
+    parser.add_argument("--samplers", default="uniform,fair", help="comma-separated: " + ", ".join(SAMPLERS))
+    parser.add_argument("--remedies", default="bn", help="comma-separated: " + ", ".join(REMEDIES))
     parser.add_argument("--only", choices=("supernets", "alone"), default=None,
                         help="do one part and stop (parts may run at once in several processes on one --work)")
     parser.add_argument("--slice", default="0/1", help="with --only alone: K/N trains paths K, K+N, K+2N...")
@@ -118,6 +181,9 @@ def main() -> None:
                                                                    "(a second process on the same slice)")
     parser.add_argument("--work", type=Path, default=None, help="keep data, supernets and trainings here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--supernet-seed", type=int, default=None,
+                        help="train the supernets with this seed (same data, paths and stand-alone trainings): "
+                             "how much of a difference between columns is the supernet's own seed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.work is None:
@@ -135,6 +201,9 @@ def run(args, work: Path) -> None:
     samplers = [s for s in args.samplers.split(",") if s]
     if not samplers or set(samplers) - set(SAMPLERS):
         sys.exit(f"error: --samplers {args.samplers!r}: allowed values are {', '.join(SAMPLERS)}")
+    remedies = [r for r in args.remedies.split(",") if r]
+    if not remedies or set(remedies) - set(REMEDIES):
+        sys.exit(f"error: --remedies {args.remedies!r}: allowed values are {', '.join(REMEDIES)}")
     folder = work / "data"
     generate(folder, "classify", seed=args.seed, **{**DEMO_DATA, "n_per_class": args.n_per_class})
     load_or_create_splits(folder, seed=args.seed)
@@ -144,9 +213,10 @@ def run(args, work: Path) -> None:
     pack(folder, data, size=config.input_size, seed=args.seed)
     reference = build_supernet(config)
     passes, key = fair_path_count(reference.space), primary_metric(reference.task)
-    epochs = {"fair": args.fair_epochs, "uniform": args.fair_epochs * passes}
+    epochs = {"fair": args.fair_epochs, "uniform": args.fair_epochs * passes, "balanced": args.fair_epochs * passes}
     loaders = build_loaders(data, config.input_size, 64, seed=args.seed)
     calibration = calibration_batches(loaders.calib, args.bn_images)  # as the search recalibrates every path
+    more = calibration_batches(loaders.calib, args.bn_images_more) if "bn-more" in remedies else None
     paths = paths_over_flops(config, args.paths, args.seed, args.pool)
     if args.only == "alone":
         k, n = (int(v) for v in args.slice.split("/"))
@@ -157,31 +227,55 @@ def run(args, work: Path) -> None:
                 except RunLockedError:  # another process of this slice trains it
                     continue
         return
-    inherited: dict[str, list[float]] = {}
+    inherited: dict[str, list[float]] = {}  # column (sampler, remedy) -> accuracy per path
+    scores: dict[str, list[float]] = {}  # column -> what ranks the paths (the accuracy, or the tie-broken order)
     for sampler in samplers:
-        cfg = PretrainConfig(data=data, run_dir=work / f"supernet-{sampler}", epochs=epochs[sampler], batch_size=32,
-                             lr=0.02, mixup_alpha=0, cutmix_alpha=0, workers=0, seed=args.seed, eval_paths=0,
+        name = sampler if args.supernet_seed is None else f"{sampler}-seed{args.supernet_seed}"
+        cfg = PretrainConfig(data=data, run_dir=work / f"supernet-{name}", epochs=epochs[sampler], batch_size=32,
+                             lr=0.02, mixup_alpha=0, cutmix_alpha=0, workers=0, eval_paths=0,
+                             seed=args.seed if args.supernet_seed is None else args.supernet_seed,
                              device="cpu", sampler=sampler)
         supernet = pretrain(config, cfg, resume=True, progress=False).supernet.eval()
         if args.only == "supernets":
             continue
-        inherited[sampler] = [evaluate_architecture(supernet, arch, calibration, loaders.val, loaders.num_classes,
-                                                    torch.device("cpu"), args.bn_images)[key] for arch, _ in paths]
+        def scored(batches, images: int) -> list[float]:
+            return [evaluate_architecture(supernet, arch, batches, loaders.val, loaders.num_classes,
+                                          torch.device("cpu"), images)[key] for arch, _ in paths]
+
+        def finetuned() -> list[float]:
+            return [finetune_architecture(supernet, arch, calibration, loaders.train, loaders.val, loaders.num_classes,
+                                          torch.device("cpu"), args.bn_images, args.finetune_epochs, 64,
+                                          args.seed)[key] for arch, _ in paths]
+
+        base = cached(work, f"{name}-bn{args.bn_images}", paths, lambda: scored(calibration, args.bn_images))
+        for remedy in remedies:
+            column = f"{sampler} {remedy}"
+            if remedy == "finetune":
+                inherited[column] = cached(work, f"{name}-bn{args.bn_images}-ft{args.finetune_epochs}", paths,
+                                           finetuned)
+            elif remedy == "bn-more":
+                inherited[column] = cached(work, f"{name}-bn{args.bn_images_more}", paths,
+                                           lambda: scored(more, args.bn_images_more))
+            else:
+                inherited[column] = base
+            scores[column] = (tie_broken(base, [f for _, f in paths], args.tie) if remedy == "tie"
+                              else inherited[column])
     if args.only == "supernets":
         return
     alone = [standalone(config, data, arch, work, args)["val"][key] for arch, _ in paths]
-    results = {s: correlation(inherited[s], alone, args.seed) for s in samplers}
+    results = {c: fidelity(scores[c], inherited[c], alone, args.seed) for c in inherited}
     # The floor a supernet must beat: ranking the paths by their FLOPs alone, no training at all.
-    results["FLOPs"] = correlation([f for _, f in paths], alone, args.seed)
+    results["FLOPs"] = fidelity([f for _, f in paths], None, alone, args.seed)
     again = None
     if args.ceiling:  # the ground truth against itself, trained again with another seed
         again = [standalone(config, data, arch, work, args, args.seed + 1)["val"][key] for arch, _ in paths]
-        results["ceiling"] = correlation(again, alone, args.seed)
+        results["ceiling"] = fidelity(again, again, alone, args.seed)
     seconds = time.perf_counter() - started
     if args.json:
         json.dump({"space": config.model_dump(mode="json"), "metric": key, "epochs": epochs, "passes": passes,
                    "standalone_epochs": args.standalone_epochs, "n_per_class": args.n_per_class,
-                   "val_images": len(loaders.val.dataset), "bn_images": args.bn_images, "seconds": seconds,
+                   "val_images": len(loaders.val.dataset), "bn_images": args.bn_images,
+                   "bn_images_more": args.bn_images_more, "tie_points": args.tie, "seconds": seconds,
                    "correlation": results,
                    "paths": [{"arch": a.code, "mflops": f / 1e6, "standalone": s,
                               **({"standalone_again": again[i]} if again else {}),
@@ -192,23 +286,33 @@ def run(args, work: Path) -> None:
     print(f"# demo space {config.space} (input {config.input_size}, width {config.width_mult}, stages "
           f"{list(config.stage_repeats)}), {key} on val; {len(paths)} paths over the FLOPs range")
     print(f"# supernets: " + ", ".join(f"{s} {epochs[s]} epochs" for s in samplers)
-          + f" (same image-passes); BN recalibration on {args.bn_images} images; each path alone "
-            f"{args.standalone_epochs} epochs from scratch; {len(loaders.val.dataset)} val images")
-    print(f"| {'path':<8} | MFLOPs | " + " | ".join(f"{s:>7}" for s in samplers) + " | alone |"
+          + (f", trained with seed {args.supernet_seed}" if args.supernet_seed is not None else "")
+          + f" (same image-passes); BN recalibration per path on {args.bn_images} images (bn) or "
+            f"{args.bn_images_more} (bn-more); each path alone {args.standalone_epochs} epochs from scratch; "
+            f"{len(loaders.val.dataset)} val images")
+    columns = [c for c in inherited if not c.endswith(" tie")]  # tie ranks the bn accuracies: no column of its own
+    print(f"| {'path':<5} | MFLOPs | " + " | ".join(f"{short(c):>6}" for c in columns) + " | alone |"
           + (" again |" if again else ""))
-    print("|----------|--------|" + "|".join("-" * 9 for _ in samplers) + "|-------|" + ("-------|" if again else ""))
+    print("|-------|--------|" + "|".join("-" * 8 for _ in columns) + "|-------|" + ("-------|" if again else ""))
     for i, ((arch, flops), alone_metric) in enumerate(zip(paths, alone)):
-        print(f"| {arch.code:<8} | {flops / 1e6:6.2f} | " + " | ".join(f"{inherited[s][i]:7.2f}" for s in samplers)
+        print(f"| {arch.code:<5} | {flops / 1e6:6.2f} | " + " | ".join(f"{inherited[c][i]:6.1f}" for c in columns)
               + f" | {alone_metric:5.1f} |" + (f" {again[i]:5.1f} |" if again else ""))
     if again:
         print(f"\nalone vs again (another seed): mean |difference| {np.mean(np.abs(np.subtract(alone, again))):.2f} "
               f"points; the paths' own spread (std) {np.std(alone):.2f} and {np.std(again):.2f}")
-    print(f"\n| sampler | Kendall tau-b [95% CI]  | Spearman rho [95% CI]   |")
-    print("|---------|-------------------------|-------------------------|")
-    for s in results:
-        cells = [f"{r['value']:5.2f} [{r['ci95'][0]:5.2f}, {r['ci95'][1]:5.2f}]" for r in
-                 (results[s]["kendall_tau_b"], results[s]["spearman_rho"])]
-        print(f"| {s:<7} | {cells[0]:<23} | {cells[1]:<23} |")
+    n = len(paths)
+    print(f"\nagainst stand-alone: tau-b [95% CI]; paths within 5 points; the worst under-rated path\n"
+          f"(inherited rank vs alone, 1 = best; goal: at most {n / 3:.1f} ranks lower)")
+    print("| column     | Kendall tau-b [95% CI] | within 5 | worst under-rated      |")
+    print("|------------|------------------------|----------|------------------------|")
+    for c, r in results.items():
+        tau = r["kendall_tau_b"]
+        w = r["worst"]
+        worst = f"{paths[w['index']][0].code} {w['inherited_rank']:4.1f} vs {w['alone_rank']:4.1f} " + \
+            ("ok" if r["goal_met"] else "NO")
+        cell = f"{tau['value']:5.2f} [{tau['ci95'][0]:5.2f}, {tau['ci95'][1]:5.2f}]"
+        print(f"| {short(c):<10} | {cell:<22} | "
+              f"{'-' if r['within_5_points'] is None else r['within_5_points']:>3}/{n:<4} | {worst:<22} |")
     print(f"\n{seconds / 60:.1f} min")
 
 

@@ -123,9 +123,10 @@ class PretrainConfig(OptimConfig):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     skip_bad: bool = Field(False, description="skip unreadable images (listed in splits.json) and report how many")
-    sampler: Literal["uniform", "fair"] = Field(
+    sampler: Literal["uniform", "fair", "balanced"] = Field(
         "uniform", description="uniform: one random path per step (SPOS); fair: every choice of every layer "
-                               "once per step, gradients accumulated (FairNAS)")
+                               "once per step, gradients accumulated (FairNAS); balanced: one path per step whose "
+                               "number of 'id' layers is uniform (skip-heavy paths trained as often as deep ones)")
 
 
 class RetrainConfig(OptimConfig):
@@ -274,7 +275,8 @@ class PipelineSettings(BaseModel):
     budget_ms: float | None = Field(None, gt=0, description="latency budget on the device, ms per image")
     budget_mflops: float | None = Field(None, gt=0, description="FLOPs budget in MFLOPs (multiply-adds)")
     pretrain_epochs: int = Field(20, ge=1, description="supernet pretraining epochs")
-    sampler: Literal["uniform", "fair"] = Field("uniform", description="supernet path sampling (see PretrainConfig)")
+    sampler: Literal["uniform", "fair", "balanced"] = Field("uniform", description="supernet path sampling (see "
+                                                                                   "PretrainConfig)")
     retrain_epochs: int = Field(10, ge=1, description="retraining epochs of the chosen path")
     batch_size: int = Field(32, ge=2, description="training batch of pretraining and retraining")
     pretrain_lr: float = Field(0.02, gt=0, description="supernet learning rate")

@@ -177,6 +177,33 @@ def test_a_resume_with_the_other_sampler_is_refused(classify_data, tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2  # untouched
 
 
+# -- skip-balanced sampling ---------------------------------------------------------------------------
+
+def test_balanced_paths_draw_the_number_of_skips_uniformly():
+    space = build_supernet(space_config("shufflenet", width_mult=0.25, input_size=32, stage_repeats=[1, 1, 2, 1])).space
+    draws = [spos.balanced_path(space, spos.path_generator(0, 0, step)) for step in range(1000)]
+    counts = [sum(v == "id" for v in a.values) for a in draws]
+    share = [counts.count(k) / len(counts) for k in range(len(space) + 1)]
+    assert all(abs(s - 1 / 6) < 0.05 for s in share), share  # each count of skips in 0..5 a sixth of the time
+    assert share[4] + share[5] > 0.25  # uniform SPOS: four or five skips in 1.6 % of its steps
+    for pos, decision in enumerate(space.decisions):  # every option of every layer is still trained
+        assert {a.values[pos] for a in draws} == set(decision.values)
+    again = spos.balanced_path(space, spos.path_generator(0, 0, 7))
+    assert again == draws[7]  # a function of (seed, epoch, step), as every rank needs
+    vit = build_supernet(space_config("vit", embed_dim=48, input_size=32, patch_size=8)).space
+    with pytest.raises(ValueError, match="sampler 'balanced' needs decisions with an 'id' option"):
+        spos.balanced_path(vit, spos.path_generator(0, 0, 0))
+
+
+def test_balanced_pretraining_trains_the_balanced_paths(classify_data, tmp_path):
+    space = space_config("shufflenet", **TINY_SHUFFLE)
+    cfg = settings(classify_data, tmp_path / "run", epochs=1, max_steps_per_epoch=3, eval_paths=0, sampler="balanced")
+    result = pretrain(space, cfg, progress=False)
+    expected = [spos.balanced_path(result.supernet.space, spos.path_generator(0, 0, step)).code for step in range(3)]
+    assert result.sampled_paths == expected
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["sampler"] == "balanced"
+
+
 def _fair_ddp_worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))

@@ -161,23 +161,12 @@ class SupernetTarget:
         return {"metric": metrics[self.metric_name], "metrics": metrics, "finetune_epochs": s.finetune_epochs}
 
     def _finetuned(self, arch: Architecture) -> dict:
-        from pathnas.train import OptimConfig, build_training, evaluate, recalibrate_bn, train_epoch
-        from pathnas.train.distributed import DistContext
-        from pathnas.train.rng import seed_everything
+        from pathnas.train import finetune_architecture
 
         s = self.settings
-        seed_everything(s.seed, "search-finetune", arch.code)  # dropout etc.: a function of the path, not its turn
-        subnet = self.supernet.extract(arch).to(self.device)
-        recalibrate_bn(subnet, self.calibration, s.bn_images, self.device)
-        cfg = OptimConfig(epochs=s.finetune_epochs, batch_size=s.batch_size, lr=0.01, warmup_epochs=0,
-                          mixup_alpha=0, cutmix_alpha=0)
-        parts = build_training(subnet, self.supernet.task, self.data.num_classes, cfg, len(self.data.train),
-                               self.device)
-        ctx = DistContext(0, 1, 0, self.device)
-        for epoch in range(cfg.epochs):  # train_epoch moves the loader to this epoch's order and augmentation
-            subnet.train()
-            train_epoch(lambda x, _step: subnet(x), self.data.train, parts, epoch, ctx)
-        return evaluate(subnet, self.data.val, self.supernet.task, self.data.num_classes, self.device)
+        return finetune_architecture(self.supernet, arch, self.calibration, self.data.train, self.data.val,
+                                     self.data.num_classes, self.device, s.bn_images, s.finetune_epochs,
+                                     s.batch_size, s.seed)
 
     def prompt_facts(self) -> dict:
         task = "classification" if self.supernet.task == "classify" else "segmentation"

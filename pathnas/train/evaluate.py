@@ -129,3 +129,37 @@ def evaluate_architecture(
     metrics = evaluate(subnet, val_loader, supernet.task, num_classes, device)
     metrics["bn_images"] = used
     return metrics
+
+
+def finetune_architecture(
+    supernet: Supernet,
+    arch: Architecture | str,
+    calib_loader: Iterable,
+    train_loader,
+    val_loader: Iterable,
+    num_classes: int,
+    device: torch.device,
+    bn_images: int,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 0.01,
+) -> dict[str, float]:
+    """Inherited weights, BN recalibrated, then ``epochs`` of training of the path alone, then validation
+    metrics: the evaluation that does not take inherited weights as they are (Pathology-NAS fine-tunes each
+    path 20 epochs). Works on the extracted copy; the random streams are a function of (seed, path)."""
+    from .distributed import DistContext
+    from .loop import build_training, train_epoch
+    from .rng import seed_everything
+    from ..settings import OptimConfig
+
+    seed_everything(seed, "search-finetune", supernet.check(arch).code)  # a function of the path, not its turn
+    subnet = supernet.extract(arch).to(device)
+    recalibrate_bn(subnet, calib_loader, bn_images, device)
+    cfg = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0, mixup_alpha=0, cutmix_alpha=0)
+    parts = build_training(subnet, supernet.task, num_classes, cfg, len(train_loader), device)
+    ctx = DistContext(0, 1, 0, device)
+    for epoch in range(cfg.epochs):  # train_epoch moves the loader to this epoch's order and augmentation
+        subnet.train()
+        train_epoch(lambda x, _step: subnet(x), train_loader, parts, epoch, ctx)
+    return evaluate(subnet, val_loader, supernet.task, num_classes, device)

@@ -1,4 +1,5 @@
-"""Supernet pretraining: one uniformly sampled path per step (SPOS), or fair sampling (FairNAS).
+"""Supernet pretraining: one uniformly sampled path per step (SPOS), fair sampling (FairNAS), or
+skip-balanced sampling (the number of 'id' layers uniform, so skip-heavy paths are trained too).
 
 Every rank draws the path(s) of step s of epoch e from a generator seeded by
 (seed, e, s), so all ranks train the same paths at every step without communicating
@@ -84,6 +85,27 @@ def fair_paths(space: SearchSpace, generator: torch.Generator) -> list[Architect
         values: list = [d.options[col[k]].value for d, col in zip(space.decisions, columns)]
         paths.append(space.from_values([v if on else None for v, on in zip(values, space.active(values))]))
     return paths
+
+
+def balanced_path(space: SearchSpace, generator: torch.Generator) -> Architecture:
+    """One path whose number of 'id' (skip) layers is uniform over 0..K, K being the decisions that offer
+    'id'; which layers take it is uniform, the others draw uniformly among their other options.
+
+    Uniform SPOS trains a path with four skips in five layers in 1.6 % of its steps (15/1024 + 1/1024),
+    so the layers after a run of skips, and the head, rarely see the features such a path makes; here
+    every count of skips has 1/(K+1) of the steps. The price: each kernel option of a layer is trained in
+    1/6 of the steps instead of 1/4 (the 'id' option in half of them)."""
+    skippable = [i for i, d in enumerate(space.decisions) if "id" in d.values]
+    if not skippable:
+        raise ConfigError(f"sampler 'balanced' needs decisions with an 'id' option; the {space.name} space has none "
+                          f"(use uniform or fair)")
+    count = int(torch.randint(len(skippable) + 1, (1,), generator=generator))
+    skipped = {skippable[j] for j in torch.randperm(len(skippable), generator=generator)[:count].tolist()}
+    values: list = []
+    for i, decision in enumerate(space.decisions):
+        others = [v for v in decision.values if v != "id"]
+        values.append("id" if i in skipped else others[int(torch.randint(len(others), (1,), generator=generator))])
+    return space.from_values(values)
 
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
@@ -179,7 +201,7 @@ class _Trainer:
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int, progress) -> dict:
         self.model.train()
-        fair = self.cfg.sampler == "fair"
+        fair, balanced = self.cfg.sampler == "fair", self.cfg.sampler == "balanced"
         step_paths: dict[int, list[Architecture]] = {}
 
         def forward(x: torch.Tensor, step: int, k: int = 0) -> torch.Tensor:
@@ -187,6 +209,7 @@ class _Trainer:
                 generator = path_generator(self.cfg.seed, epoch, step)
                 step_paths.clear()
                 step_paths[step] = (fair_paths(self.supernet.space, generator) if fair
+                                    else [balanced_path(self.supernet.space, generator)] if balanced
                                     else [self.supernet.sample(generator)])
             arch = step_paths[step][k]
             self.sampled_paths.append(arch.code)
