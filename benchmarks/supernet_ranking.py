@@ -7,7 +7,8 @@ at the same number of image-passes; and what each remedy for the under-rating of
     python benchmarks/supernet_ranking.py [--paths 16] [--fair-epochs 10] [--standalone-epochs 20]
                                           [--n-per-class 800] [--bn-images 256] [--threads N] [--work DIR]
                                           [--samplers uniform,fair,balanced] [--remedies bn,bn-more,tie]
-                                          [--ceiling] [--seed 0] [--json] [--only supernets|alone [--slice K/N]]
+                                          [--ceiling] [--seed 0] [--supernet-seed N] [--json]
+                                          [--only supernets|alone [--slice K/N]]
 
 Remedies on the evaluation side, per supernet: ``bn`` (today: BN recalibrated per path on --bn-images
 training images), ``bn-more`` (per path on --bn-images-more, default 2048: the whole training split
