@@ -32,6 +32,7 @@ def main() -> int:
     from pathnas.export.quantize import CALIBRATION_RECORD, int8_cpu_features
     from pathnas.pipeline import RunLayout
     from pathnas.pipeline.stages import stage_export, stage_validate
+    from pathnas.settings import CalibrationSettings
 
     source = RunLayout(args.run)
     model = source.model_for_export()
@@ -43,7 +44,8 @@ def main() -> int:
         target = layout.root / model.relative_to(source.root)
         target.parent.mkdir(parents=True)
         shutil.copyfile(model, target)
-        artifacts = stage_export(layout, data, ["onnx", "openvino"], ["fp32", "int8"], args.calibration_images)
+        artifacts = stage_export(layout, data, ["onnx", "openvino"], ["fp32", "int8"],
+                                 CalibrationSettings(calibration_images=args.calibration_images))
         report = stage_validate(layout, data)
         calibration = json.loads((layout.quantize_dir / CALIBRATION_RECORD).read_text())
         fp32_bytes = layout.onnx.stat().st_size

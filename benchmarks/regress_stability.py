@@ -123,12 +123,12 @@ def main() -> None:
         raise SystemExit(f"{model} does not exist: run `make demo` first, or pass --run / --model")
 
     from pathnas.deploy.machine import cpu_model
-    from pathnas.deploy.regress import RunSettings, measure_with_reference
+    from pathnas.deploy.regress import measure_with_reference
     from pathnas.deploy.regress_stats import compare, compare_normalized
     from pathnas.profiling.reference import write_reference_model
     from pathnas.profiling import load_profile
 
-    profile = RunSettings.of(load_profile(args.device))
+    profile = load_profile(args.device).device
 
     def measure(reference: Path, current: Path = model) -> tuple[list[float], list[float]]:
         """One check as `regress` times it (deploy.regress.measure_with_reference)."""

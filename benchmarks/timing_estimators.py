@@ -45,9 +45,10 @@ def keep(log_times, sweeps=10):
     kept.setdefault("log_times", log_times.copy())
     return polish(log_times, sweeps)
 timing.median_polish = keep
-defaults = list(timing.time_in_rounds.__defaults__)  # rounds, repeats, seed, min_sample_s, ...
-defaults[3] = float(sys.argv[3])
-timing.time_in_rounds.__defaults__ = tuple(defaults)
+from dataclasses import replace
+from pathnas.deploy import device_profile
+pack_timing = device_profile.pack_timing  # the pack's protocol, with samples of at least argv[3] s
+device_profile.pack_timing = lambda manifest, where: replace(pack_timing(manifest, where), min_sample_s=float(sys.argv[3]))
 from pathnas.deploy.device_profile import time_pack
 result = time_pack(sys.argv[1], rounds=1, shared_pool=True)
 json.dump({"names": list(result["results"]), "log_times": kept["log_times"].tolist(),

@@ -23,12 +23,19 @@ from pathnas.io import FILE_MODE, atomic_path, read_json, sha256_file, write_jso
 from .card import model_card
 from .footprint import runtime_versions
 from .manifest import MANIFEST, SCHEMA, bundle_files, verify
-from .regress import RunSettings, measure_baseline
+from .device import DeviceSettings
+from .regress import measure_baseline
 from .runtimes import BUNDLE_RUNTIMES, runtime
 from .signing import SIGNATURE, TrustedKeys, load_private_key, fingerprint, sign_manifest
 from .wsinfer import CONFIG, ConfigMismatch, model_config
 
 DIR_MODE = 0o755
+# A bundle's files besides the manifest, its signature (signing.py) and WSInfer's config (wsinfer.py); the
+# manifest names each, so a reader takes the names from it.
+PREPROCESS = "preprocess.json"
+LABELS = "labels.json"
+MODEL_CARD = "MODEL_CARD.md"
+MODELS = "model"  # model/<backend>-<precision>/<file>
 REFERENCE = "reference/latency_reference.onnx"
 
 
@@ -50,7 +57,7 @@ class PackageInputs:
     reference: Path | None = None  # the latency reference model (regress.py), timed beside the model
 
 
-def packageable_rows(report: dict, profile, report_path: Path) -> list[dict]:
+def packageable_rows(report: dict, profile: DeviceSettings, report_path: Path) -> list[dict]:
     """The validation rows a bundle for ``profile`` may ship: artifacts of its runtime that passed (an
     artifact that missed its thresholds is never offered); an error naming why there are none."""
     # Which validated artifacts a runtime's bundle carries is the registry's to say (Runtime.bundles): a
@@ -135,7 +142,7 @@ def _copy_models(inputs: PackageInputs, rows: list[dict], staging: Path) -> list
     artifacts = []
     for r in rows:
         src = inputs.root / r["artifact"]
-        dst = staging / "model" / f"{r['backend']}-{r['precision']}" / src.name
+        dst = staging / MODELS / f"{r['backend']}-{r['precision']}" / src.name
         _copy(src, dst)
         if src.suffix == ".xml":
             _copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
@@ -146,8 +153,8 @@ def _copy_models(inputs: PackageInputs, rows: list[dict], staging: Path) -> list
 
 def _write_config(staging: Path, architecture: str) -> None:
     """WSInfer's config.json, from the bundle's preprocess.json and labels (wsinfer.py)."""
-    preprocess = read_json(staging / "preprocess.json", "preprocessing record")
-    labels = read_json(staging / "labels.json", "labels", kind=list)
+    preprocess = read_json(staging / PREPROCESS, "preprocessing record")
+    labels = read_json(staging / LABELS, "labels", kind=list)
     try:
         config = model_config(preprocess, labels, architecture)
     except (ConfigMismatch, KeyError, TypeError, ValueError) as err:
@@ -155,8 +162,8 @@ def _write_config(staging: Path, architecture: str) -> None:
     write_json_atomic(staging / CONFIG, config)
 
 
-def _manifest(profile, report: dict, rows: list[dict], export: dict, retrain: dict | None, artifacts: list[dict],
-              classes: list[str], reference: str | None, baseline: dict | None, no_latency_reason: str) -> dict:
+def _manifest(profile: DeviceSettings, report: dict, rows: list[dict], export: dict, retrain: dict | None,
+              artifacts: list[dict], classes: list[str], reference: str | None, baseline: dict | None, no_latency_reason: str) -> dict:
     """The manifest without its file hashes (``_seal`` adds them)."""
     preferred = _preferred(artifacts, profile)
     precision_note = None if preferred["precision"] == profile.precision else (
@@ -165,12 +172,9 @@ def _manifest(profile, report: dict, rows: list[dict], export: dict, retrain: di
     return {
         "schema": SCHEMA, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "architecture": export["arch"], "task": export["task"], "classes": classes,
-        "preprocess": "preprocess.json", "labels": "labels.json", "config": CONFIG,
+        "preprocess": PREPROCESS, "labels": LABELS, "config": CONFIG,
         "model": {"artifacts": artifacts, "default": preferred["path"], "precision_note": precision_note},
-        "profile": {"name": profile.name, "runtime": profile.runtime, "precision": profile.precision,
-                    "threads": profile.threads, "batch_size": profile.batch_size,
-                    "slide_batch_size": profile.slide_batch_size or profile.batch_size,
-                    "description": profile.description},
+        "profile": {**profile.to_dict(DeviceSettings.MANIFEST_FIELDS), "slide_batch_size": profile.tiles_per_batch},
         "versions": {"validated_with": report.get("versions", {}), "packaged_with": runtime_versions()},
         "dataset": export.get("dataset"),
         # rows: the packaged artifacts' validation; others: what was not packaged, and why
@@ -188,7 +192,7 @@ def _manifest(profile, report: dict, rows: list[dict], export: dict, retrain: di
     }
 
 
-def _preferred(artifacts: list[dict], profile) -> dict:
+def _preferred(artifacts: list[dict], profile: DeviceSettings) -> dict:
     """The artifact the bundle runs by default: the profile's precision when it passed validation."""
     return next((a for a in artifacts if a["precision"] == profile.precision), artifacts[0])
 
@@ -203,12 +207,12 @@ def _seal(staging: Path, manifest: dict, sign_key: Path | None, trusted: Trusted
     verify(staging, trusted)
 
 
-def package(inputs: PackageInputs, profile, out: Path, measure_latency: bool = True,
+def package(inputs: PackageInputs, profile: DeviceSettings, out: Path, measure_latency: bool = True,
             no_latency_reason: str = "not asked for", sign_key: Path | None = None, replace: bool = False) -> Path:
     """Build the bundle folder and its .zip atomically; refuses runs whose artifacts did not pass validation.
 
-    ``profile`` is the hardware profile the bundle is for (name, description, runtime, precision,
-    threads, batch_size); the latency baseline is measured here when ``measure_latency`` (with the
+    ``profile`` is the device the bundle is for (a hardware profile's ``.device``); the latency
+    baseline is measured here when ``measure_latency`` (with the
     reference model timed alongside when ``inputs.reference`` is given), else the manifest says
     ``no_latency_reason``. ``sign_key``: an Ed25519 private key; the manifest is signed with it
     (manifest.sig) and the bundle verified against its public half before it is published.
@@ -229,19 +233,19 @@ def package(inputs: PackageInputs, profile, out: Path, measure_latency: bool = T
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         artifacts = _copy_models(inputs, rows, staging)
-        _copy(inputs.preprocess, staging / "preprocess.json")
-        _copy(inputs.labels, staging / "labels.json")
+        _copy(inputs.preprocess, staging / PREPROCESS)
+        _copy(inputs.labels, staging / LABELS)
         _write_config(staging, export["arch"])
         reference = None
         if inputs.reference is not None:
             _copy(inputs.reference, staging / REFERENCE)
             reference = REFERENCE
-        baseline = measure_baseline(staging / _preferred(artifacts, profile)["path"], RunSettings.of(profile),
+        baseline = measure_baseline(staging / _preferred(artifacts, profile)["path"], profile,
                                     staging / reference if reference else None) if measure_latency else None
         manifest = _manifest(profile, report, rows, export, retrain, artifacts,
-                             read_json(staging / "labels.json", "labels", kind=list), reference, baseline,
+                             read_json(staging / LABELS, "labels", kind=list), reference, baseline,
                              no_latency_reason)
-        (staging / "MODEL_CARD.md").write_text(model_card(manifest, export.get("dataset"), retrain), encoding="utf-8")
+        (staging / MODEL_CARD).write_text(model_card(manifest, export.get("dataset"), retrain), encoding="utf-8")
         _seal(staging, manifest, sign_key, trusted)
         _move_into_place(staging, out, replace)
         write_zip(out, zip_path(out))

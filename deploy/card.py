@@ -5,8 +5,9 @@ from __future__ import annotations
 TASK_WORDS = {"classify": "classification", "segment": "segmentation"}
 
 
-def _fmt(value, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
+def figure(value, spec: str = ".2f", missing: str = "n/a") -> str:
+    """A figure as text, or ``missing`` where it was not measured (the card's and the validation table's)."""
+    return missing if value is None else format(value, spec)
 
 
 def _is_synthetic(dataset: dict) -> bool:
@@ -39,16 +40,16 @@ def model_card(manifest: dict, dataset: dict | None, retrain: dict | None) -> st
     if retrain:
         metric = retrain.get("metric_name", "metric")
         val, test = retrain.get("val") or {}, retrain.get("test") or {}
-        lines.append(f"Retrained model: validation {metric} {_fmt(val.get(metric))}; test {metric} "
-                     f"{_fmt(test.get(metric))} (the test split is read once, after model selection on validation).")
+        lines.append(f"Retrained model: validation {metric} {figure(val.get(metric))}; test {metric} "
+                     f"{figure(test.get(metric))} (the test split is read once, after model selection on validation).")
     else:
         lines.append("**Not retrained**: the model keeps the weights it inherited from the search supernet; "
                      "no test-split figure was measured.")
-    lines.append(f"Packaged artifacts against the PyTorch model on {_fmt(validation.get('images'), 'd')} "
+    lines.append(f"Packaged artifacts against the PyTorch model on {figure(validation.get('images'), 'd')} "
                  f"{validation.get('split') or ''} images:")
     for r in validation["rows"]:
-        lines.append(f"- {r['backend']} {r['precision']}: top-1 agreement with PyTorch {_fmt(r.get('top1_agreement_pct'))}%, "
-                     f"{r.get('metric_name')} {_fmt(r.get('metric'))}, latency p50 {_fmt(r.get('latency_p50_ms'), '.3f')} "
+        lines.append(f"- {r['backend']} {r['precision']}: top-1 agreement with PyTorch {figure(r.get('top1_agreement_pct'))}%, "
+                     f"{r.get('metric_name')} {figure(r.get('metric'))}, latency p50 {figure(r.get('latency_p50_ms'), '.3f')} "
                      "ms at batch 1 on the validation machine")
     baseline = manifest.get("latency_baseline")
     if baseline:

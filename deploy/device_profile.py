@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,45 +25,27 @@ from pathnas.errors import MissingFileError, UserError
 from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .child import run_module
-from .machine import OtherLoad, busy_warning, cpu_flags, cpu_info, cpu_model, speed_state, versions
+from .device import DeviceSettings
+from .machine import OtherLoad, busy_warning, cpu_model, gpu_name, speed_state, versions
 from .manifest import _safe_relative  # the bundle's rule: a relative POSIX path inside the folder
-from .runtimes import PACK_RUNTIMES
-from .runtimes import runtime as runtime_record
+from .runtimes import PACK_RUNTIMES, runtime
+from .timing import TimingProtocol, time_in_rounds
 
 PACK_SCHEMA = "pathnas-latency-pack/1"
 TIMINGS_SCHEMA = "pathnas-latency-timings/1"
 PACK_MANIFEST = "pack.json"  # the manifest at a pack's root
 TIMINGS_FILE = "timings.json"  # the default name of the timings a device writes
 ITEM_KINDS = ("part", "net")
-PROFILE_FIELDS = {"name": str, "runtime": str, "precision": str, "threads": int, "batch_size": int}
 
 
 class PackError(UserError):
     """A pack or a timings file that cannot be used; the message names the file and the field."""
 
 
-def gpu_name() -> str | None:
-    """The first NVIDIA GPU's name, from nvidia-smi (no CUDA library needed), or on a Jetson (whose
-    GPU is part of the module) the module's name from the device tree; None when there is neither."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-        names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-    except (OSError, subprocess.TimeoutExpired):
-        names = []
-    if names:
-        return names[0]
-    try:
-        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
-    except OSError:
-        return None
-    return model if "NVIDIA" in model else None
-
-
-def machine_record(runtime: str, precision: str, threads: int, batch_size: int) -> dict:
+def machine_record(device: DeviceSettings) -> dict:
     """This machine as a table states it: CPU, OS, GPU, the runtime's versions, the timing settings."""
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    found = runtime_record(runtime)
+    found = runtime(device.runtime)
     gpu = gpu_name() if found.gpu else None
     return {
         **({"gpu": gpu} if gpu else {}),
@@ -74,32 +55,13 @@ def machine_record(runtime: str, precision: str, threads: int, batch_size: int) 
         "os": platform.platform(),
         "logical_cpus": os.cpu_count(),
         "frequency_governor": governor.read_text().strip() if governor.exists() else "not readable",
-        "runtime": runtime,
-        "precision": precision,
-        "threads": threads,
-        "batch_size": batch_size,
+        "runtime": device.runtime,
+        "precision": device.precision,
+        "threads": device.threads,
+        "batch_size": device.batch_size,
         "versions": versions(found.distributions),  # the distributions whose versions decide its latency
         "speed_state": speed_state(gpu=found.gpu),
     }
-
-
-def mismatches(profile: dict) -> list[str]:
-    """How this machine differs from the device a pack was made for (its profile's cpu_match and
-    gpu_match); empty when it is that device, as far as the profile can tell."""
-    out = []
-    match = profile.get("cpu_match") or {}
-    if match.get("arch") and match["arch"] != platform.machine():
-        out.append(f"CPU architecture {platform.machine()}, the profile wants {match['arch']}")
-    if match.get("vendor") and match["vendor"] != cpu_info().get("vendor_id"):
-        out.append(f"CPU vendor {cpu_info().get('vendor_id')}, the profile wants {match['vendor']}")
-    missing = sorted(set(match.get("flags") or ()) - cpu_flags())
-    if missing:
-        out.append(f"the CPU lacks {', '.join(missing)}")
-    if profile.get("gpu_match"):
-        name = gpu_name()
-        if name is None or profile["gpu_match"].lower() not in name.lower():
-            out.append(f"GPU {name or 'none found'}, the profile wants one named *{profile['gpu_match']}*")
-    return out
 
 
 def _shape(value) -> bool:
@@ -120,12 +82,11 @@ def read_pack(root: str | Path, check_hashes: bool = True) -> dict:
     profile = manifest.get("profile")
     if not isinstance(profile, dict):
         raise PackError(f"{path}: field 'profile' is missing or not a mapping")
-    for key, kind in PROFILE_FIELDS.items():
-        if not isinstance(profile.get(key), kind):
-            raise PackError(f"{path}: profile.{key} is missing or not a {kind.__name__}")
-    if profile["runtime"] not in PACK_RUNTIMES:
-        raise PackError(f"{path}: profile.runtime {profile['runtime']!r}: a pack is timed in "
+    if profile.get("runtime") not in PACK_RUNTIMES:
+        raise PackError(f"{path}: profile.runtime {profile.get('runtime')!r}: a pack is timed in "
                         f"{', '.join(PACK_RUNTIMES)} (torch-cuda times PyTorch modules: use `profile measure` there)")
+    pack_device(manifest, path)
+    pack_timing(manifest, path)
     items = manifest.get("items")
     if not isinstance(items, list) or not items:
         raise PackError(f"{path}: field 'items' is missing or empty")
@@ -153,6 +114,19 @@ def read_pack(root: str | Path, check_hashes: bool = True) -> dict:
     return manifest
 
 
+def pack_device(manifest: dict, where) -> DeviceSettings:
+    """The device a pack's manifest was made for."""
+    return DeviceSettings.from_dict(manifest.get("profile"), str(where), PackError)
+
+
+def pack_timing(manifest: dict, where) -> TimingProtocol:
+    """How the host asked the pack to be timed (TimingProtocol's defaults for what it leaves out)."""
+    try:
+        return TimingProtocol.from_dict(manifest.get("timing"))
+    except ValueError as err:
+        raise PackError(f"{where}: {err}") from None
+
+
 def manifest_digest(root: str | Path) -> str:
     """The SHA-256 of a pack's manifest: timings name the pack they were made from by it."""
     return hashlib.sha256((Path(root) / PACK_MANIFEST).read_bytes()).hexdigest()
@@ -169,48 +143,45 @@ def time_pack(root: str | Path, rounds: int | None = None, repeats: int | None =
     import numpy as np
 
     from .runners import use_shared_thread_pool
-    from .timing import time_in_rounds
 
     root = Path(root)
     manifest = read_pack(root)
-    profile, timing = manifest["profile"], manifest.get("timing") or {}
-    found = runtime_record(profile["runtime"])
+    device = pack_device(manifest, root / PACK_MANIFEST)
+    protocol = pack_timing(manifest, root / PACK_MANIFEST).but(rounds, repeats)
+    found = runtime(device.runtime)
     if shared_pool and found.shared_thread_pool:
-        use_shared_thread_pool(int(profile["threads"]))
-    rounds = rounds or int(timing.get("rounds", 3))
-    repeats = repeats or int(timing.get("repeats", 10))
-    differs = mismatches(profile)
+        use_shared_thread_pool(device.threads)
+    differs = device.mismatches()
     if differs:
-        text = (f"this machine is not the device the pack was made for ({profile['name']}: "
-                f"{profile.get('description', '')}): {'; '.join(differs)}. The timings say which machine they "
-                f"come from.")
+        text = (f"this machine is not the device the pack was made for ({device.name}: "
+                f"{device.description}): {'; '.join(differs)}. The timings say which machine they come from.")
         (warn or (lambda t: print(f"warning: {t}", file=sys.stderr)))(text)
     runners, fns, providers = {}, {}, set()
     other_load = OtherLoad()
     try:
         for item in manifest["items"]:
-            runner = found.open(root / item["file"], profile["threads"], profile["precision"])
+            runner = found.open(root / item["file"], device.threads, device.precision)
             runners[item["name"]] = runner
             providers.add(runner.provider)
-            x = np.random.default_rng(0).standard_normal(runner.fixed_input_shape(profile["batch_size"]),
+            x = np.random.default_rng(0).standard_normal(runner.fixed_input_shape(device.batch_size),
                                                          dtype=np.float32)
             fns[item["name"]] = (lambda r=runner, x=x: r.run(x))
-        results = time_in_rounds(fns, rounds=rounds, repeats=repeats, seed=int(manifest.get("seed", 0)),
-                                 advance=advance)
+        results = time_in_rounds(fns, protocol, seed=int(manifest.get("seed", 0)), advance=advance)
     finally:
         for runner in runners.values():
             runner.close()
-    batch = profile["batch_size"]
+    batch = device.batch_size
     per_image = {name: {**r, "median_ms": r["median_ms"] / batch, "p90_ms": r["p90_ms"] / batch,
                         "rounds_median_ms": [round(m / batch, 6) for m in r["rounds_median_ms"]]}
                  for name, r in results.items()}
     return {
         "schema": TIMINGS_SCHEMA,
         "pack_sha256": manifest_digest(root),
-        "profile": profile["name"],
+        "profile": device.name,
         "units": f"milliseconds per image at batch size {batch}",
-        "metadata": {**machine_record(profile["runtime"], profile["precision"], profile["threads"], batch),
-                     "execution_providers": sorted(providers), "timing_rounds": rounds, "timing_repeats": repeats,
+        "metadata": {**machine_record(device),
+                     "execution_providers": sorted(providers), "timing_rounds": protocol.rounds,
+                     "timing_repeats": protocol.repeats, "timing": protocol.to_dict(),
                      "device_mismatch": differs, "other_load_cores": other_load.cores()},
         "results": per_image,
     }
@@ -237,8 +208,8 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
     root, out = Path(root).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = read_pack(root)
-    rounds = rounds or int((manifest.get("timing") or {}).get("rounds", 3))
-    processes = rounds if runtime_record(manifest["profile"]["runtime"]).process_per_round else 1
+    rounds = pack_timing(manifest, root / PACK_MANIFEST).but(rounds).rounds
+    processes = rounds if runtime(manifest["profile"]["runtime"]).process_per_round else 1
     args = [str(root), "--rounds", str(rounds // processes), "--one-process", "--progress", "lines",
             *(["--repeats", str(repeats)] if repeats else [])]
     records = []
@@ -264,6 +235,7 @@ def time_pack_in_processes(root: str | Path, out: str | Path, rounds: int | None
                          "runs": sum(e["runs"] for e in each), "inner": each[0]["inner"]}
     loads = [r["metadata"]["other_load_cores"] for r in records if r["metadata"].get("other_load_cores") is not None]
     metadata = {**records[0]["metadata"], "timing_rounds": rounds, "timing_processes": processes,
+                "timing": {**records[0]["metadata"]["timing"], "rounds": rounds},
                 "other_load_cores": max(loads) if loads else None}
     timings = {**records[0], "metadata": metadata, "results": results}
     write_json_atomic(out, timings)
@@ -313,9 +285,8 @@ def run(args) -> int:
     out = args.out or pack.parent / TIMINGS_FILE
     manifest = read_pack(pack, check_hashes=False)  # time_pack checks them
     count = len(manifest["items"])
-    timing = manifest.get("timing") or {}
-    rounds = args.rounds or int(timing.get("rounds", 3))
-    repeats = args.repeats or int(timing.get("repeats", 10))
+    protocol = pack_timing(manifest, pack / PACK_MANIFEST).but(args.rounds, args.repeats)
+    rounds, repeats = protocol.rounds, protocol.repeats
     total = count + rounds * repeats if args.one_process else rounds * (count + repeats)
     state = {"done": 0}
 
@@ -347,14 +318,3 @@ def run(args) -> int:
               f"{meta.get('gpu') or meta['cpu_model']}); on the host: "
               f"pathnas-edge profile assemble {pack} {out} --out TABLE")
     return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pathnas.deploy.device_profile PACK ...`: `pathnas-infer profile PACK ...`."""
-    from .toolkit import main as toolkit
-
-    toolkit(["profile", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

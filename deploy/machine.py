@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -119,3 +120,21 @@ def speed_state(gpu: bool = False) -> dict[str, str]:
     if gpu:
         found["gpu_driver"] = _command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return {k: v for k, v in found.items() if v is not None}
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name, from nvidia-smi (no CUDA library needed), or on a Jetson (whose
+    GPU is part of the module) the module's name from the device tree; None when there is neither."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired):
+        names = []
+    if names:
+        return names[0]
+    try:
+        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
+    except OSError:
+        return None
+    return model if "NVIDIA" in model else None

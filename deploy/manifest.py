@@ -20,14 +20,14 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pathnas.errors import InvalidFileError, UserError
+from pathnas.errors import ConfigError, InvalidFileError, UserError
 from pathnas.io import read_json, sha256_file
 
-from .runtimes import BUNDLE_RUNTIMES, ENGINE_MAX_BATCH, FILE_BACKENDS
-from .signing import SIGNATURE, SignatureCheck, TrustedKeys, check_signature
+from .device import DeviceSettings
+from .runtimes import BUNDLE_RUNTIMES, FILE_BACKENDS
+from .signing import MANIFEST, SIGNATURE, SignatureCheck, TrustedKeys, check_signature
 from .wsinfer import config_problems
 
-MANIFEST = "manifest.json"
 SCHEMA = "pathnas-bundle/1"
 # Files at the root that the manifest does not list: itself and its signature.
 UNLISTED = (MANIFEST, SIGNATURE)
@@ -144,16 +144,13 @@ def structure_problems(root: Path, manifest: dict) -> list[str]:
     reference = manifest.get("latency_reference")
     if reference is not None and (not isinstance(reference, str) or reference not in files):
         problems.append(f"{at}: latency_reference {reference!r} is not among the hashed files")
-    profile = manifest["profile"]
-    if profile.get("runtime") not in RUNTIMES or not isinstance(profile.get("name"), str) \
-            or isinstance(profile.get("threads"), bool) or not isinstance(profile.get("threads"), int) \
-            or not isinstance(profile.get("batch_size", 1), int) or not isinstance(profile.get("precision"), str):
-        problems.append(f"{at}: profile needs a name, a runtime ({', '.join(RUNTIMES)}), a precision and integer "
-                        "threads and batch_size")
-    slide_batch = profile.get("slide_batch_size", 1)  # absent in bundles made before it existed
-    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or not 1 <= slide_batch <= ENGINE_MAX_BATCH:
-        problems.append(f"{at}: profile.slide_batch_size {slide_batch!r} is not an integer from 1 to "
-                        f"{ENGINE_MAX_BATCH}")
+    try:
+        device = DeviceSettings.from_dict(manifest["profile"], at)
+    except ConfigError as err:
+        problems.append(str(err))
+    else:
+        if device.runtime not in RUNTIMES:
+            problems.append(f"{at}: profile.runtime {device.runtime!r}: bundles are made for {', '.join(RUNTIMES)}")
     return problems
 
 

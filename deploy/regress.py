@@ -21,12 +21,10 @@ measures them here. This module measures, checks baselines and bundles; deploy/j
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,10 +35,12 @@ from pathnas.io import read_json, sha256_file, write_json_atomic
 
 from .machine import cpu_model
 from .child import run_module
-from .manifest import MANIFEST, verify
+from .device import DeviceSettings
+from .manifest import MANIFEST, BundleError, verify
 from .runners import use_shared_thread_pool
 from .runtimes import open_profile_runner, runtime
-from .regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE, Verdict, compare, compare_normalized
+from .regress_check import RegressCheck
+from .regress_stats import ROUND_SIZE, ROUNDS, Verdict, compare, compare_normalized
 from .signing import TrustedKeys
 from .timing import time_callable, time_interleaved
 
@@ -52,24 +52,7 @@ class BaselineMismatchError(ConfigError):
     """The baseline was measured on another device or runtime, or for another model."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """How a model is run and timed: what a hardware profile, or a bundle's manifest, says."""
-
-    name: str
-    runtime: str
-    precision: str
-    threads: int
-    batch_size: int = 1
-
-    @classmethod
-    def of(cls, profile) -> "RunSettings":
-        """From a HardwareProfile or a manifest's ``profile`` mapping."""
-        get = profile.get if isinstance(profile, dict) else lambda key, default=None: getattr(profile, key, default)
-        return cls(get("name"), get("runtime"), get("precision"), int(get("threads")), int(get("batch_size", 1) or 1))
-
-
-def measure_samples(path: str | Path, profile: RunSettings, rounds: int = 5, repeats: int = 20) -> list[float]:
+def measure_samples(path: str | Path, profile: DeviceSettings, rounds: int = 5, repeats: int = 20) -> list[float]:
     """Per-call latency samples (ms per image) from several timing rounds of a model file
     (.onnx, OpenVINO .xml, TensorRT .engine) in the profile's runtime, at the profile's batch size."""
     runner = open_profile_runner(path, profile.runtime, profile.threads, profile.precision)
@@ -108,7 +91,7 @@ def time_rounds(open_model: Callable[[], object], open_reference: Callable[[], o
     return model_ms, ref_ms
 
 
-def measure_with_reference(path: str | Path, reference: str | Path, profile: RunSettings, rounds: int = ROUNDS,
+def measure_with_reference(path: str | Path, reference: str | Path, profile: DeviceSettings, rounds: int = ROUNDS,
                            repeats: int = ROUND_SIZE) -> tuple[list[float], list[float]]:
     """``time_rounds`` of a model file and the reference model in the profile's runtime and threads.
 
@@ -123,20 +106,20 @@ def measure_with_reference(path: str | Path, reference: str | Path, profile: Run
     with tempfile.TemporaryDirectory(prefix="pathnas-regress-") as tmp:
         out = Path(tmp) / "samples.json"
         run_module("pathnas.deploy.regress", [str(Path(path).resolve()), str(Path(reference).resolve()),
-                                               json.dumps(dataclasses.asdict(profile)), str(rounds), str(repeats),
+                                               json.dumps(profile.to_dict()), str(rounds), str(repeats),
                                                str(out)], tmp, f"timing {path} beside the reference model failed",
                    error=ConfigError)
         samples = read_json(out, "regress timings")
     return samples["model_ms"], samples["reference_ms"]
 
 
-def _time_with_reference(path, reference, profile: RunSettings, rounds: int, repeats: int):
+def _time_with_reference(path, reference, profile: DeviceSettings, rounds: int, repeats: int):
     return time_rounds(lambda: open_profile_runner(path, profile.runtime, profile.threads, profile.precision),
                        lambda: open_profile_runner(reference, profile.runtime, profile.threads, "fp32"),
                        profile.batch_size, rounds, repeats)
 
 
-def make_baseline(path: str | Path, profile: RunSettings, samples_ms: list[float], reference: str | Path | None = None,
+def make_baseline(path: str | Path, profile: DeviceSettings, samples_ms: list[float], reference: str | Path | None = None,
                   reference_samples_ms: list[float] | None = None) -> dict:
     baseline = {
         "schema": BASELINE_SCHEMA,
@@ -163,7 +146,7 @@ def make_baseline(path: str | Path, profile: RunSettings, samples_ms: list[float
     return baseline
 
 
-def measure_baseline(path: str | Path, profile: RunSettings, reference: str | Path | None = None,
+def measure_baseline(path: str | Path, profile: DeviceSettings, reference: str | Path | None = None,
                      rounds: int = ROUNDS) -> dict:
     """A baseline of ``path`` measured here: with the reference model timed alongside when there is one."""
     if reference is None:
@@ -177,7 +160,7 @@ def _positive_samples(value, at_least: int) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
 
 
-def check_baseline(baseline: dict, profile: RunSettings, source: str = "baseline") -> None:
+def check_baseline(baseline: dict, profile: DeviceSettings, source: str = "baseline") -> None:
     if not isinstance(baseline, dict) or baseline.get("schema") not in BASELINE_SCHEMAS:
         raise InvalidFileError(f"{source}: not a latency baseline (schema {BASELINE_SCHEMA})")
     for key, expected in (("device", profile.name), ("runtime", profile.runtime), ("threads", profile.threads),
@@ -208,9 +191,8 @@ def baseline_model(baseline: dict, model_sha256: str) -> dict | None:
     return {"name": str(baseline.get("bundle") or baseline.get("model") or "unnamed"), "sha256": str(sha)}
 
 
-def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tolerance: float = TOLERANCE,
-                     confidence: float = CONFIDENCE, rounds: int = ROUNDS, source: str = "baseline",
-                     reference: str | Path | None = None, same_model: bool = False) -> Verdict:
+def check_regression(path: str | Path, profile: DeviceSettings, baseline: dict, check: RegressCheck = RegressCheck(),
+                     source: str = "baseline", reference: str | Path | None = None) -> Verdict:
     """Measure ``path`` here and judge it against ``baseline`` (a baseline file's contents, or the
     ``latency_baseline`` of a bundle manifest; ``source`` names it in errors). With a ``reference``
     model and a baseline that timed it, the judgement is relative to the reference; otherwise absolute,
@@ -218,11 +200,12 @@ def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tol
 
     A baseline of another model is the everyday case of "is this build slower than the last release":
     it is compared, and the verdict names that model (``Verdict.baseline_model``). ``same_model`` asks
-    for a check of this very model: then such a baseline is refused. Raises BaselineMismatchError when
+    for a check of this very model: then such a baseline is refused. ``check``: tolerance, confidence, rounds
+    (its baseline and report paths are the caller's). Raises BaselineMismatchError when
     the baseline was measured on another device or runtime, or with another reference model."""
     check_baseline(baseline, profile, source)
     other = baseline_model(baseline, sha256_file(path))
-    if other and same_model:
+    if other and check.same_model:
         raise BaselineMismatchError(f"{source} was measured for another model ({other['name']}, sha256 "
                                     f"{other['sha256'][:12]}) than {path}, and --same-model asks for a check of this "
                                     "one; measure its baseline here with --update-baseline")
@@ -231,12 +214,14 @@ def check_regression(path: str | Path, profile: RunSettings, baseline: dict, tol
         if baseline.get("reference_sha256") != sha256_file(reference):
             raise BaselineMismatchError(f"{source} timed another reference model than {reference}; measure a "
                                         "baseline here with --update-baseline")
-        model_ms, ref_ms = measure_with_reference(path, reference, profile, rounds, ROUND_SIZE)
+        model_ms, ref_ms = measure_with_reference(path, reference, profile, check.rounds, ROUND_SIZE)
         size = baseline.get("round_size")
         verdict = compare_normalized(model_ms, ref_ms, baseline["samples_ms"], baseline["reference_samples_ms"],
-                                     tolerance, confidence, round_size=ROUND_SIZE if size == ROUND_SIZE else None)
+                                     check.tolerance, check.confidence,
+                                     round_size=ROUND_SIZE if size == ROUND_SIZE else None)
     else:
-        verdict = compare(measure_samples(path, profile, rounds), baseline["samples_ms"], tolerance, confidence)
+        verdict = compare(measure_samples(path, profile, check.rounds), baseline["samples_ms"], check.tolerance,
+                          check.confidence)
         verdict.note = ("absolute comparison (" + ("the baseline did not time a reference model"
                                                    if reference is not None else "no reference model") +
                         "): a machine slower than when the baseline was taken reads as a regression")
@@ -257,42 +242,42 @@ def default_baseline_path(bundle: Path) -> Path:
     return bundle.parent / f"{bundle.name}.baseline.json"
 
 
-def _bundle_model(bundle: Path, trusted: TrustedKeys | None) -> tuple[dict, RunSettings, Path, Path | None]:
+def _bundle_model(bundle: Path, trusted: TrustedKeys | None) -> tuple[dict, DeviceSettings, Path, Path | None]:
     verified = verify(bundle, trusted)
     manifest = verified.manifest
     reference = manifest.get("latency_reference")
-    return (manifest, RunSettings.of(manifest["profile"]), verified.model_path(),
+    return (manifest, DeviceSettings.from_dict(manifest["profile"], str(Path(bundle) / MANIFEST), BundleError),
+            verified.model_path(),
             Path(bundle) / reference if reference else None)
 
 
-def check_bundle(bundle: Path, tolerance: float = TOLERANCE, confidence: float = CONFIDENCE, rounds: int = ROUNDS,
-                 baseline_path: Path | None = None, trusted: TrustedKeys | None = None,
-                 same_model: bool = False) -> tuple[Verdict, RunSettings]:
+def check_bundle(bundle: Path, check: RegressCheck = RegressCheck(), trusted: TrustedKeys | None = None
+                 ) -> tuple[Verdict, DeviceSettings]:
     """Verdict of the bundle's default model timed here against its baseline (the signed manifest's,
-    or ``baseline_path``: e.g. the previous release's, or one this workstation measured; with
-    ``same_model`` it must be of this bundle's model), and the run settings used (the bundle's profile)."""
+    or ``check.baseline``: e.g. the previous release's, or one this workstation measured; with
+    ``check.same_model`` it must be of this bundle's model), and the device it was timed as (the bundle's)."""
     manifest, profile, model, reference = _bundle_model(bundle, trusted)
-    if baseline_path is not None:
-        baseline, source = read_json(baseline_path, "latency baseline",
-                                     "measure one with `pathnas-infer regress BUNDLE --update-baseline`"), str(baseline_path)
+    if check.baseline is not None:
+        baseline, source = read_json(check.baseline, "latency baseline",
+                                     "measure one with `pathnas-infer regress BUNDLE --update-baseline`"), str(check.baseline)
     else:
         baseline, source = manifest["latency_baseline"], str(Path(bundle) / MANIFEST)
     if baseline is None:
         raise MissingFileError(f"{source} has no latency baseline "
                                f"({manifest.get('latency_baseline_note') or 'none was measured'})")
-    return check_regression(model, profile, baseline, tolerance, confidence, rounds, source, reference,
-                            same_model), profile
+    return check_regression(model, profile, baseline, check, source, reference), profile
 
 
-def measure_bundle_baseline(bundle: Path, out: Path | None = None, rounds: int = ROUNDS,
+def measure_bundle_baseline(bundle: Path, check: RegressCheck = RegressCheck(),
                             trusted: TrustedKeys | None = None) -> tuple[dict, Path]:
-    """Measure the bundle's default model here (with its reference model) and write the baseline to
-    ``out`` (default: beside the bundle). The bundle itself is never changed: its manifest's baseline
-    is the packager's, covered by the signature; a check uses this file only when passed --baseline."""
+    """Measure the bundle's default model here (with its reference model, ``check.rounds``) and write the
+    baseline to ``check.baseline`` (default: beside the bundle). The bundle itself is never changed: its
+    manifest's baseline is the packager's, covered by the signature; a check uses this file only when
+    passed --baseline."""
     _, profile, model, reference = _bundle_model(bundle, trusted)
-    baseline = measure_baseline(model, profile, reference, rounds)
+    baseline = measure_baseline(model, profile, reference, check.rounds)
     baseline["bundle"] = Path(bundle).name
-    out = Path(out) if out is not None else default_baseline_path(bundle)
+    out = Path(check.baseline) if check.baseline is not None else default_baseline_path(bundle)
     if out.resolve().is_relative_to(Path(bundle).resolve()):
         raise ConfigError(f"{out}: a baseline file must not be written inside the bundle (it would no longer verify)")
     save_baseline(out, baseline)
@@ -302,7 +287,7 @@ def measure_bundle_baseline(bundle: Path, out: Path | None = None, rounds: int =
 def _timing_process(argv: list[str]) -> None:
     """measure_with_reference's own process: MODEL REFERENCE SETTINGS ROUNDS REPEATS OUT."""
     model, reference, settings, rounds, repeats, out = argv
-    profile = RunSettings(**json.loads(settings))
+    profile = DeviceSettings.from_dict(json.loads(settings), "the timing request")
     use_shared_thread_pool(profile.threads)  # this process only times
     try:
         model_ms, reference_ms = _time_with_reference(model, reference, profile, int(rounds), int(repeats))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from pathnas.errors import AlreadyExistsError, ConfigError, InvalidFileError, MissingFileError
 
+MANIFEST = "manifest.json"  # a bundle's manifest (manifest.py reads it): what a signature signs
 SIGNATURE = "manifest.sig"
 SIGNATURE_SCHEMA = "pathnas-bundle-signature/1"
 ALGORITHM = "Ed25519"
@@ -285,7 +286,7 @@ def check_signature(root: Path, trusted: TrustedKeys) -> SignatureCheck:
         return SignatureCheck("unchecked", f"signed by {key_id}, NOT checked: no trusted key is configured "
                                            f"(--trusted-key or {ENV_TRUSTED_KEYS})", key=key_id)
     _, _, InvalidSignature = _crypto()
-    message = DOMAIN + (root / "manifest.json").read_bytes()
+    message = DOMAIN + (root / MANIFEST).read_bytes()
     for fp, key in trusted.keys.items():
         try:
             key.verify(signature, message)

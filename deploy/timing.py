@@ -11,7 +11,7 @@ robust as they are. ``sync`` is called before each clock read (CUDA synchronisat
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -156,18 +156,57 @@ def median_polish(log_times: np.ndarray, sweeps: int = 10) -> tuple[np.ndarray, 
     return rows + shift, cols - shift
 
 
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How a latency table's figures are timed (``time_in_rounds``), its defaults in this one place.
+
+    A latency pack's manifest carries it (``to_dict``) so the device times as the host asked, and a
+    table can say how it was timed; ``from_dict`` reads one back (keys left out take the defaults: a
+    pack made before a field existed stays readable)."""
+
+    rounds: int = 3  # interleaved passes over every callable
+    repeats: int = 10  # samples per callable and pass
+    min_sample_s: float = 0.005  # a sample's least duration (several calls when one is shorter)
+    warmup_s: float = 0.05  # warm-up per callable before its samples
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.repeats < 3 or self.min_sample_s < 0 or self.warmup_s < 0:
+            raise ValueError(f"timing protocol {self}: rounds >= 1, repeats >= 3 (a median and p90 need 3 samples), "
+                             f"durations >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TimingProtocol":
+        """The protocol of a mapping (a pack's ``timing``); unknown keys are refused, missing ones default."""
+        data = data or {}
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"timing: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(known)})")
+        values = {}
+        for key, value in data.items():
+            kind = int if known[key] == "int" else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise ValueError(f"timing.{key} {value!r} is not {'an integer' if kind is int else 'a number'}")
+            values[key] = kind(value)
+        return cls(**values)
+
+    def but(self, rounds: int | None = None, repeats: int | None = None) -> "TimingProtocol":
+        """This protocol with the rounds and repeats a command asked for (None: as it is)."""
+        return replace(self, **{k: v for k, v in (("rounds", rounds), ("repeats", repeats)) if v is not None})
+
+
 def time_in_rounds(
     fns: dict[str, Callable[[], object]],
-    rounds: int = 3,
-    repeats: int = 10,
+    protocol: TimingProtocol = TimingProtocol(),
     seed: int = 0,
-    min_sample_s: float = 0.005,
-    warmup_s: float = 0.05,
     sync: Callable[[], None] | None = None,
     advance: Callable[[], None] | None = None,
 ) -> dict[str, dict]:
-    """The protocol of latency tables: every callable timed in ``rounds`` interleaved passes
-    (``time_interleaved``), each pass in a new shuffled order, ``repeats`` samples per pass.
+    """The protocol of latency tables: every callable timed in ``protocol.rounds`` interleaved passes
+    (``time_interleaved``), each pass in a new shuffled order, ``protocol.repeats`` samples per pass.
 
     A sample lasts at least ``min_sample_s`` (5 ms by default: a 0.01 ms part is called hundreds of
     times per sample, so the clock and the scheduler's tick are a small share of it). A pass takes
@@ -181,19 +220,18 @@ def time_in_rounds(
     """
     import random
 
-    if rounds < 1:
-        raise ValueError(f"rounds {rounds}: at least 1")
     names = list(fns)
     inner = {}
     for name in names:
-        inner[name] = calls_per_sample(fns[name], warmup_s=warmup_s, min_sample_s=min_sample_s, sync=sync)
+        inner[name] = calls_per_sample(fns[name], warmup_s=protocol.warmup_s, min_sample_s=protocol.min_sample_s,
+                                       sync=sync)
         if advance:
             advance()
     shuffler, per_round = random.Random(seed), {name: [] for name in names}
-    for _ in range(rounds):
+    for _ in range(protocol.rounds):
         order = names[:]
         shuffler.shuffle(order)
-        samples = time_interleaved([fns[n] for n in order], repeats=repeats, sync=sync,
+        samples = time_interleaved([fns[n] for n in order], repeats=protocol.repeats, sync=sync,
                                    inner=[inner[n] for n in order], advance=advance)
         for name, s in zip(order, samples):
             per_round[name].append(s)

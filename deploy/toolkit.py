@@ -29,6 +29,8 @@ from pathlib import Path
 
 from pathnas.errors import UserError
 
+from .regress_check import RegressCheck
+
 EXIT_FAILED = 1  # a bundle that does not verify, a latency regression, an input that failed
 COMMANDS = ("verify", "regress", "predict", "profile", "report", "summary")
 
@@ -60,43 +62,39 @@ def verify_bundle(bundle: Path, as_json: bool = False, trusted_keys: list[Path] 
     return EXIT_FAILED if problems else 0
 
 
-def regress_bundle(bundle: Path, baseline: Path | None = None, tolerance: float | None = None,
-                   confidence: float | None = None, rounds: int | None = None, junit: Path | None = None,
-                   update_baseline: bool = False, as_json: bool = False, trusted_keys: list[Path] | None = None,
-                   same_model: bool = False) -> int:
+def regress_bundle(bundle: Path, check: RegressCheck, as_json: bool = False,
+                   trusted_keys: list[Path] | None = None) -> int:
     """Time the bundle's model here against its baseline and print the verdict; the exit code: 0 passed, 1 regressed.
 
-    The baseline is the signed manifest's (the packager's) unless ``baseline`` names a file: the
+    The baseline is the signed manifest's (the packager's) unless ``check.baseline`` names a file: the
     previous release's (a baseline of another model is compared, and the verdict says whose it is;
-    ``same_model`` refuses it) or one this workstation measured with ``update_baseline`` (written to
-    ``baseline``, or beside the bundle). ``junit`` gets a report whatever happens, an error case when
-    the check cannot run. None for tolerance, confidence, rounds: deploy/regress.py's defaults.
+    ``check.same_model`` refuses it) or one this workstation measured with ``check.update_baseline``
+    (written to ``check.baseline``, or beside the bundle). ``check.junit`` gets a report whatever
+    happens, an error case when the check cannot run.
     """
     from .junit import junit_on_error
     from .regress import check_bundle, measure_bundle_baseline
     from .signing import load_trusted_keys
 
     bundle = Path(bundle)
-    tolerance, confidence, rounds = _defaults(tolerance, confidence, rounds)
-    with junit_on_error(None if update_baseline else junit, bundle.name):
+    with junit_on_error(None if check.update_baseline else check.junit, bundle.name):
         trusted = load_trusted_keys(trusted_keys or ())
-        if update_baseline:
-            measured, path = measure_bundle_baseline(bundle, baseline, rounds, trusted)
+        if check.update_baseline:
+            measured, path = measure_bundle_baseline(bundle, check, trusted)
             print(f"baseline written to {path}: median {measured['median_ms']:.3f} ms; check against it with "
                   f"`pathnas-infer regress {bundle} --baseline {path}` (the bundle's own baseline is unchanged)")
             return 0
         start = time.perf_counter()
-        verdict, settings = check_bundle(bundle, tolerance, confidence, rounds, baseline, trusted, same_model)
+        verdict, settings = check_bundle(bundle, check, trusted)
     return report_verdict(verdict, {"bundle": str(bundle), "device": settings.name}, f"{bundle.name}@{settings.name}",
-                   junit, time.perf_counter() - start, as_json)
+                          check.junit, time.perf_counter() - start, as_json)
 
 
-def regress_model(model: Path, baseline: Path, settings, reference: Path | None, tolerance: float | None = None,
-                  confidence: float | None = None, rounds: int | None = None, junit: Path | None = None,
-                  update_baseline: bool = False, as_json: bool = False, same_model: bool = False) -> int:
-    """The same check of a bare model file (.onnx, OpenVINO .xml) against a baseline file, timed with
-    ``settings`` (deploy/regress.py:RunSettings, e.g. of a hardware profile) beside the ``reference``
-    model; with ``update_baseline``, measure and write ``baseline`` instead. The exit code as above."""
+def regress_model(model: Path, settings, reference: Path | None, check: RegressCheck, as_json: bool = False) -> int:
+    """The same check of a bare model file (.onnx, OpenVINO .xml) against the baseline file ``check.baseline``,
+    timed with ``settings`` (deploy/device.py:DeviceSettings, e.g. a hardware profile's) beside the
+    ``reference`` model; with ``check.update_baseline``, measure and write that file instead. The exit code
+    as above."""
     from pathnas.errors import MissingFileError
     from pathnas.io import read_json
 
@@ -104,28 +102,19 @@ def regress_model(model: Path, baseline: Path, settings, reference: Path | None,
     from .regress import check_regression, measure_baseline, save_baseline
 
     model = Path(model)
-    tolerance, confidence, rounds = _defaults(tolerance, confidence, rounds)
-    with junit_on_error(None if update_baseline else junit, model.name):
+    with junit_on_error(None if check.update_baseline else check.junit, model.name):
         if not model.is_file():
             raise MissingFileError(f"model {model} does not exist")
-        if update_baseline:
-            fresh = measure_baseline(model, settings, reference, rounds)
-            save_baseline(baseline, fresh)
-            print(f"baseline written to {baseline}: median {fresh['median_ms']:.3f} ms")
+        if check.update_baseline:
+            fresh = measure_baseline(model, settings, reference, check.rounds)
+            save_baseline(check.baseline, fresh)
+            print(f"baseline written to {check.baseline}: median {fresh['median_ms']:.3f} ms")
             return 0
         start = time.perf_counter()
-        stored = read_json(baseline, "latency baseline", "measure one on this device with --update-baseline")
-        verdict = check_regression(model, settings, stored, tolerance, confidence, rounds, str(baseline), reference,
-                                   same_model)
-    return report_verdict(verdict, {"model": str(model), "device": settings.name}, f"{model.name}@{settings.name}", junit,
-                   time.perf_counter() - start, as_json)
-
-
-def _defaults(tolerance: float | None, confidence: float | None, rounds: int | None) -> tuple[float, float, int]:
-    from .regress import CONFIDENCE, ROUNDS, TOLERANCE
-
-    return (TOLERANCE if tolerance is None else tolerance, CONFIDENCE if confidence is None else confidence,
-            ROUNDS if rounds is None else rounds)
+        stored = read_json(check.baseline, "latency baseline", "measure one on this device with --update-baseline")
+        verdict = check_regression(model, settings, stored, check, str(check.baseline), reference)
+    return report_verdict(verdict, {"model": str(model), "device": settings.name}, f"{model.name}@{settings.name}",
+                          check.junit, time.perf_counter() - start, as_json)
 
 
 def report_verdict(verdict, subject: dict, name: str, junit: Path | None, seconds: float, as_json: bool) -> int:
@@ -147,7 +136,6 @@ def _report(out: Path, path: Path | None = None) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from .infer import add_arguments, add_trust_argument
-    from .regress import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
 
     top = argparse.ArgumentParser(prog="pathnas-infer", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,22 +153,7 @@ def parser() -> argparse.ArgumentParser:
     add_trust_argument(verify)
     regress = commands.add_parser("regress", help="is the bundle's model slower here than its baseline?")
     regress.add_argument("bundle", type=Path)
-    regress.add_argument("--baseline", type=Path, default=None,
-                         help="a baseline file: the previous release's, or one this workstation measured (default: the "
-                              "bundle's signed one); with --update-baseline, where to write it (default: "
-                              "BUNDLE.baseline.json beside it)")
-    regress.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"allowed slowdown, {TOLERANCE} = "
-                                                                             f"{100 * TOLERANCE:.0f}%%")
-    regress.add_argument("--confidence", type=float, default=CONFIDENCE)
-    regress.add_argument("--rounds", type=int, default=ROUNDS,
-                         help=f"timing rounds, each in fresh runtime sessions, of {ROUND_SIZE} samples of the model "
-                              f"and {ROUND_SIZE} of the reference model")
-    regress.add_argument("--same-model", action="store_true",
-                         help="refuse a baseline measured for another model (default: compare with it, e.g. the "
-                              "previous release's, and say whose it is)")
-    regress.add_argument("--junit", type=Path, default=None, help="write a JUnit XML report here (also on errors)")
-    regress.add_argument("--update-baseline", action="store_true",
-                         help="measure here and write a baseline file (never into the bundle)")
+    RegressCheck.add_arguments(regress)
     regress.add_argument("--json", action="store_true")
     add_trust_argument(regress)
     from .device_profile import add_arguments as add_profile_arguments
@@ -208,13 +181,15 @@ def main(argv: list[str] | None = None) -> None:
         from .infer import check_arguments
 
         check_arguments(cli, args)
-    if args.command == "regress" and (args.tolerance < 0 or not 0.5 <= args.confidence < 1 or args.rounds < 1):
-        message = "--tolerance must be >= 0, --confidence in [0.5, 1), --rounds >= 1"
-        if args.junit and not args.update_baseline:
-            from .junit import write_error
+    if args.command == "regress":
+        try:
+            check = RegressCheck.from_arguments(args)
+        except UserError as err:
+            if args.junit and not args.update_baseline:
+                from .junit import write_error
 
-            write_error(args.junit, Path(args.bundle).name, message)
-        cli.error(message)
+                write_error(args.junit, Path(args.bundle).name, str(err))
+            cli.error(str(err))
     try:
         if args.command == "predict":
             from .infer import results_path, run
@@ -235,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
 
             code = time_a_pack(args)
         else:
-            code = regress_bundle(args.bundle, args.baseline, args.tolerance, args.confidence, args.rounds, args.junit,
-                                  args.update_baseline, args.json, args.trusted_key, args.same_model)
+            code = regress_bundle(args.bundle, check, args.json, args.trusted_key)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

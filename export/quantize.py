@@ -55,6 +55,7 @@ from pathnas.deploy.runners import ProviderError
 from pathnas.deploy.runtimes import CPU_BACKENDS, backend, open_runner
 from pathnas.errors import ConfigError, InvalidFileError
 from pathnas.io import atomic_path, write_json_atomic
+from pathnas.settings import CalibrationSettings
 
 log = logging.getLogger("pathnas.export")
 
@@ -463,8 +464,7 @@ def _restore_float(search: _Search, best: _Candidate, ranking: list[dict], max_s
     return best
 
 
-def quantize_run(fp32_path: Path, quant_dir: Path, loaders, calibration_images: int = 512,
-                 keep_float: Iterable[str] = (), reduce_range: bool = True, accuracy_control: bool = True,
+def quantize_run(fp32_path: Path, quant_dir: Path, loaders, calibration: CalibrationSettings = CalibrationSettings(),
                  threads: int | None = None) -> dict:
     """The INT8 step of a run, the one place it happens: ``quantize_int8`` of ``fp32_path`` calibrated on
     ``loaders.calib`` (TRAIN images) and, with accuracy control, judged on ``loaders.val`` (a pathnas.data
@@ -473,9 +473,10 @@ def quantize_run(fp32_path: Path, quant_dir: Path, loaders, calibration_images: 
     record it returns."""
     quant_dir = Path(quant_dir)
     validation = (ValidationSet.from_loader(fp32_path, loaders.val, loaders.task, loaders.num_classes, threads=threads)
-                  if accuracy_control else None)
-    info = quantize_int8(fp32_path, quant_dir / INT8_ONNX, calibration_batches(loaders.calib, calibration_images),
-                         validation, keep_float, reduce_range, runtimes=controlled_runtimes())
+                  if calibration.accuracy_control else None)
+    info = quantize_int8(fp32_path, quant_dir / INT8_ONNX,
+                         calibration_batches(loaders.calib, calibration.calibration_images), validation,
+                         calibration.keep_float, calibration.reduce_range, runtimes=controlled_runtimes())
     write_json_atomic(quant_dir / CALIBRATION_RECORD, info)
     return info
 

@@ -7,8 +7,10 @@ package for the same job.
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
 
+from pathnas.deploy.card import figure
 from pathnas.io import write_json_atomic, write_text_atomic
 
 # The files this module writes into RUN/validate (pathnas.pipeline.layout names them from here).
@@ -20,26 +22,23 @@ COLUMNS = ("Backend", "Device/provider", "Precision", "Status", "Size MB", "max|
 # The terminal's table below WIDE columns: the figures that decide the verdict (report.md has them all).
 NARROW = ("backend", "prec", "status", "agree %", "cosine", "p50 ms", "MB")
 WIDE = 150
+_cell = partial(figure, missing="")  # an empty cell where a figure was not measured
 STATUS_STYLE = {"passed": "green", "failed-validation": "red", "failed": "red", "skipped": "yellow"}
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
 
 
 def row_cells(r: dict, with_reason: bool = True) -> list[str]:
     status = r["status"] + (f": {r['reason']}" if with_reason and r.get("reason") else "")
     metric = "" if r.get("metric") is None else f"{r['metric']:.2f} ({r['metric_delta']:+.2f})"
     latency = "" if r.get("latency_p50_ms") is None else f"{r['latency_p50_ms']:.3f} / {r['latency_p90_ms']:.3f}"
-    return [r["backend"], r.get("device") or "", r["precision"], status, _fmt(r.get("size_mb"), ".3f"),
-            _fmt(r.get("max_abs_diff"), ".2e"), _fmt(r.get("cosine"), ".7f"), _fmt(r.get("top1_agreement_pct"), ".2f"),
-            metric, latency, _fmt(r.get("images_per_s"), ".0f")]
+    return [r["backend"], r.get("device") or "", r["precision"], status, _cell(r.get("size_mb"), ".3f"),
+            _cell(r.get("max_abs_diff"), ".2e"), _cell(r.get("cosine"), ".7f"), _cell(r.get("top1_agreement_pct"), ".2f"),
+            metric, latency, _cell(r.get("images_per_s"), ".0f")]
 
 
 def _narrow_cells(r: dict) -> list[str]:
     cells = row_cells(r, with_reason=False)
     p50 = "" if r.get("latency_p50_ms") is None else f"{r['latency_p50_ms']:.3f}"
-    return [cells[0], cells[2], cells[3], cells[7], _fmt(r.get("cosine"), ".6f"), p50, cells[4]]
+    return [cells[0], cells[2], cells[3], cells[7], _cell(r.get("cosine"), ".6f"), p50, cells[4]]
 
 
 def markdown(report: dict) -> str:

@@ -46,11 +46,13 @@ def validated(model: type[BaseModel], what: str | None = None, **values):
         raise config_error(err, f"{what} settings" if what else "settings") from None
 
 
-def config_error(err: ValidationError, what: str, name=None) -> ConfigError:
+def config_error(err: ValidationError, what: str, name=None, model: type[BaseModel] | None = None) -> ConfigError:
     """The one place a pydantic ValidationError becomes a user error: a line per field at fault, named by
-    ``name(loc)`` (default: as the option that sets it)."""
+    ``name(loc)`` (default: as the option that sets it); an unknown key lists ``model``'s fields."""
     name = name or option_name
-    lines = [f"{name(e['loc'])}: {e['msg']}" for e in err.errors()]
+    lines = [f"{name(e['loc'])}: unknown key (allowed: {', '.join(model.model_fields)})"
+             if model is not None and e["type"] == "extra_forbidden" else f"{name(e['loc'])}: {e['msg']}"
+             for e in err.errors()]
     return ConfigError(f"invalid {what}:\n  " + "\n  ".join(lines))
 
 
@@ -84,6 +86,20 @@ class RemoteDevice(BaseModel):
                                                  "pathnas-infer must be installed there")
     ssh_config: Path | None = Field(None, description="an ssh_config file for --remote (default: yours)")
     remote_infer: str = Field("pathnas-infer", description="the pathnas-infer command on the remote device")
+
+
+class CalibrationSettings(BaseModel):
+    """INT8 calibration and accuracy control (export/quantize.py:quantize_run); the quantize stage records them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calibration_images: int = Field(512, ge=1, description="TRAIN images the INT8 ranges are calibrated on")
+    keep_float: list[str] = Field(default_factory=list, description="keep this layer (ONNX node name) in float; "
+                                                                    "repeatable")
+    reduce_range: bool = Field(True, description="7-bit weights (safe on AVX2-only CPUs, which saturate 8-bit ones); "
+                                                 "--full-range-weights: 8-bit (VNNI CPUs and GPUs)")
+    accuracy_control: bool = Field(True, description="keep the most sensitive layers in float until INT8 meets the "
+                                                     "thresholds on val")
 
 
 class OptimConfig(BaseModel):

@@ -48,7 +48,7 @@ def recorded_anchor(settings) -> tuple[bool, dict | None]:
 def anchor_search(predictor: TablePredictor, settings) -> dict:
     """Report the table's state and probe (where this machine is the device), apply the anchor the run
     recorded or, asked (``settings.reanchor``), the probe's; record it in the run. Returns the record."""
-    line = state_line(predictor) if predictor.profile.runs_here() else None
+    line = state_line(predictor) if predictor.profile.matches_here() else None
     if line:
         log.warning(line)
     report = None

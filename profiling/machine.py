@@ -10,7 +10,7 @@ SAME_MACHINE_FIELDS = ("cpu_model", "gpu", "machine", "runtime", "precision", "t
 
 
 def machine_metadata(profile: HardwareProfile) -> dict:
-    record = machine_record(profile.runtime, profile.precision, profile.threads, profile.batch_size)
+    record = machine_record(profile.device)
     if profile.runtime == "torch-cuda":
         import torch
 

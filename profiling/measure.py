@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from pathnas.deploy.device_profile import read_pack, read_timings, time_pack_in_processes
+from pathnas.deploy.device_profile import PACK_MANIFEST, read_pack, read_timings, time_pack_in_processes
 from pathnas.deploy.machine import versions
 from pathnas.errors import ConfigError
 from pathnas.io import read_json
@@ -148,7 +148,7 @@ def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: in
             # as a device does: `pathnas-infer profile`, each round in a fresh process of its own
             timings = time_pack_in_processes(pack, Path(tmp) / "timings.json", rounds, repeats, advance=_progress(
                 progress, f"timing {profile.name}", rounds * (len(items) + repeats)))
-        return read_json(pack / "pack.json", "latency pack manifest"), timings
+        return read_json(pack / PACK_MANIFEST, "latency pack manifest"), timings
 
 
 def reusable_parts(profile: HardwareProfile, metadata: dict | None = None) -> dict[str, dict]:

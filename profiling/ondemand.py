@@ -61,7 +61,7 @@ def installed_predictor(profile: HardwareProfile, supernet, latency_source: str 
     try:
         return predictor_for(profile, supernet, latency_source, table_path, measure_here)
     except NoLatencyTableError:
-        if not profile.runs_here():
+        if not profile.matches_here():
             raise
     return None
 
@@ -76,11 +76,11 @@ def predictor_measuring_if_missing(profile: HardwareProfile, supernet, store: Pa
     predictor = installed_predictor(profile, supernet, latency_source, table_path, measure_here)
     if predictor is None:
         predictor = measure_missing_table(profile, supernet, stored)
-        predictor.measures_here = measure_here and profile.runs_here()
+        predictor.measures_here = measure_here and profile.matches_here()
     return predictor
 
 
-def latency_factory(settings) -> Callable[[object], LatencyPredictor]:
+def latency_factory(settings, profile: HardwareProfile | None = None) -> Callable[[object], LatencyPredictor]:
     """The search's latency source for a supernet space's settings (``device``, ``latency_source``,
     ``latency_table``, ``measure_local``, ``reanchor``, ``run_dir``, ``resume``, ``replay``): the
     device's table (measured into the run first if this machine is the device and has none), as
@@ -88,7 +88,7 @@ def latency_factory(settings) -> Callable[[object], LatencyPredictor]:
     checked against it and reported, never changed."""
     from .anchoring import LATENCY_DIR, anchor_search
 
-    profile = load_profile(settings.device)
+    profile = profile or load_profile(settings.device)  # the caller's, when it has loaded it
     run_dir = Path(settings.run_dir)
 
     def make(supernet) -> LatencyPredictor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pathnas.deploy.device import DeviceSettings
 from pathnas.deploy.device_profile import PACK_MANIFEST, PACK_SCHEMA
 from pathnas.deploy.runtimes import PACK_RUNTIMES
 from pathnas.deploy.machine import versions
@@ -129,8 +130,7 @@ def export_part(module, input_shape: tuple[int, ...], path: Path) -> str:
 
 def profile_record(profile: HardwareProfile) -> dict:
     """What the device needs of its profile (the device has no YAML parser: this is plain JSON)."""
-    return profile.model_dump(mode="json", include={"name", "description", "runtime", "precision", "threads",
-                                                    "batch_size", "cpu_match", "gpu_match"})
+    return profile.device.to_dict(DeviceSettings.PACK_FIELDS)
 
 
 def write_pack(supernet, profile: HardwareProfile, items: list[Item], out: str | Path, reused: dict | None = None,

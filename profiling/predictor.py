@@ -35,7 +35,7 @@ class LatencyPredictor:
         self.supernet = supernet
         self._parts = supernet.latency_parts()
         # Timing a path here is only meaningful when this machine is the device.
-        self.measures_here = measure_here and profile.runs_here()
+        self.measures_here = measure_here and profile.matches_here()
 
     def predict_ms(self, arch) -> float:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,18 +1,17 @@
 """Hardware profiles: one YAML file per device in ``pathnas.hardware_profiles``."""
 from __future__ import annotations
 
-import platform
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pathnas.deploy.machine import cpu_flags, cpu_info
-from pathnas.deploy.runners import cuda_device_count
-from pathnas.deploy.runtimes import ENGINE_MAX_BATCH, PRECISIONS, RUNTIMES, runtime
+from pathnas.deploy.device import CpuMatch, DeviceSettings
+from pathnas.deploy.runtimes import ENGINE_MAX_BATCH, PRECISIONS, RUNTIMES, TORCH, runtime
 from pathnas.errors import ConfigError
 from pathnas.io import read_text
+from pathnas.settings import config_error
 
 PROFILE_PACKAGE = "pathnas.hardware_profiles"
 
@@ -23,15 +22,6 @@ class UnknownDeviceError(ConfigError):
 
 class ProfileError(ConfigError):
     """A profile file that does not validate; names the file and the field."""
-
-
-class CpuMatch(BaseModel):
-    """What this machine's CPU must show for the profile to be measurable here."""
-
-    model_config = ConfigDict(extra="forbid")
-    arch: str | None = None
-    vendor: str | None = None
-    flags: list[str] = Field(default_factory=list)
 
 
 class HardwareProfile(BaseModel):
@@ -52,37 +42,27 @@ class HardwareProfile(BaseModel):
     notes: str = ""
     peak_gflops: float | None = Field(None, gt=0, description="published peak, for roofline estimates only")
     memory_bandwidth_gbs: float | None = Field(None, gt=0, description="published peak, for roofline estimates only")
-    cpu_match: CpuMatch | None = None
+    cpu_match: CpuMatch | None = Field(None, description="what this machine's CPU must show for the profile to be "
+                                                         "measurable here (arch, vendor, flags)")
     gpu_match: str | None = Field(None, description="text the CUDA device name must contain (torch-cuda profiles)")
 
-    def runs_here(self) -> bool:
-        """Whether this machine can measure the profile.
+    @property
+    def device(self) -> DeviceSettings:
+        """The device record the runtime side reads (deploy/device.py): what a bundle, a pack and a regress
+        check carry of this profile."""
+        return DeviceSettings(self.name, self.runtime, self.precision, self.threads, self.batch_size,
+                              self.slide_batch_size, self.description, self.cpu_match, self.gpu_match)
 
-        GPU runtimes: the runtime imports and finds a CUDA GPU (TensorRT through the CUDA
-        runtime library, so no torch is needed); under torch-cuda the GPU's name must also contain
-        ``gpu_match`` (case-insensitive). CPU runtimes: the runtime imports and the CPU shows the
-        architecture, vendor and instruction-set flags that ``cpu_match`` names (a profile without
-        ``cpu_match`` describes a machine that is not this one).
-        """
-        found = runtime(self.runtime)
-        if not found.installed():
-            return False
-        if not found.times_packs:  # PyTorch on a CUDA GPU
-            import torch
+    def matches_here(self) -> bool:
+        """Whether this machine is the device and can measure it (``DeviceSettings.matches_here``); under
+        PyTorch's runtime, torch itself must see the GPU."""
+        return self.device.matches_here(_torch_gpu if TORCH in runtime(self.runtime).backends else None)
 
-            if not torch.cuda.is_available():
-                return False
-            return self.gpu_match is None or self.gpu_match.lower() in torch.cuda.get_device_name().lower()
-        if found.gpu:
-            return cuda_device_count() > 0
-        if self.cpu_match is None:
-            return False
-        m = self.cpu_match
-        return (
-            (m.arch is None or m.arch == platform.machine())
-            and (m.vendor is None or m.vendor == cpu_info().get("vendor_id"))
-            and set(m.flags) <= cpu_flags()
-        )
+
+def _torch_gpu() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def _profile_files() -> list[Path]:
@@ -103,16 +83,8 @@ def read_profile(path: str | Path) -> HardwareProfile:
     try:
         return HardwareProfile(**data)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            field = ".".join(map(str, e["loc"]))
-            if e["type"] == "extra_forbidden":
-                lines.append(f"{field}: unknown key (allowed: {', '.join(HardwareProfile.model_fields)})")
-            elif e["type"] == "missing":
-                lines.append(f"{field}: missing")
-            else:
-                lines.append(f"{field}: {e['msg']}")
-        raise ProfileError(f"{path}: invalid hardware profile:\n  " + "\n  ".join(lines)) from None
+        error = config_error(err, "hardware profile", lambda loc: ".".join(map(str, loc)), HardwareProfile)
+        raise ProfileError(f"{path}: {error}") from None
 
 
 def list_profiles() -> list[HardwareProfile]:

@@ -160,7 +160,8 @@ class Remote:
         """The baseline the device measured, copied back and checked as a check would check it (for the
         bundle's run settings), then written to ``out`` atomically."""
         from pathnas.deploy.manifest import read_manifest
-        from pathnas.deploy.regress import RunSettings, check_baseline, save_baseline
+        from pathnas.deploy.device import DeviceSettings
+        from pathnas.deploy.regress import check_baseline, save_baseline
         from pathnas.io import read_json
 
         with tempfile.TemporaryDirectory(prefix="pathnas-baseline-") as tmp:
@@ -168,7 +169,7 @@ class Remote:
             self._get(remote, local, "copy the baseline back")
             baseline = read_json(local, f"the baseline {self.host} measured")
         try:
-            check_baseline(baseline, RunSettings.of(read_manifest(bundle)["profile"]),
+            check_baseline(baseline, DeviceSettings.from_dict(read_manifest(bundle)["profile"], str(bundle)),
                            f"the baseline {self.host} measured")
         except UserError as err:
             raise RemoteError(str(err)) from None

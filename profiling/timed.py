@@ -12,7 +12,7 @@ import copy
 import logging
 from typing import Callable
 
-from pathnas.deploy.timing import time_in_rounds
+from pathnas.deploy.timing import TimingProtocol, time_in_rounds
 from pathnas.errors import ConfigError
 
 from .profiles import HardwareProfile
@@ -107,7 +107,7 @@ def time_torch_modules(profile: HardwareProfile, modules: list[tuple[str, Callab
             for name, build, input_shape in modules:
                 items[name] = TorchItem(build(), (profile.batch_size, *input_shape[1:]), device, profile.precision)
         sync = next(iter(items.values())).sync if items else None
-        results = time_in_rounds({n: i.call for n, i in items.items()}, rounds=rounds, repeats=repeats, seed=seed,
+        results = time_in_rounds({n: i.call for n, i in items.items()}, TimingProtocol(rounds, repeats), seed=seed,
                                  sync=sync, advance=advance)
     finally:
         for item in items.values():

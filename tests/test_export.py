@@ -13,6 +13,7 @@ from pathnas.data import generate
 from pathnas.errors import ConfigError
 from pathnas.pipeline import RunLayout
 from pathnas.pipeline.stages import stage_export, stage_extract, stage_validate
+from pathnas.settings import CalibrationSettings
 from pathnas.retrain import RetrainConfig, retrain
 from pathnas.spaces import space_config
 from pathnas.pipeline.record import run_stage
@@ -118,7 +119,8 @@ def test_a_crashed_stage_is_not_recorded_and_runs_again(tmp_path):
 @pytest.fixture(scope="module")
 def exported(classify_run):
     run, data = classify_run
-    rows = stage_export(RunLayout(run), data, ["onnx", "openvino", "tensorrt"], ["fp32", "fp16", "int8"], calibration_images=48)
+    rows = stage_export(RunLayout(run), data, ["onnx", "openvino", "tensorrt"], ["fp32", "fp16", "int8"],
+                        CalibrationSettings(calibration_images=48))
     return run, data, rows
 
 

@@ -13,6 +13,7 @@ import torch
 
 from pathnas.deploy import timing as timing_module
 from pathnas.deploy.regress import BaselineMismatchError, check_regression, compare, make_baseline
+from pathnas.deploy.regress_check import RegressCheck
 from pathnas.profiling import (
     NoLatencyTableError,
     ProfileError,
@@ -58,7 +59,7 @@ def test_unknown_device_lists_the_known_ones():
 
 
 def test_profile_yaml_errors_name_the_file_and_field(tmp_path):
-    good = load_profile("cpu").model_dump(exclude_none=True)
+    good = load_profile("cpu").model_dump(mode="json", exclude_none=True)
     path = tmp_path / "dev.yaml"
     import yaml
 
@@ -66,7 +67,7 @@ def test_profile_yaml_errors_name_the_file_and_field(tmp_path):
     with pytest.raises(ProfileError, match=r"dev.yaml: invalid hardware profile:\n  colour: unknown key"):
         read_profile(path)
     path.write_text(yaml.safe_dump({k: v for k, v in good.items() if k != "runtime"}))
-    with pytest.raises(ProfileError, match="runtime: missing"):
+    with pytest.raises(ProfileError, match="runtime: Field required"):
         read_profile(path)
     path.write_text(yaml.safe_dump({**good, "runtime": "coreml"}))
     with pytest.raises(ProfileError, match="runtime"):
@@ -127,8 +128,8 @@ def test_time_in_rounds_takes_the_machines_speed_out(monkeypatch):
         passes["n"] += 1
         clock["slow"] = 5 <= passes["n"] - 2 < 10  # 2 warm-ups come first
 
-    out = timing_module.time_in_rounds({"a": call(1.0), "b": call(0.25)}, rounds=3, repeats=5, warmup_s=0.0,
-                                       min_sample_s=0.0, advance=advance)
+    protocol = timing_module.TimingProtocol(rounds=3, repeats=5, warmup_s=0.0, min_sample_s=0.0)
+    out = timing_module.time_in_rounds({"a": call(1.0), "b": call(0.25)}, protocol, advance=advance)
     assert out["a"]["median_ms"] == pytest.approx(1.0) and out["b"]["median_ms"] == pytest.approx(0.25)
     assert max(out["a"]["rounds_median_ms"]) == pytest.approx(3.0)  # the slow round, kept on record
 
@@ -351,11 +352,11 @@ def test_check_regression_takes_a_baseline_dict(onnx_model, monkeypatch):
     profile = load_profile("cpu")
     given_samples(monkeypatch, 1.0)
     baseline = make_baseline(onnx_model, profile, STEADY_MS)
-    assert check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1).passed
+    assert check_regression(onnx_model, profile, baseline, RegressCheck(tolerance=0.10, rounds=1)).passed
     given_samples(monkeypatch, 1.05)  # slower, but within the tolerance
-    assert check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1).passed
+    assert check_regression(onnx_model, profile, baseline, RegressCheck(tolerance=0.10, rounds=1)).passed
     given_samples(monkeypatch, 1.3)  # a real 30 % slowdown
-    verdict = check_regression(onnx_model, profile, baseline, tolerance=0.10, rounds=1)
+    verdict = check_regression(onnx_model, profile, baseline, RegressCheck(tolerance=0.10, rounds=1))
     assert not verdict.passed and verdict.ci_low > 1.1 and verdict.ratio == pytest.approx(1.3, rel=0.01)
     with pytest.raises(BaselineMismatchError, match="manifest.json was measured with runtime='openvino-cpu'"):
         check_regression(onnx_model, profile, {**baseline, "runtime": "openvino-cpu"}, source="manifest.json")
@@ -458,12 +459,12 @@ def test_the_h100_profile_runs_only_on_an_h100(monkeypatch):
     profile = load_profile("h100")
     assert profile.name == "h100-torch-cuda" and profile.runtime == "torch-cuda" and profile.gpu_match == "H100"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert not profile.runs_here()
+    assert not profile.matches_here()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
-    assert not profile.runs_here()
+    assert not profile.matches_here()
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
-    assert profile.runs_here()
+    assert profile.matches_here()
 
 
 def test_torch_cuda_times_modules_not_files(tiny, tmp_path):
@@ -648,11 +649,12 @@ def test_a_session_that_must_not_spin_leaves_the_cpu_to_other_threads(onnx_model
 
 
 def test_regress_times_the_model_beside_the_reference_in_a_process_of_its_own(onnx_model, tmp_path):
-    from pathnas.deploy.regress import RunSettings, measure_with_reference
+    from pathnas.deploy.device import DeviceSettings
+    from pathnas.deploy.regress import measure_with_reference
     from pathnas.profiling.reference import write_reference_model
 
     reference = write_reference_model(tmp_path / "reference.onnx")
-    settings = RunSettings("x86-cpu-ort", "onnxruntime-cpu", "fp32", threads=2)
+    settings = DeviceSettings("x86-cpu-ort", "onnxruntime-cpu", "fp32", threads=2)
     model_ms, reference_ms = measure_with_reference(onnx_model, reference, settings, rounds=2, repeats=5)
     assert len(model_ms) == len(reference_ms) == 10 and min(model_ms + reference_ms) > 0
     with pytest.raises(ConfigError, match="beside the reference model failed: model .*missing.onnx does not exist"):

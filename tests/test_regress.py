@@ -246,9 +246,10 @@ def test_judging_by_rounds_holds_the_speed_of_each_runtime_session():
 
 
 def test_baselines_are_checked_before_they_are_trusted():
-    from pathnas.deploy.regress import RunSettings, check_baseline
+    from pathnas.deploy.device import DeviceSettings
+    from pathnas.deploy.regress import check_baseline
 
-    profile = RunSettings("x86-cpu-ort", "onnxruntime-cpu", "fp32", 2)
+    profile = DeviceSettings("x86-cpu-ort", "onnxruntime-cpu", "fp32", 2)
     good = {"schema": "pathnas-latency-baseline/2", "device": "x86-cpu-ort", "runtime": "onnxruntime-cpu",
             "threads": 2, "batch_size": 1, "samples_ms": [1.0] * 5, "reference_samples_ms": [0.5] * 5}
     check_baseline(good, profile)

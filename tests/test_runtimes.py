@@ -65,12 +65,60 @@ def test_the_lists_of_allowed_values_are_the_registrys():
 def test_an_unknown_runtime_or_backend_is_one_error_naming_the_known_ones(tmp_path):
     from pathnas.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="runtime 'litert': allowed values are onnxruntime-cpu, openvino-cpu, "
-                                          "tensorrt, torch-cuda"):
+    with pytest.raises(ConfigError, match="runtime 'litert': allowed values are " + ", ".join(runtimes.RUNTIMES)):
         runtimes.open_profile_runner(tmp_path / "m.onnx", "litert")
-    with pytest.raises(ConfigError, match="backend 'torch': allowed values are onnxruntime, openvino, tensorrt"):
+    with pytest.raises(ConfigError, match="backend 'torch': allowed values are " + ", ".join(runtimes.FILE_BACKENDS)):
         runtimes.open_runner(tmp_path / "m.onnx", "torch")
-    with pytest.raises(ConfigError, match="format 'tflite': allowed values are onnx, openvino, tensorrt"):
+    with pytest.raises(ConfigError, match="format 'tflite': allowed values are " + ", ".join(runtimes.FORMATS)):
         runtimes.backend_of_format("tflite")
     with pytest.raises(runtimes.ProviderError, match="torch-cuda times PyTorch modules"):
         runtimes.open_profile_runner(tmp_path / "m.onnx", "torch-cuda")
+
+
+# -- the device record (deploy/device.py) ---------------------------------------------------------
+
+def test_one_device_record_reads_a_profile_a_manifest_a_pack_and_a_request():
+    from pathnas.deploy.device import DeviceSettings
+    from pathnas.profiling import load_profile
+
+    device = load_profile("cpu").device
+    assert device.runtime == "onnxruntime-cpu" and device.tiles_per_batch == 8 and device.cpu_match.flags == ("avx2",)
+    for keys in (DeviceSettings.MANIFEST_FIELDS, DeviceSettings.PACK_FIELDS, DeviceSettings.RUN_FIELDS, None):
+        again = DeviceSettings.from_dict({**device.to_dict(keys), "aliases": ["ignored"]}, "x")
+        assert all(getattr(again, k) == getattr(device, k) for k in keys or device.to_dict())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threads": "2"}, "m.json: profile.threads '2' is not an int"),
+    ({"threads": True}, "profile.threads True is not an int"),
+    ({"batch_size": 0}, "profile.batch_size 0 must be at least 1"),
+    ({"runtime": "coreml"}, "runtime 'coreml': allowed values are onnxruntime-cpu, openvino-cpu, tensorrt"),
+    ({"precision": "int4"}, "precision 'int4': allowed values are fp32, fp16, int8"),
+    ({"cpu_match": {"flags": "avx2"}}, "profile.cpu_match"),
+    ({"name": None}, "profile.name is missing"),
+])
+def test_a_device_record_that_does_not_check_names_the_field(change, message):
+    from pathnas.deploy.device import DeviceSettings
+    from pathnas.errors import ConfigError
+
+    good = {"name": "d", "runtime": "onnxruntime-cpu", "precision": "fp32", "threads": 2}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DeviceSettings.from_dict({**good, **change}, "m.json")
+
+
+def test_one_check_says_whether_this_machine_is_the_device(monkeypatch):
+    from pathnas.deploy import device as device_module
+    from pathnas.deploy.device import CpuMatch, DeviceSettings
+    from pathnas.profiling import load_profile
+
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
+    cpu = DeviceSettings("c", "onnxruntime-cpu", "fp32", 2, cpu_match=CpuMatch("x86_64", None, ("avx2",)))
+    assert cpu.matches_here() and cpu.mismatches() == []
+    wider = DeviceSettings("c", "onnxruntime-cpu", "fp32", 2, cpu_match=CpuMatch("x86_64", None, ("avx512f",)))
+    assert not wider.matches_here() and wider.mismatches() == ["the CPU lacks avx512f"]
+    assert not DeviceSettings("c", "onnxruntime-cpu", "fp32", 2).matches_here()  # names no CPU: another machine
+    jetson = load_profile("jetson-orin-nano").device
+    assert "GPU NVIDIA H100 80GB HBM3, the profile wants one named *Orin*" in jetson.mismatches(lambda: "NVIDIA H100 80GB HBM3")
+    assert "no NVIDIA GPU found, the profile wants one named *Orin*" in jetson.mismatches(lambda: None)
+    assert "CPU architecture x86_64, the profile wants aarch64" in jetson.mismatches(lambda: None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,10 +101,6 @@ def resolve_supernet(supernet: Optional[Path], space: Optional[str], knobs: dict
     if space is None:
         raise ConfigError(f"give --space ({', '.join(SPACES)}) or --supernet CHECKPOINT")
     return build_supernet(space_config(space, **knobs)), None
-
-
-def terminal_width() -> int:
-    return console.width or shutil.get_terminal_size().columns
 
 
 def print_json(value: Any) -> None:

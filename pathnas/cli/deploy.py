@@ -11,12 +11,12 @@ from typing import List, Optional
 
 import typer
 
-from pathnas.deploy.regress_stats import CONFIDENCE, ROUND_SIZE, ROUNDS, TOLERANCE
+from pathnas.deploy.regress_check import RegressCheck
 from pathnas.errors import ConfigError
 from pathnas.settings import RemoteDevice
 
 from .common import JSON_HELP, console, on_interrupt, print_json
-from .options import settings_options
+from .options import record_options, settings_options
 
 TRUSTED_KEY_HELP = ("accept only bundles signed by this public key (a .pub file or a folder of them; repeatable; "
                     "default: $PATHNAS_TRUSTED_KEYS, else /etc/pathnas-edge/trusted-keys if it exists, else "
@@ -75,23 +75,13 @@ def verify(
 @settings_options(RemoteDevice, what="remote", into="device_link", options={"remote": {
     "help": "check the bundle on this device over SSH ([user@]host, as ssh takes it): it is copied there, "
             "verified and timed by pathnas-infer there, and the verdict (or --update-baseline's file) comes back"}})
+@record_options(RegressCheck, into="check")
 def regress(
     device_link: RemoteDevice,
+    check: RegressCheck,
     model: Path = typer.Argument(..., help="a bundle folder, an ONNX model (.onnx) or OpenVINO IR (.xml)"),
-    baseline: Optional[Path] = typer.Option(None, help="baseline JSON: the previous release's, or one measured here "
-                                                       "(a bundle's default: its signed manifest's); with "
-                                                       "--update-baseline, where to write it"),
     device: Optional[str] = typer.Option(None, help="hardware profile of this machine, for a model file "
                                                     "(default: cpu)"),
-    tolerance: float = typer.Option(TOLERANCE, min=0.0, help=f"allowed slowdown, {TOLERANCE} = {100 * TOLERANCE:.0f}%"),
-    confidence: float = typer.Option(CONFIDENCE, min=0.5, max=0.999),
-    rounds: int = typer.Option(ROUNDS, min=1, help=f"timing rounds, each in fresh runtime sessions, of {ROUND_SIZE} "
-                                                   f"samples of the model and {ROUND_SIZE} of the reference model"),
-    same_model: bool = typer.Option(False, "--same-model", help="refuse a baseline measured for another model "
-                                                                "(default: compare with it and say whose it is)"),
-    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here (also when the check cannot run)"),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="measure here and write a baseline file "
-                                                                          "(never into a bundle)"),
     trusted_key: Optional[List[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -102,7 +92,6 @@ def regress(
     settings from --device and the reference model built here. With --remote the bundle is checked on
     that device over SSH, which needs only the runtime install."""
     from pathnas.deploy.junit import junit_on_error
-    from pathnas.deploy.regress import RunSettings
     from pathnas.deploy.toolkit import regress_bundle, regress_model
     from pathnas.profiling.reference import write_reference_model
     from pathnas.profiling import load_profile
@@ -111,34 +100,30 @@ def regress(
         if device is not None:
             raise ConfigError("--device is for model files here; with --remote a bundle runs on the profile it was "
                               "packaged for")
-        code = _regress_remote(device_link, model, baseline, tolerance, confidence, rounds, same_model, junit,
-                               update_baseline, trusted_key or [], as_json)
+        code = _regress_remote(device_link, model, check, trusted_key or [], as_json)
         if code:
             raise typer.Exit(code)
         return
     with tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
-        with junit_on_error(None if update_baseline else junit, model.name):
+        with junit_on_error(None if check.update_baseline else check.junit, model.name):
             if model.is_dir():  # a bundle names its model and its profile
                 if device is not None:
                     raise ConfigError("--device is for model files; a bundle runs on the profile it was packaged for")
-            elif baseline is None:
+            elif check.baseline is None:
                 raise ConfigError("--baseline FILE is needed for a model file (a bundle carries its own)")
             else:
-                settings = RunSettings.of(load_profile(device or "cpu"))
+                settings = load_profile(device or "cpu").device
                 # The same fixed reference model bundles carry (its SHA-256 is in the baseline), built afresh.
                 reference = write_reference_model(Path(tmp) / "reference.onnx")
         if model.is_dir():
-            code = regress_bundle(model, baseline, tolerance, confidence, rounds, junit, update_baseline, as_json,
-                                  trusted_key, same_model)
+            code = regress_bundle(model, check, as_json, trusted_key)
         else:
-            code = regress_model(model, baseline, settings, reference, tolerance, confidence, rounds, junit,
-                                 update_baseline, as_json, same_model)
+            code = regress_model(model, settings, reference, check, as_json)
     if code:
         raise typer.Exit(code)
 
 
-def _regress_remote(link: RemoteDevice, bundle: Path, baseline: Path | None, tolerance: float, confidence: float,
-                    rounds: int, same_model: bool, junit: Path | None, update_baseline: bool, trusted_keys: list[Path],
+def _regress_remote(link: RemoteDevice, bundle: Path, check: RegressCheck, trusted_keys: list[Path],
                     as_json: bool) -> int:
     """`regress --remote`: the bundle checked on the device over SSH; the verdict reported here as a
     local check's is (line or JSON, JUnit file, exit code)."""
@@ -151,32 +136,30 @@ def _regress_remote(link: RemoteDevice, bundle: Path, baseline: Path | None, tol
     from pathnas.errors import MissingFileError
     from pathnas.profiling.remote import Remote, RemoteError
 
-    options = ["--tolerance", str(tolerance), "--confidence", str(confidence), "--rounds", str(rounds),
-               *(["--same-model"] if same_model else [])]
     start = time.perf_counter()
-    with junit_on_error(None if update_baseline else junit, f"{bundle.name}@{link.remote}"):
+    with junit_on_error(None if check.update_baseline else check.junit, f"{bundle.name}@{link.remote}"):
         if not bundle.is_dir():
             raise ConfigError(f"--remote checks a bundle folder (it names its model and profile); {bundle} is not "
                               f"one: package it with `pathnas-edge package`")
-        for path in ([baseline] if baseline is not None and not update_baseline else []) + trusted_keys:
+        for path in ([check.baseline] if check.baseline is not None and not check.update_baseline else []) + trusted_keys:
             if not path.exists():
                 raise MissingFileError(f"{path} does not exist")
         remote = Remote(link.remote, link.ssh_config, link.remote_infer)  # regress() checks it before copying
-        if update_baseline:
-            out = baseline or default_baseline_path(bundle)
-            measured = remote.regress(bundle, options, trusted_keys=trusted_keys, update_baseline=out)
+        if check.update_baseline:
+            out = check.baseline or default_baseline_path(bundle)
+            measured = remote.regress(bundle, check.to_argv(), trusted_keys=trusted_keys, update_baseline=out)
             console.print(f"baseline measured on {link.remote} written to {out}: median "
                           f"{float(measured.get('median_ms', float('nan'))):.3f} ms; check against it with "
                           f"`pathnas-edge regress {bundle} --remote {link.remote} --baseline {out}`", markup=False)
             return 0
-        record = remote.regress(bundle, options, baseline, trusted_keys)
+        record = remote.regress(bundle, check.to_argv(), check.baseline, trusted_keys)
         try:
             verdict = Verdict.from_record(record, f"the verdict from {link.remote}")
         except ValueError as err:
             raise RemoteError(str(err)) from None
     device = record.get("device") if isinstance(record.get("device"), str) else "?"
     return report_verdict(verdict, {"bundle": str(bundle), "device": device, "host": link.remote},
-                          f"{bundle.name}@{device} on {link.remote}", junit, time.perf_counter() - start, as_json)
+                          f"{bundle.name}@{device} on {link.remote}", check.junit, time.perf_counter() - start, as_json)
 
 
 # -- signing keys --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ one ConfigError naming the option) and its own remaining options as keyword argu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
@@ -44,12 +45,17 @@ def _cli_type(annotation: Any) -> tuple[Any, tuple[str, ...]]:
 def settings_option(model: type[BaseModel], field: str, *decls: str, **overrides) -> inspect.Parameter:
     """One typer option for ``model.field``: its default and help from the model."""
     info = model.model_fields[field]
-    annotation, allowed = _cli_type(info.annotation)
     default = ... if info.is_required() else info.get_default(call_default_factory=True)
+    return _option(field, info.annotation, default, info.description or "", decls, overrides)
+
+
+def _option(field: str, annotation: Any, default: Any, help_text: str, decls: tuple[str, ...],
+            overrides: dict) -> inspect.Parameter:
+    annotation, allowed = _cli_type(annotation)
     default = overrides.pop("default", default)
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
-    help_text = overrides.pop("help", info.description or "")
+    help_text = overrides.pop("help", help_text)
     if allowed and not any(a in help_text for a in allowed):
         help_text = f"{help_text} ({', '.join(allowed)})".strip()
     if annotation is bool and not decls:
@@ -86,6 +92,31 @@ def settings_options(model: type[BaseModel], fields: tuple[str, ...] | None = No
         wrapper.__signature__ = inspect.Signature(parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__  # typer must read the generated signature, not the command's own
+        return wrapper
+
+    return decorate
+
+
+def record_options(record: type, *, into: str) -> Callable:
+    """Decorate a command: the fields of ``record`` (a torch-free dataclass of the workstation runtime, with
+    its help texts in ``record.HELP``, e.g. deploy/regress_check.py:RegressCheck) become options, and the
+    command receives the record (which checks itself: a ConfigError naming the option) as ``into``."""
+    hints = typing.get_type_hints(record)
+    fields = dataclasses.fields(record)
+
+    def decorate(command: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != into]
+        generated = [_option(f.name, hints[f.name], f.default, record.HELP[f.name], (), {}) for f in fields]
+
+        @functools.wraps(command)
+        def wrapper(**values):
+            return command(**{into: record(**{f.name: values.pop(f.name) for f in fields})}, **values)
+
+        parameters = own + generated
+        wrapper.__signature__ = inspect.Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__
         return wrapper
 
     return decorate

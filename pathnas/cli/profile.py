@@ -39,7 +39,7 @@ def _device_here(device: str, force: bool):
     from pathnas.profiling import load_profile
 
     hw = load_profile(device)
-    if not hw.runs_here() and not force:
+    if not hw.matches_here() and not force:
         raise ConfigError(
             f"this machine cannot measure {hw.name} ({hw.description}): run the command on that device, or "
             f"add --remote USER@DEVICE, or use `pathnas-edge profile pack` and `pathnas-infer profile` there "

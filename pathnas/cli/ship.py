@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from pathnas.deploy.runtimes import FORMATS, PRECISIONS
-from pathnas.settings import PipelineSettings, RetrainConfig, parse_choices
+from pathnas.settings import CalibrationSettings, PipelineSettings, RetrainConfig, parse_choices
 
 from .common import JSON_HELP, RUN_HELP, console, on_interrupt, print_json
 from .options import settings_options
@@ -58,17 +58,12 @@ def retrain(
                       f"test {key} {summary['test'][key]:.2f}")
 
 
+@settings_options(CalibrationSettings, into="calibration", what="calibration", options={
+    "reduce_range": {"decls": ("--reduce-range/--full-range-weights",)}})
 def quantize(
+    calibration: CalibrationSettings,
     run_dir: Path = typer.Option(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="calibration images come from its TRAIN split, accuracy control uses VAL"),
-    calibration_images: int = typer.Option(512, min=1),
-    keep_float: list[str] = typer.Option([], "--keep-float", help="keep this layer (ONNX node name) in float; "
-                                         "repeatable"),
-    accuracy_control: bool = typer.Option(True, "--accuracy-control/--no-accuracy-control",
-                                          help="keep the most sensitive layers in float until INT8 meets the "
-                                               "thresholds on val"),
-    full_range_weights: bool = typer.Option(False, "--full-range-weights",
-                                            help="8-bit weights (safe on VNNI CPUs and GPUs; AVX2-only CPUs saturate)"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -77,8 +72,7 @@ def quantize(
     from pathnas.pipeline.stages import stage_quantize
 
     layout = _layout(run_dir)
-    info = stage_quantize(layout, data, calibration_images, tuple(keep_float), not full_range_weights,
-                          accuracy_control, force)
+    info = stage_quantize(layout, data, calibration, force)
     if as_json:
         print_json(info)
         return
@@ -99,12 +93,13 @@ def quantize(
                       markup=False, style=None if control["passed"] else "red")
 
 
+@settings_options(CalibrationSettings, ("calibration_images",), into="calibration", what="calibration")
 def export(
+    calibration: CalibrationSettings,
     run_dir: Path = typer.Option(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="the data set (INT8 calibration uses its TRAIN split)"),
     format: str = typer.Option(",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}"),
     precision: str = typer.Option("fp32,int8", help=f"comma-separated: {', '.join(PRECISIONS)}"),
-    calibration_images: int = typer.Option(512, min=1),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -114,7 +109,7 @@ def export(
     from pathnas.pipeline.stages import stage_export
 
     rows = stage_export(_layout(run_dir), data, list(parse_choices(format, FORMATS, "--format")),
-                        list(parse_choices(precision, PRECISIONS, "--precision")), calibration_images, force)
+                        list(parse_choices(precision, PRECISIONS, "--precision")), calibration, force)
     if as_json:
         print_json(rows)
         return

@@ -117,11 +117,11 @@ def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
     supernet_ckpt = stages.stage_pretrain(layout, plan.space, plan.pretrain, progress)
     supernet, _ = load_supernet(supernet_ckpt)
     latency_table = stages.stage_profile(layout, plan.profile, supernet)
-    stages.stage_search(layout, plan.search.model_copy(update={"latency_table": latency_table}))
+    stages.stage_search(layout, plan.search.model_copy(update={"latency_table": latency_table}), plan.profile)
     stages.stage_extract(layout, supernet_ckpt)
     retrained = stages.stage_retrain(layout, plan.retrain)
     stages.stage_export(layout, data, list(plan.settings.formats), list(plan.precisions))
-    report = stages.stage_validate(layout, data, threads=plan.profile.threads if plan.profile.runs_here() else None)
+    report = stages.stage_validate(layout, data, threads=plan.profile.threads if plan.profile.matches_here() else None)
     skipped = read_json(Path(data) / SPLITS_FILE, "splits file").get("skipped", [])
     summary = {"run_dir": str(layout.root), "device": plan.profile.name,
                "search": read_json(layout.search_summary, "search summary")["best"],
@@ -139,7 +139,7 @@ def _ship(layout: RunLayout, plan: _Plan, report: dict) -> dict:
     from pathnas.deploy.bundle import packageable_rows
 
     try:  # the bundle ships what passed for the device's runtime; an artifact that missed is never offered
-        packageable_rows(report, plan.profile, layout.report)
+        packageable_rows(report, plan.profile.device, layout.report)
     except UserError as err:
         return {"bundle": None, "bundle_note": f"no bundle: {err}"}
     bundle = stages.stage_package(layout, plan.profile, sign_key=plan.settings.sign_key)

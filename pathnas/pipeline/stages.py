@@ -14,7 +14,7 @@ from typing import Callable
 
 from pathnas.errors import ConfigError, MadeOtherwiseError, MissingFileError, UserError
 from pathnas.io import read_json, write_json_atomic
-from pathnas.settings import PretrainConfig, RetrainConfig, SearchSettings
+from pathnas.settings import CalibrationSettings, PretrainConfig, RetrainConfig, SearchSettings
 
 from .layout import RunLayout
 from .record import run_stage
@@ -139,27 +139,28 @@ def stage_profile(layout: RunLayout, profile, supernet) -> Path | None:
     return table
 
 
-def latency_factory(settings: SearchSettings) -> Callable:
+def latency_factory(settings: SearchSettings, profile=None) -> Callable:
     """The search's latency source for its settings: the device's table (measured first when this machine is
     the device and has none; or a labelled roofline estimate); for a tabular space, the benchmark's column
-    measured on the device (``--device`` names it)."""
+    measured on the device (``--device`` names it). ``profile``: the device's hardware profile when the caller
+    has it (default: loaded by ``settings.device``)."""
     if settings.tabular:
         from pathnas.search.tabular import BenchmarkLatency
 
         return BenchmarkLatency  # handed the benchmark table the search loaded
     from pathnas.profiling.ondemand import latency_factory as device_latency
 
-    return device_latency(settings)
+    return device_latency(settings, profile)
 
 
-def stage_search(layout: RunLayout, settings: SearchSettings) -> dict:
+def stage_search(layout: RunLayout, settings: SearchSettings, profile=None) -> dict:
     """The search into RUN/search. It resumes what it recorded; with other budgets it recomputes the verdicts.
     Evaluations made with other inputs (this run's supernet retrained, its data or evaluation settings
     changed) are moved aside and the search starts afresh (``_afresh_if_stale``)."""
     from pathnas.search import SearchStopped, run_search
 
     def search() -> None:
-        summary = run_search(settings, latency_factory(settings))
+        summary = run_search(settings, latency_factory(settings, profile))
         if summary["status"] != "completed":
             raise SearchStopped(f"search stopped {summary['reason']}; everything so far is in {settings.run_dir}: "
                                 f"fix it and re-run the pipeline (it resumes)")
@@ -200,22 +201,20 @@ def stage_retrain(layout: RunLayout, cfg: RetrainConfig, force: bool = False) ->
     return read_json(layout.retrain_summary, "retrain summary")
 
 
-def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512, keep_float: tuple[str, ...] = (),
-                   reduce_range: bool = True, accuracy_control: bool = True, force: bool = False) -> dict:
+def stage_quantize(layout: RunLayout, data: Path, calibration: CalibrationSettings = CalibrationSettings(),
+                   force: bool = False) -> dict:
     """Static INT8 PTQ of RUN/export/model.onnx into RUN/quantize/model_int8.onnx (calibrated on train,
     accuracy-controlled on val); returns the calibration record."""
     from pathnas.data import build_loaders
     from pathnas.export.quantize import quantize_run
 
     source = _need(layout.onnx, "export --format onnx")
-    settings = {"calibration_images": calibration_images, "keep_float": list(keep_float),
-                "reduce_range": reduce_range, "accuracy_control": accuracy_control}
+    settings = calibration.model_dump(mode="json")
 
     def quantize() -> None:
         preprocess = read_json(layout.preprocess, "preprocessing record")
         loaders = build_loaders(data, preprocess["input_size"], 16)
-        quantize_run(source, layout.quantize_dir, loaders, calibration_images, keep_float, reduce_range,
-                     accuracy_control)
+        quantize_run(source, layout.quantize_dir, loaders, calibration)
 
     run_stage(layout, "quantize", {"onnx": source, "data": Path(data), "settings": settings},
               [layout.int8_onnx, layout.calibration_record], quantize, force)
@@ -225,7 +224,7 @@ def stage_quantize(layout: RunLayout, data: Path, calibration_images: int = 512,
 
 
 def stage_export(layout: RunLayout, data: Path, formats: list[str], precisions: list[str],
-                 calibration_images: int = 512, force: bool = False) -> list[dict]:
+                 calibration: CalibrationSettings = CalibrationSettings(), force: bool = False) -> list[dict]:
     """Every format x precision as an artifact (RUN/export/export.json lists them with their status): the
     canonical FP32 ONNX, then INT8 through the quantize stage (the one place INT8 happens; skipped when
     RUN/quantize is up to date for it), then every conversion."""
@@ -239,12 +238,13 @@ def stage_export(layout: RunLayout, data: Path, formats: list[str], precisions: 
     def export() -> None:
         model, meta = load_subnet(model_path)
         canonical = export_canonical(layout.export_dir, model, meta, dataset_summary(data))
-        int8 = stage_quantize(layout, data, calibration_images, force=force) if "int8" in precisions else None
+        int8 = stage_quantize(layout, data, calibration, force=force) if "int8" in precisions else None
         rows = convert_artifacts(layout.export_dir, layout.quantize_dir, formats, precisions, input_shape(meta), int8)
         write_export_record(layout.root, layout.export_dir, canonical, rows)
 
     run_stage(layout, "export", {"model": model_path, "formats": list(formats), "precisions": list(precisions),
-                                 "calibration_images": calibration_images}, [layout.export_record], export, force)
+                                 "calibration_images": calibration.calibration_images}, [layout.export_record], export,
+              force)
     return read_json(layout.export_record, "export record")["artifacts"]
 
 
@@ -289,14 +289,14 @@ def stage_package(layout: RunLayout, profile, out: Path | None = None, measure_l
     inputs = PackageInputs(root=layout.root, report=_need(layout.report, "validate"),
                            export=_need(layout.export_record, "export"), preprocess=layout.preprocess,
                            labels=layout.labels, retrain_summary=layout.retrain_summary)
-    measure = measure_latency and profile.runs_here()
+    measure = measure_latency and profile.matches_here()
     reason = "--no-latency" if not measure_latency else f"this machine cannot run {profile.name}"
     signer = key_fingerprint(sign_key) if sign_key is not None else None  # the public half only, never the key
 
     def build() -> None:
         with tempfile.TemporaryDirectory(prefix="pathnas-reference-") as tmp:
             reference = write_reference_model(Path(tmp) / "latency_reference.onnx")
-            package(dataclasses.replace(inputs, reference=reference), profile, out, measure, reason,
+            package(dataclasses.replace(inputs, reference=reference), profile.device, out, measure, reason,
                     sign_key=sign_key, replace=out.absolute() == layout.bundle.absolute())
 
     settings = profile.model_dump(mode="json") if hasattr(profile, "model_dump") else profile.name
@@ -326,10 +326,10 @@ def stage_smoke_test(layout: RunLayout, data: Path, bundle: Path | None = None, 
     model's that validation compared every artifact with: the same class and probabilities within
     SMOKE_PROB_ATOL (segmentation: >= 99% of mask pixels alike). Writes RUN/smoke_test.json;
     SmokeTestError when they differ. Returns the record, with the commands to run on the workstation."""
-    from pathnas.deploy.signing import key_fingerprint, public_key_pem
+    from pathnas.deploy.signing import MANIFEST, key_fingerprint, public_key_pem
 
     bundle = Path(bundle) if bundle is not None else layout.bundle
-    manifest = _need(bundle / "manifest.json", "package")
+    manifest = _need(bundle / MANIFEST, "package")
 
     def run() -> None:
         with tempfile.TemporaryDirectory(prefix="pathnas-trust-") as tmp:
