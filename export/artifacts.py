@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pathnas.deploy.runtimes import FORMATS, PRECISIONS, backend_of_format
+from pathnas.deploy.runtimes import backend_of_format
 from pathnas.io import write_json_atomic
 
 log = logging.getLogger("pathnas.export")

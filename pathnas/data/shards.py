@@ -37,9 +37,9 @@ from torchvision.transforms import v2
 from ..errors import ConfigError
 from ..io import sha256_file, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
-from .datasets import (MARKER_FILE, NORMALIZE_MEAN, NORMALIZE_STD, SKIP_HINT, SPLITS, DataError, _image_size, _load_problem,
-                       _open_mask, _open_rgb, _pair_segmentation, _record_skipped, detect_task, list_classes,
-                       load_or_create_splits, segmentation_classes)
+from .folders import (MARKER_FILE, NORMALIZE_MEAN, NORMALIZE_STD, SKIP_HINT, SPLITS, DataError, detect_task, image_size,
+                      list_classes, load_or_create_splits, load_problem, open_mask, open_rgb, pair_segmentation,
+                      record_skipped, segmentation_classes)
 from .seeding import generator
 
 PACK_FORMAT = "pathnas-pack/1"
@@ -129,7 +129,7 @@ def open_pack(root: str | os.PathLike) -> Pack:
 
 def _rows(source: Path, task: str, splits: dict) -> list[tuple[str, Path, Path | None]]:
     """(relative name, image, mask) of every file of every split, in split order."""
-    pairs = _pair_segmentation(source) if task == "segment" else {}
+    pairs = pair_segmentation(source) if task == "segment" else {}
     rows = []
     for split in SPLITS:
         for rel in splits[split]:
@@ -141,10 +141,10 @@ def _rows(source: Path, task: str, splits: dict) -> list[tuple[str, Path, Path |
 def _problem(image: Path, mask: Path | None) -> tuple[Path, str] | None:
     """What a folder data set would refuse in this entry (see datasets._FolderDataset): the file and why."""
     for path in (image, mask):
-        if path is not None and (why := _load_problem(path)):
+        if path is not None and (why := load_problem(path)):
             return path, f"cannot read the file ({why})"
-    if mask is not None and _image_size(image) != _image_size(mask):
-        (iw, ih), (mw, mh) = _image_size(image), _image_size(mask)
+    if mask is not None and image_size(image) != image_size(mask):
+        (iw, ih), (mw, mh) = image_size(image), image_size(mask)
         return mask, f"the mask is {mw}x{mh} pixels, its image {image.name} is {iw}x{ih}"
     return None
 
@@ -222,12 +222,12 @@ def _write(source: Path, out: Path, header: dict, rows: list, splits: dict, skip
                 raise DataError(f"{bad[0]}: {bad[1]}; {SKIP_HINT}")
             state["skipped"].append(rel)
         else:
-            image = tv_tensors.Image(v2.functional.pil_to_tensor(_open_rgb(image_path)))
+            image = tv_tensors.Image(v2.functional.pil_to_tensor(open_rgb(image_path)))
             if task == "classify":
                 images[i] = resize(image).numpy()
                 target[i] = label_of[Path(rel).parent.name]
             else:
-                mask = tv_tensors.Mask(torch.from_numpy(_open_mask(mask_path, len(classes))))
+                mask = tv_tensors.Mask(torch.from_numpy(open_mask(mask_path, len(classes))))
                 image, mask = resize(image, mask)
                 images[i], target[i] = image.numpy(), mask.numpy().astype(np.uint8)
         if (i + 1) % _CHUNK == 0 or i + 1 == n:
@@ -240,7 +240,7 @@ def _write(source: Path, out: Path, header: dict, rows: list, splits: dict, skip
     del images, target  # close the maps before hashing
     skipped = sorted(set(state["skipped"]) | known_bad)
     if skip_bad and skipped:
-        _record_skipped(source, [source / rel for rel in skipped])  # as a folder run with --skip-bad would
+        record_skipped(source, [source / rel for rel in skipped])  # as a folder run with --skip-bad would
     arrays = [IMAGES_FILE, LABELS_FILE if task == "classify" else MASKS_FILE]
     index = {**header, "source": str(source), "splits": {**{s: splits[s] for s in SPLITS}, "skipped": skipped,
                                                          "seed": splits.get("seed"), "task": task},

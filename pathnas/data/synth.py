@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..io import write_bytes_atomic, write_json_atomic
 from ..errors import ConfigError
-from .datasets import MARKER_FILE, DataError
+from .folders import MARKER_FILE, DataError
 
 # Bump whenever the pixels change, so an existing data set is never mistaken for a new one.
 # /2: the nucleus count no longer scales with the image size (sizes other than 64 were too sparse).

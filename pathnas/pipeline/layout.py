@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathnas.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
-from pathnas.data.datasets import MARKER_FILE
+from pathnas.data.folders import MARKER_FILE
 from pathnas.data.shards import PACK_INDEX
 from pathnas.deploy.html import REPORT_FILE as REPORT_HTML
 from pathnas.export.artifacts import EXPORT_RECORD, LABELS, MODEL_ONNX, PREPROCESS

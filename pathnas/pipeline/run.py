@@ -103,7 +103,7 @@ def run_pipeline(run: Path, settings: PipelineSettings | None = None, *, progres
 
 def _run(layout: RunLayout, plan: _Plan, progress: bool) -> dict:
     from pathnas.data import build_loaders, load_or_create_splits
-    from pathnas.data.datasets import SPLITS_FILE
+    from pathnas.data.folders import SPLITS_FILE
     from pathnas.train import load_supernet
 
     data, seed, skip_bad = plan.data, plan.settings.seed, plan.settings.skip_bad

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pathnas.data.datasets import SPLITS_FILE
+from pathnas.data.folders import SPLITS_FILE
 from pathnas.errors import ConfigError
 from pathnas.io import sha256_file
 from pathnas.settings import SearchSettings
