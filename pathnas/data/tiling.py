@@ -50,7 +50,7 @@ from ..errors import ConfigError
 from ..io import read_json, sha256_file, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
 from .annotations import ANNOTATION_EXTENSIONS, Annotations, Region, read_annotations
-from .datasets import MARKER_FILE, SPLITS, SPLITS_FILE, DataError
+from .folders import MARKER_FILE, SPLITS, SPLITS_FILE, DataError
 from .shards import IMAGES_FILE, LABELS_FILE, MASKS_FILE, PACK_FORMAT, PACK_INDEX
 
 RULES = ("centroid", "majority", "exclude-mixed")
