@@ -32,8 +32,10 @@ MAX_PICTURES = 300
 # A row's pictures and the folder under OUT each is written to: the thumbnail with the tissue in its class's
 # colour (the batch writes it when it counts the slide's areas), the heatmap of the most likely class, the mask.
 PICTURE_FIELDS = (("thumbnail", "thumbnails"), ("heatmap", "tiles"), ("mask", "masks"))
-# Statuses of an input that was read to the end: "no_tissue" is a slide's answer too, not a failure.
-DONE_STATUSES = ("ok", "no_tissue")
+# Statuses of an input that was read to the end, so its pictures are shown. A blank slide ("no_tissue")
+# is one of them (its thumbnail shows what was scanned), but it fails the run as a scanning error, as
+# the exit code does: it is listed among the failures too.
+SHOWN_STATUSES = ("ok", "no_tissue")
 
 
 def colour(i: int) -> str:
@@ -155,8 +157,8 @@ def batch_context(out: Path, meta: dict) -> dict:
     rows = [r for r in meta.get("results", []) if isinstance(r, dict)]
     classes = [str(c) for c in meta.get("classes") or []] or sorted(
         {k[len("prob_"):] for r in rows for k in r if str(k).startswith("prob_")})
-    ok = [r for r in rows if r.get("status") in DONE_STATUSES]
-    failed = [r for r in rows if r.get("status") not in DONE_STATUSES]
+    ok = [r for r in rows if r.get("status") in SHOWN_STATUSES]
+    failed = [r for r in rows if r.get("status") != "ok"]
     cards = []
     for row in ok[:MAX_PICTURES]:
         pictures, problems = _pictures(row, out, classes)
@@ -196,7 +198,7 @@ def batch_context(out: Path, meta: dict) -> dict:
     finished = meta.get("finished")
     return {
         "title": f"Slide batch {Path(out).resolve().name}",
-        "subtitle": [f"{len(rows)} input(s): {len(ok)} done, {len(failed)} failed"
+        "subtitle": [f"{len(rows)} input(s): {len(rows) - len(failed)} done, {len(failed)} failed"
                      + ("" if finished is not False else "; the run did not finish (stopped, or still running)"),
                      f"bundle {meta.get('bundle', '?')}, task {meta.get('task', '?')}, classes "
                      f"{', '.join(classes) or '?'}"] + ([meta["note"]] if meta.get("note") else []),

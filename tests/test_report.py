@@ -186,3 +186,16 @@ def test_a_slide_batch_writes_its_report_at_the_end_and_it_opens_in_a_browser(ho
 def test_the_slide_report_command_names_a_folder_that_is_not_a_batch(tmp_path):
     code, err = run_infer_here("report", tmp_path)
     assert code == 2 and "neither run_metadata.json nor results.csv" in err
+
+
+def test_a_blank_slide_is_shown_and_listed_among_the_failures_as_the_exit_code_counts_it(tmp_path):
+    from pathnas.deploy.slide_report import batch_context
+
+    rows = [{"input": "a.tif", "status": "ok", "prediction": "tumor", "prob_tumor": 0.9},
+            {"input": "blank.tif", "status": "no_tissue", "prediction": "",
+             "error": "blank.tif: no tissue found: all 16 tiles are background"},
+            {"input": "broken.tif", "status": "error", "error": "broken.tif: truncated"}]
+    context = batch_context(tmp_path, {"results": rows, "classes": ["tumor"]})
+    assert [card["input"] for card in context["cards"]] == ["a.tif", "blank.tif"]  # what was scanned is shown
+    assert [name for name, _ in context["failures"]] == ["blank.tif", "broken.tif"]
+    assert context["subtitle"][0].startswith("3 input(s): 1 done, 2 failed")
