@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--config", default="all", choices=["all", *CONFIGS])
     parser.add_argument("--subnets", type=int, default=40)
     parser.add_argument("--fit-subnets", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="default: the tables' protocol (TimingProtocol)")
     parser.add_argument("--save", action="store_true", help="write the tables into hardware_profiles/tables/")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

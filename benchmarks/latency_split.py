@@ -30,6 +30,7 @@ import torch
 
 from latency_predictor import CONFIGS
 from pathnas.deploy.device_profile import read_timings
+from pathnas.deploy.timing import TimingProtocol
 from pathnas.profiling import load_profile, measure_table
 from pathnas.profiling.measure import INCREMENTAL_FIT, INCREMENTAL_SUBNETS, assemble_files
 from pathnas.profiling.pack import plan_table, write_pack
@@ -71,7 +72,7 @@ def split(args, profile, python: Path, tmp: Path) -> dict:
     items, reused = plan_table(net, args.fit_subnets + args.holdout, args.fit_subnets)
     start = time.perf_counter()
     pack = tmp / "pack"
-    write_pack(net, profile, items, pack, reused, rounds=args.rounds)
+    write_pack(net, profile, items, pack, reused, timing=TimingProtocol().but(rounds=args.rounds))
     packed = time.perf_counter()
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if args.load else None
     try:
@@ -115,7 +116,7 @@ def main() -> None:
     parser.add_argument("--config", default="demo", choices=list(CONFIGS))
     parser.add_argument("--fit-subnets", type=int, default=10)
     parser.add_argument("--holdout", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="default: the tables' protocol (TimingProtocol)")
     parser.add_argument("--load", action="store_true", help="a CPU-bound process beside the device timing")
     parser.add_argument("--incremental", action="store_true", help="also time a full and an incremental measure")
     parser.add_argument("--device-venv", type=Path, default=Path(tempfile.gettempdir()) / "pathnas-device-venv")

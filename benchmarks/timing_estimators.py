@@ -29,7 +29,7 @@ import numpy as np
 
 from latency_predictor import CONFIGS
 from latency_split import BUSY, net_for
-from pathnas.deploy.timing import median_polish
+from pathnas.deploy.timing import TimingProtocol, median_polish
 from pathnas.io import read_json
 from pathnas.profiling import load_profile
 from pathnas.profiling.measure import assemble_table
@@ -85,7 +85,7 @@ def main() -> None:
         if not (pack / "pack.json").exists():
             net = net_for(CONFIGS["demo"])
             items, reused = plan_table(net, 34, 10)
-            write_pack(net, load_profile("cpu"), items, pack, reused, rounds=args.processes)
+            write_pack(net, load_profile("cpu"), items, pack, reused, timing=TimingProtocol().but(rounds=args.processes))
         busy = subprocess.Popen([sys.executable, "-c", BUSY]) if args.load else None
         records = []
         try:

@@ -82,7 +82,7 @@ def fit_calibration(parts_sum_ms, predicted_before_ms, measured_ms, overhead: di
             "loo_predicted_ms": loo[chosen], "loo_mape_pct": mape}
 
 
-def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: int = 10, rounds: int = 3,
+def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: int = 10, rounds: int | None = None,
                     seed: int = CALIBRATION_SEED, table_path: Path | None = None, progress=None,
                     remote=None, holdout: int = 0) -> dict:
     """A copy of ``table`` whose overhead model is refitted to ``subnets`` paths timed on the device
@@ -101,7 +101,7 @@ def calibrate_table(table: dict, supernet, profile: HardwareProfile, subnets: in
 
     if subnets < 3:
         raise ConfigError(f"--subnets {subnets}: at least 3")
-    if rounds < 1:
+    if rounds is not None and rounds < 1:
         raise ConfigError(f"rounds {rounds}: at least 1")
     start = time.perf_counter()
     supernet = supernet.eval()

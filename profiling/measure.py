@@ -13,6 +13,7 @@ import numpy as np
 
 from pathnas.deploy.device_profile import PACK_MANIFEST, read_pack, read_timings, time_pack_in_processes
 from pathnas.deploy.machine import versions
+from pathnas.deploy.timing import TimingProtocol
 from pathnas.errors import ConfigError
 from pathnas.io import read_json
 
@@ -118,36 +119,39 @@ def assemble_files(pack: str | Path, timings: str | Path) -> dict:
     return assemble_table(manifest, read_timings(timings, pack))
 
 
-def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: int = 3, repeats: int = 10,
-               seed: int = 0, reused: dict | None = None, progress=None, remote=None) -> tuple[dict, dict]:
+def time_items(profile: HardwareProfile, supernet, items: list[Item], rounds: int | None = None,
+               repeats: int | None = None, seed: int = 0, reused: dict | None = None, progress=None, remote=None) -> tuple[dict, dict]:
     """Time ``items`` in the profile's runtime (here, or on ``remote``, a ``remote.Remote``) with the
     tables' protocol: through a pack and the device half's code for file runtimes, as PyTorch modules
-    under torch-cuda. Returns (manifest, timings), the inputs of ``assemble_table``."""
+    under torch-cuda. ``rounds`` and ``repeats``: None for the tables' protocol's (``TimingProtocol``).
+    Returns (manifest, timings), the inputs of ``assemble_table``."""
+    protocol = TimingProtocol().but(rounds, repeats)
+    rounds = protocol.rounds
     config = supernet.config.model_dump(mode="json")
     if profile.runtime in TORCH_DEVICES:
         if remote is not None:
             raise ConfigError(f"runtime {profile.runtime} times PyTorch modules on the device: run `pathnas-edge "
                               f"profile measure` there (--remote needs a runtime that times files)")
         items = [i for i in items if i.onnx is None]  # ONNX files (the reference) are for file runtimes
-        advance = _progress(progress, f"timing {profile.name}", len(items) + rounds * repeats)
+        advance = _progress(progress, f"timing {profile.name}", len(items) + rounds * protocol.repeats)
         results, providers = time_torch_modules(profile, [(i.name, i.build, i.input_shape) for i in items],
-                                                rounds, seed, repeats, advance)
+                                                protocol, seed, advance)
         manifest = {"profile": profile_record(profile), "space_config": config, "config_digest": config_digest(config),
                     "toolchain": versions(TOOLCHAIN_DISTRIBUTIONS), "items": [i.record() for i in items],
                     "reused_parts": reused or {}}
         metadata = {**machine_metadata(profile), "execution_providers": providers, "timing_rounds": rounds,
-                    "timing_repeats": repeats}
+                    "timing_repeats": protocol.repeats, "timing": protocol.to_dict()}
         return manifest, {"results": results, "metadata": metadata}
     with tempfile.TemporaryDirectory(prefix="pathnas-pack-") as tmp:
         pack = Path(tmp) / "pack"
-        manifest = write_pack(supernet, profile, items, pack, reused, seed, rounds, repeats,
+        manifest = write_pack(supernet, profile, items, pack, reused, seed, protocol,
                               advance=_progress(progress, f"exporting for {profile.name}", len(items)))
         if remote is not None:
             timings = remote.time_pack(pack, Path(tmp) / "timings.json")
         else:
             # as a device does: `pathnas-infer profile`, each round in a fresh process of its own
-            timings = time_pack_in_processes(pack, Path(tmp) / "timings.json", rounds, repeats, advance=_progress(
-                progress, f"timing {profile.name}", rounds * (len(items) + repeats)))
+            timings = time_pack_in_processes(pack, Path(tmp) / "timings.json", advance=_progress(
+                progress, f"timing {profile.name}", rounds * (len(items) + protocol.repeats)))
         return read_json(pack / PACK_MANIFEST, "latency pack manifest"), timings
 
 
@@ -170,17 +174,17 @@ def measure_table(
     profile: HardwareProfile,
     subnets: int = 40,
     fit_subnets: int = 10,
-    rounds: int = 3,
+    rounds: int | None = None,
     seed: int = 0,
     progress=None,
     reuse: dict[str, dict] | None = None,
-    repeats: int = 10,
+    repeats: int | None = None,
     remote=None,
 ) -> dict:
     """Measure every part not in ``reuse`` and ``subnets`` random paths end to end, here (or on
     ``remote``): pack -> time -> assemble. The first ``fit_subnets`` paths fit the overhead model;
     the rest are held out and give the accuracy figures. Returns the table (unsaved)."""
-    if rounds < 1:
+    if rounds is not None and rounds < 1:
         raise ConfigError(f"rounds {rounds}: at least 1")
     items, reused = plan_table(supernet, subnets, fit_subnets, seed, reuse)
     manifest, timings = time_items(profile, supernet, items, rounds, repeats, seed, reused, progress, remote)

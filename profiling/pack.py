@@ -23,6 +23,7 @@ from pathnas.deploy.device import DeviceSettings
 from pathnas.deploy.device_profile import PACK_MANIFEST, PACK_SCHEMA
 from pathnas.deploy.runtimes import PACK_RUNTIMES
 from pathnas.deploy.machine import versions
+from pathnas.deploy.timing import TimingProtocol
 from pathnas.errors import AlreadyExistsError, ConfigError
 from pathnas.io import sha256_file, write_json_atomic
 
@@ -134,7 +135,7 @@ def profile_record(profile: HardwareProfile) -> dict:
 
 
 def write_pack(supernet, profile: HardwareProfile, items: list[Item], out: str | Path, reused: dict | None = None,
-               seed: int = 0, rounds: int = 3, repeats: int = 10, replace: bool = False,
+               seed: int = 0, timing: TimingProtocol = TimingProtocol(), replace: bool = False,
                advance: Callable[[], None] | None = None) -> dict:
     """Export ``items`` into the pack folder ``out`` (built beside it and renamed into place, so a
     half-written pack never exists); returns the manifest."""
@@ -171,7 +172,7 @@ def write_pack(supernet, profile: HardwareProfile, items: list[Item], out: str |
             "space_config": config,
             "config_digest": config_digest(config),
             "seed": seed,
-            "timing": {"rounds": rounds, "repeats": repeats},
+            "timing": timing.to_dict(),  # how the device times it (the device half reads it back)
             "toolchain": versions(TOOLCHAIN_DISTRIBUTIONS),
             "items": records,
             "reused_parts": reused or {},

@@ -38,7 +38,11 @@ from .predictor import TablePredictor
 log = logging.getLogger("pathnas.profiling")
 
 PROBE_SEED = 1010  # the probe's paths: a seed of their own, never a path the table measured
-PROBE_PATHS, PROBE_ROUNDS = 2, 2  # a search's start-up probe: 2 paths, 2 rounds (each in its own process)
+# A search's start-up probe times the reference model alone, 2 rounds (each in a process of its own): a few
+# seconds. Paths cost their export (the shipped exporter, dynamo: ~5 s a demo path, ~25 s a 128 px one),
+# so they are timed only where the table has no reference time, and by `profile check`.
+PROBE_ROUNDS = 2
+UNANCHORED_PROBE_PATHS = 2
 CHECK_PATHS, CHECK_ROUNDS = 8, 3  # `profile check`
 # An unanchored table (measured before tables timed the reference) is judged on its paths alone, with this.
 UNANCHORED_TOLERANCE_PCT = 15.0
@@ -86,7 +90,8 @@ def judge(predictor: TablePredictor, archs: list, timings: dict, load_average: f
     """The report of a probe: each path's time now against the table's prediction (as measured), the
     reference's time now against the table's, the machine's load, and the verdict: ``busy``, ``holds``,
     ``machine-moved`` (the reference and the paths moved alike: re-anchor) or ``table-off`` (paths off
-    while the reference is not: re-measure); ``unanchored`` tables are judged on their paths alone."""
+    while the reference is not: re-measure); ``unanchored`` tables are judged on their paths alone. With no
+    paths (a search's start-up probe) the reference alone tells ``holds`` from ``machine-moved``."""
     table, results = predictor.table, timings["results"]
     anchor = table.get("anchor")
     paths = []
@@ -94,7 +99,7 @@ def judge(predictor: TablePredictor, archs: list, timings: dict, load_average: f
         measured, predicted = results[f"net:{arch.code}"]["median_ms"], predictor.table_ms(arch)
         paths.append({"arch": arch.code, "measured_ms": measured, "predicted_ms": predicted,
                       "ratio": measured / predicted})
-    path_ratio = float(np.exp(np.median(np.log([p["ratio"] for p in paths]))))
+    path_ratio = float(np.exp(np.median(np.log([p["ratio"] for p in paths])))) if paths else None
     tolerance = (anchor or {}).get("tolerance_pct", UNANCHORED_TOLERANCE_PCT)
     other = (timings.get("metadata") or {}).get("other_load_cores")
     report = {"table_date": table["metadata"].get("date"), "paths": paths, "path_ratio": path_ratio,
@@ -112,7 +117,11 @@ def judge(predictor: TablePredictor, archs: list, timings: dict, load_average: f
     if report["busy"]:
         verdict = "busy"
     elif report["reference_ratio"] is None:
+        if path_ratio is None:
+            raise ConfigError("a latency table without a reference time is judged on paths: probe at least one")
         verdict = "unanchored-off" if off(path_ratio) else "unanchored-holds"
+    elif path_ratio is None:
+        verdict = "machine-moved" if off(report["reference_ratio"]) else "holds"
     elif not off(path_ratio) and not off(report["reference_ratio"]):
         verdict = "holds"
     elif not off(path_ratio / report["reference_ratio"]):
@@ -123,10 +132,13 @@ def judge(predictor: TablePredictor, archs: list, timings: dict, load_average: f
     return report
 
 
-def probe_table(predictor: TablePredictor, paths: int = PROBE_PATHS, rounds: int = PROBE_ROUNDS) -> dict:
-    """A search's start-up probe: ``paths`` unseen paths and the reference timed now; the report (``judge``)."""
+def probe_table(predictor: TablePredictor, paths: int | None = None, rounds: int = PROBE_ROUNDS) -> dict:
+    """A search's start-up probe: the reference timed now (and ``paths`` unseen paths; default none, or
+    ``UNANCHORED_PROBE_PATHS`` for a table without a reference time); the report (``judge``)."""
     start = time.perf_counter()
-    archs = probe_archs(predictor, paths)
+    if paths is None:
+        paths = 0 if predictor.table.get("anchor") else UNANCHORED_PROBE_PATHS
+    archs = probe_archs(predictor, paths) if paths else []
     timings = time_probe(predictor, archs, rounds)
     return judge(predictor, archs, timings, load_now(), time.perf_counter() - start)
 
@@ -139,9 +151,11 @@ def probe_line(report: dict, table_path) -> tuple[int, str]:
     """The one line a probe's report gives a person (its logging level and text): it names `profile check`
     whenever the table does not hold, and says the search uses the table as measured."""
     where = f"latency table {table_path or '(in memory)'} of {str(report['table_date'])[:10]}"
-    ref = (f"the reference model runs {report['reference_ratio']:.2f}x its time then, "
-           if report["reference_ratio"] is not None else "")
-    figures = f"{ref}probe paths {report['path_ratio']:.2f}x their prediction (tolerance ±{report['tolerance_pct']:.0f}%)"
+    said = [f"the reference model runs {report['reference_ratio']:.2f}x its time then"] \
+        if report["reference_ratio"] is not None else []
+    if report["path_ratio"] is not None:
+        said.append(f"probe paths {report['path_ratio']:.2f}x their prediction")
+    figures = f"{', '.join(said)} (tolerance ±{report['tolerance_pct']:.0f}%)"
     verdict = report["verdict"]
     if verdict == "busy":
         load = (f"other programs used {report['other_load_cores']:.2f} CPU cores"
@@ -150,8 +164,9 @@ def probe_line(report: dict, table_path) -> tuple[int, str]:
                                  f"device; {where} is used as measured")
     if verdict in ("holds", "unanchored-holds"):
         return logging.INFO, f"latency probe: {where} holds: {figures}"
-    advice = {"machine-moved": "the machine itself moved (the reference with the paths): --reanchor scales the "
-                               "table by the reference",
+    moved = "the machine itself moved (the reference with the paths)" if report["path_ratio"] is not None else \
+        "the reference model's own time moved, so the machine itself did"
+    advice = {"machine-moved": f"{moved}: --reanchor scales the table by the reference",
               "table-off": "the paths moved apart from the reference: re-measure the table",
               "unanchored-off": "the table has no reference time to tell the machine from the table"}[verdict]
     return logging.WARNING, (f"{where} is off on this machine now: {figures}; {advice}. The search uses it as "

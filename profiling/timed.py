@@ -93,7 +93,7 @@ class TorchItem:
 
 
 def time_torch_modules(profile: HardwareProfile, modules: list[tuple[str, Callable[[], object], tuple[int, ...]]],
-                       rounds: int, seed: int, repeats: int = 10,
+                       protocol: TimingProtocol, seed: int,
                        advance: Callable[[], None] | None = None) -> tuple[dict[str, dict], list[str]]:
     """Time PyTorch modules on the profile's torch device with the tables' protocol; returns each
     one's figures (per image) by name, and the providers that ran them. ``modules`` lists
@@ -107,7 +107,7 @@ def time_torch_modules(profile: HardwareProfile, modules: list[tuple[str, Callab
             for name, build, input_shape in modules:
                 items[name] = TorchItem(build(), (profile.batch_size, *input_shape[1:]), device, profile.precision)
         sync = next(iter(items.values())).sync if items else None
-        results = time_in_rounds({n: i.call for n, i in items.items()}, TimingProtocol(rounds, repeats), seed=seed,
+        results = time_in_rounds({n: i.call for n, i in items.items()}, protocol, seed=seed,
                                  sync=sync, advance=advance)
     finally:
         for item in items.values():

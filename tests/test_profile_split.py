@@ -351,7 +351,7 @@ def test_a_search_decides_the_same_whatever_its_probe_reads_and_reanchors_only_w
                                      **{**base, "iterations": 3}))
     assert resumed["device"]["anchor"]["factor"] == pytest.approx(2.0) and chosen(tmp_path / "anchored")[:2] == first
     record = json.loads(anchor_record_path(tmp_path / "anchored").read_text())
-    assert record["anchor"]["factor"] == pytest.approx(2.0) and record["probe"]["path_ratio"] == pytest.approx(1.0)
+    assert record["anchor"]["factor"] == pytest.approx(2.0) and record["probe"]["reference_ratio"] == pytest.approx(1.0)
     # --replay of this run's transcript takes the factor this run recorded, not one timed now
     replay = search_settings(trained, tmp_path / "replayed", replay=tmp_path / "anchored" / "transcript.jsonl")
     assert recorded_anchor(replay) == (True, record["anchor"])

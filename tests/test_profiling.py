@@ -564,6 +564,29 @@ def test_the_probe_tells_a_busy_machine_a_moved_one_and_a_wrong_table_apart(tiny
     assert anchor["factor"] == (1.0 if verdict == "busy" else pytest.approx(reference))
 
 
+@pytest.mark.parametrize("anchored, reference, verdict", [(True, 1.04, "holds"), (True, 1.5, "machine-moved"),
+                                                          (False, None, "unanchored-holds")])
+def test_the_start_up_probe_times_the_reference_alone_where_the_table_has_one(tiny, tmp_path, monkeypatch, anchored,
+                                                                             reference, verdict):
+    """A search's probe exports no path of an anchored table (each costs seconds of export): the reference's
+    ratio alone tells holds from machine-moved. A table without a reference time still needs paths."""
+    from pathnas.profiling import probe
+
+    table = anchored_table(tiny) if anchored else hand_made_table(tiny)
+    predictor = predictor_for(load_profile("cpu"), tiny, table_path=save_table(table, tmp_path / "t.json"))
+    timed = []
+
+    def time_now(predictor, archs, rounds):
+        timed.append(len(archs))
+        return probe_timings(predictor, archs, 1.0, reference, 0.0)
+
+    monkeypatch.setattr(probe, "time_probe", time_now)
+    report = probe.probe_table(predictor)
+    assert timed == [0 if anchored else probe.UNANCHORED_PROBE_PATHS] and report["verdict"] == verdict
+    level, line = probe.probe_line(report, "t.json")
+    assert ("probe paths" in line) == (not anchored) and ("profile check t.json" in line) == (verdict == "machine-moved")
+
+
 def test_a_table_without_an_anchor_is_judged_on_its_paths_and_cannot_be_reanchored(tiny, tmp_path):
     from pathnas.profiling.probe import judge, probe_archs, reanchored
 

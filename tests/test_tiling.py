@@ -19,6 +19,7 @@ from pathnas.data.datasets import DataError
 from pathnas.data.synth_slides import CLASSES, COLOURS, OTHER_TISSUE, PRIORITY, synthetic_slides
 from pathnas.data.tiling import TileSettings, make_tiles, pair_inputs, split_groups
 from pathnas.errors import ConfigError
+from pathnas.io import sha256_file
 
 # 1024 px slides at 0.25 um/px read at 0.5 um/px: level 1, tiles of 32 px = 64 level-0 px, 256 per slide.
 MPP, SIZE, SIDE0 = 0.5, 32, 64
@@ -459,7 +460,10 @@ def test_tiles_go_straight_into_a_pack_with_the_same_pixels_and_splits(slides, t
     folder = json.loads((tmp_path / "png" / "splits.json").read_text())
     assert pack.splits["train"] == [Path(rel).with_suffix("").as_posix() for rel in folder["train"]]
     images = pack.array("images.npy")
-    for i in (0, len(pack.index["files"]) - 1):
+    assert sorted(pack.index["files"]) == sorted(rel for s in ("train", "val", "test") for rel in pack.splits[s])
+    for name, digest in pack.index["sha256"].items():  # hashed as they were written: the bytes on disk
+        assert sha256_file(tmp_path / "pack" / name) == digest
+    for i in range(len(pack.index["files"])):  # every row, in the slides' order, is its tile's pixels
         png = tmp_path / "png" / (pack.index["files"][i] + ".png")
         assert np.array_equal(images[i], np.asarray(Image.open(png)).transpose(2, 0, 1))
         if task == "segment":

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from pathnas.deploy.timing import TimingProtocol
 from pathnas.errors import ConfigError
 from pathnas.settings import RemoteDevice, SupernetChoice
 
@@ -32,6 +33,8 @@ profile_app = typer.Typer(cls=_MeasureByDefault, no_args_is_help=True,
                                "recalibrate one.")
 
 DEVICE_HELP = "hardware profile name or alias (see hardware_profiles/)"
+ROUNDS_HELP = (f"interleaved timing rounds (default {TimingProtocol.rounds}, "
+               f"{TimingProtocol.repeats} samples per item and round: the tables' protocol)")
 REUSE_HELP = "reuse the parts of this table (same device) whose module and shape are unchanged (repeatable)"
 
 
@@ -123,7 +126,7 @@ def measure(
                                                             "when every part but a few is reused)"),
     fit_subnets: Optional[int] = typer.Option(None, min=1, help="of which fit the overhead model (default 10; 6 "
                                                                 "when reusing); the rest are held out"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
+    rounds: Optional[int] = typer.Option(None, min=1, help=ROUNDS_HELP),
     out: Optional[Path] = typer.Option(None, help="table file (default: the user's table folder, where the search "
                                                   "finds it: $PATHNAS_LATENCY_TABLES/<device>/<space>-<digest>.json)"),
     reuse: list[Path] = typer.Option([], help=REUSE_HELP),
@@ -165,7 +168,7 @@ def pack(
     out: Path = typer.Option(..., help="the pack folder to write (copy it to the device)"),
     subnets: int = typer.Option(40, min=4, help="random subnets to time end to end"),
     fit_subnets: int = typer.Option(10, min=1, help="of which fit the overhead model (the rest are held out)"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds the device runs (samples pooled)"),
+    rounds: Optional[int] = typer.Option(None, min=1, help=ROUNDS_HELP),
     reuse: list[Path] = typer.Option([], help=REUSE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -185,7 +188,8 @@ def pack(
     on_interrupt("nothing was written: the pack appears only once every file is exported")
     with _progress(as_json) as bar:
         task = bar.add_task(f"exporting for {hw.name}", total=len(items))
-        write_pack(net, hw, items, out, reused, rounds=rounds, advance=lambda: bar.advance(task))
+        write_pack(net, hw, items, out, reused, timing=TimingProtocol().but(rounds=rounds),
+                   advance=lambda: bar.advance(task))
     write_zip(out, archive)
     timings = out.parent / f"{out.name}.timings.json"
     if as_json:
@@ -235,7 +239,7 @@ def calibrate(
     subnets: int = typer.Option(10, min=3, help="K: unseen subnets timed end to end now, which the fit uses"),
     holdout: int = typer.Option(8, min=0, help="further unseen subnets, timed with them, that judge the fit "
                                                "(Spearman, share within ±10%, before and after)"),
-    rounds: int = typer.Option(3, min=1, help="interleaved timing rounds (their samples pooled)"),
+    rounds: Optional[int] = typer.Option(None, min=1, help=ROUNDS_HELP),
     force: bool = typer.Option(False, "--force", help="time even if this machine does not match the profile"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

@@ -32,6 +32,8 @@ grid to disk, and their list to a file.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import os
@@ -555,9 +557,9 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
                     rel, folders = f"{name}/{stem}{suffix}", (name,)
                     per_class[name] += 1
                 if packed:
-                    pixels.write(np.ascontiguousarray(region.transpose(2, 0, 1)).tobytes())
+                    pixels.write(np.ascontiguousarray(region.transpose(2, 0, 1)))  # channels first, as a pack stores them
                     if mask is not None:
-                        masks.write(np.ascontiguousarray(mask, np.uint8).tobytes())
+                        masks.write(np.ascontiguousarray(mask, np.uint8))
                     tiles.write(f"{rel}\t{name}\n")
                     counts["kept"] += 1
                     continue
@@ -867,42 +869,51 @@ def _finish(out: Path, settings: TileSettings, records: list[dict], notes: list[
 
 
 def _write_pack(out: Path, settings: TileSettings, records: list[dict], splits: dict, classes: list[str]) -> None:
-    """OUT as a pack (pathnas.data.shards' format): every slide's rows copied into the arrays in split order, then
-    pack.json (its commit point). Rows of a slide are in its listing's order."""
-    size = settings.size
-    where: dict[str, tuple[str, int, str]] = {}
+    """OUT as a pack (pathnas.data.shards' format), then pack.json (its commit point). The arrays are the slides'
+    rows in slide order: a pack finds a split's rows by their names, so each slide's row file is copied whole,
+    once, and hashed as it is copied, instead of row by row in split order and read again to hash."""
+    files, names, bases = [], [], []
     for r in records:
-        with open(out / STATE_DIR / f"{r['name']}.tiles") as listing:
-            for row, line in enumerate(listing):
+        base = out / STATE_DIR / r["name"]
+        with open(f"{base}.tiles") as listing:
+            for line in listing:
                 rel, name = line.rstrip("\n").split("\t")
-                where[rel] = (r["name"], row, name)
-    files = [rel for split in SPLITS for rel in splits[split]]
-    n = len(files)
-    segment = settings.task == "segment"
-    images = np.lib.format.open_memmap(out / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-    target = (np.lib.format.open_memmap(out / MASKS_FILE, mode="w+", dtype=np.uint8, shape=(n, size, size)) if segment
-              else np.lib.format.open_memmap(out / LABELS_FILE, mode="w+", dtype=np.int64, shape=(n,)))
-    sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for i, rel in enumerate(files):
-        slide, row, name = where[rel]
-        if slide not in sources:
-            sources.clear()  # one slide's maps open at a time: files are in split order, slide by slide
-            base = out / STATE_DIR / slide
-            sources[slide] = (np.memmap(f"{base}.tiles.raw", np.uint8, "r").reshape(-1, 3, size, size),
-                              np.memmap(f"{base}.masks.raw", np.uint8, "r").reshape(-1, size, size) if segment
-                              else np.zeros((0,), np.uint8))
-        pixels, masks = sources[slide]
-        images[i] = pixels[row]
-        target[i] = masks[row] if segment else classes.index(name)
-    images.flush()
-    target.flush()
-    del images, target
-    arrays = [IMAGES_FILE, MASKS_FILE if segment else LABELS_FILE]
+                files.append(rel)
+                names.append(name)
+        bases.append(base)
+    n, size = len(files), settings.size
+    digests = {IMAGES_FILE: _concatenate(out / IMAGES_FILE, (n, 3, size, size), [f"{b}.tiles.raw" for b in bases])}
+    if settings.task == "segment":
+        digests[MASKS_FILE] = _concatenate(out / MASKS_FILE, (n, size, size), [f"{b}.masks.raw" for b in bases])
+    else:
+        np.save(out / LABELS_FILE, np.array([classes.index(name) for name in names], np.int64))
+        digests[LABELS_FILE] = sha256_file(out / LABELS_FILE)
     write_json_atomic(out / PACK_INDEX, {
         "format": PACK_FORMAT, "task": settings.task, "classes": classes, "size": size, "files": files,
         "source": str(out), "splits": {**{s: splits[s] for s in SPLITS}, "skipped": [], "seed": splits["seed"],
                                        "task": settings.task},
-        "source_sha256": [None] * n, "sha256": {a: sha256_file(out / a) for a in arrays}})
+        "source_sha256": [None] * n, "sha256": digests})
+
+
+def _concatenate(path: Path, shape: tuple[int, ...], sources: list[str]) -> str:
+    """``path``: a uint8 .npy array of ``shape`` whose rows are the raw files ``sources``, one after another;
+    returns its SHA-256, taken as the bytes are written (the pack records it)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    digest = hashlib.sha256(header.getvalue())
+    buffer = bytearray(1 << 22)
+    view = memoryview(buffer)
+    with open(path, "wb") as f:
+        f.write(header.getvalue())
+        for source in sources:
+            with open(source, "rb") as raw:
+                while n := raw.readinto(buffer):
+                    digest.update(view[:n])
+                    f.write(view[:n])
+        written = f.tell() - len(header.getvalue())
+    if written != math.prod(shape):  # a row file cut short (a full disk) must not pass as a pack
+        raise DataError(f"{path}: {written} bytes of rows where {math.prod(shape)} were expected; run again")
+    return digest.hexdigest()
 
 
 __all__ = ["RULES", "TASKS", "Labeller", "OtherSettingsError", "SlideJob", "TileSettings", "check_inputs", "decide", "make_tiles", "pair_inputs",
