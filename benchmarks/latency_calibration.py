@@ -13,7 +13,7 @@ and, on those paths, the share within ±10 % of
 - re-anchored: its predictions times the reference's time now / in the table (anchored tables only);
 - refitted: the overhead refitted on the other paths (leave-one-out), what `profile calibrate` fits;
 with the measured / predicted range and the other programs' CPU use meanwhile. Then it times the
-search's start-up probe (2 paths and the reference, 2 rounds). `--runs` repeats all of it `--gap-s`
+search's start-up probe (the reference alone, 2 rounds; 2 paths besides for a table without one). `--runs` repeats all of it `--gap-s`
 apart (the issue's goal: re-anchored >= 90 % in every run). `--load` runs a CPU-bound process beside
 it (a figure to report, with `--threads 1` and a table measured at 1 thread: on 2 cores a second
 thread has nowhere to run).
@@ -98,8 +98,9 @@ def main() -> None:
     print(f"# {profile.name}; shufflenet {args.config}; table {path.name} measured "
           f"{str(result['table_measured_at'])[:10]} ({'anchored' if result['anchored'] else 'no reference time'})"
           + ("; a CPU-bound process beside it" if args.load else ""))
-    print("| run | table | within ±10% | MAPE % | Spearman | measured/predicted | other load | check s | probe s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # columns: share within ±10 %, MAPE, Spearman's rho, measured / predicted (min-max), other programs' CPU cores
+    print("| run | table | ±10% | MAPE % | rho | meas/pred | load | check s | probe s |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|")
     for k, run in enumerate(runs, 1):
         for name, row in run["rows"].items():
             lo, hi = row["measured_over_predicted"]

@@ -2,6 +2,7 @@
 
     python benchmarks/latency_predictor.py [--device cpu] [--config all|paper-width0.5-128|demo]
                                            [--subnets 40] [--fit-subnets 10] [--rounds 3] [--save] [--json]
+                                           [--threads N --out TABLE.json]
 
 For each ShuffleNet configuration (by default both: the paper's 20-layer space CPU-sized, and
 the 5-layer demo that `pathnas-edge pipeline` trains), measures through the device's runtime
@@ -12,6 +13,8 @@ nn-Meter's figures for the held-out rest: RMSE, RMSPE, MAPE and the share within
 `--save` writes each table where the package ships measured tables
 (hardware_profiles/tables/<device>/<space>-<config digest>.json); commit them with their metadata.
 Measure on a quiet machine: other load inflates end-to-end runs and small parts unequally.
+`--threads N` times with N runtime threads instead of the profile's; such a table is not the profile's,
+so it is written only to `--out` (one configuration), e.g. the 1-thread table of latency_calibration.py --load.
 """
 from __future__ import annotations
 
@@ -44,13 +47,15 @@ def measure(profile, name: str, args) -> dict:
     table = measure_table(net, profile, subnets=args.subnets, fit_subnets=args.fit_subnets, rounds=args.rounds)
     seconds = time.perf_counter() - start
     path = None
-    if args.save:
+    if args.out:
+        path = save_table(table, args.out).resolve()
+    elif args.save:
         path = REPO / "hardware_profiles" / "tables" / profile.name / table_filename(table["space_config"])
         save_table(table, path)
     latency = [r["measured_median_ms"] for r in table["end_to_end"]]
     return {"config": name, "seconds": seconds, "parts": len(table["parts"]), "accuracy": table["accuracy"],
             "overhead": table["overhead"], "measured_ms_range": [min(latency), max(latency)],
-            "table": str(path.relative_to(REPO)) if path else None, "metadata": table["metadata"]}
+            "table": (str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)) if path else None, "metadata": table["metadata"]}
 
 
 def main() -> None:
@@ -61,10 +66,16 @@ def main() -> None:
     parser.add_argument("--fit-subnets", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=None, help="default: the tables' protocol (TimingProtocol)")
     parser.add_argument("--save", action="store_true", help="write the tables into hardware_profiles/tables/")
+    parser.add_argument("--threads", type=int, help="runtime threads (default: the profile's); needs --out")
+    parser.add_argument("--out", type=Path, help="write the table here (one --config) instead of --save's place")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.threads and not args.out or args.out and (args.save or args.config == "all"):
+        parser.error("--threads needs --out; --out takes one --config and no --save")
 
     profile = load_profile(args.device)
+    if args.threads:
+        profile = profile.model_copy(update={"threads": args.threads})
     results = [measure(profile, name, args) for name in (CONFIGS if args.config == "all" else [args.config])]
     if args.json:
         json.dump({"device": profile.name, "results": results}, sys.stdout, indent=2)

@@ -231,6 +231,8 @@ def test_calibrate_from_another_devices_table(tiny, tmp_path):
 # -- tables measured before the split ---------------------------------------------------------------
 
 def test_shipped_tables_still_load_and_an_unusable_one_says_how_to_remeasure(tmp_path):
+    from pathnas.deploy.runtimes import PACK_RUNTIMES
+    from pathnas.deploy.timing import TimingProtocol
     from pathnas.profiling import list_profiles
     from pathnas.profiling.tables import packaged_tables_dir
 
@@ -241,6 +243,10 @@ def test_shipped_tables_still_load_and_an_unusable_one_says_how_to_remeasure(tmp
         config = dict(table["space_config"])
         net = build_supernet(space_config(config.pop("space"), **config))
         assert predictor_for(profile, net, table_path=path).predict_ms(net.space.decode("3" * len(net.space))) > 0
+        if profile.runtime in PACK_RUNTIMES:  # measured in the anchored format: a later day can hold it to its word
+            assert table["anchor"]["reference_ms"] > 0 and table["anchor"]["tolerance_pct"] >= 10
+            assert all(p["spread_pct"] is not None for p in table["parts"].values())
+            assert TimingProtocol.from_dict(table["metadata"]["timing"]) == TimingProtocol()
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"schema": SCHEMA, "profile": "x86-cpu-ort"}))
     with pytest.raises(ValueError, match="lacks 'space_config'; measure it again with `pathnas-edge profile measure`"):

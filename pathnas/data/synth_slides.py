@@ -149,8 +149,9 @@ def _tiles(slide: SyntheticSlide, level: int, tile: int, seed: int):
 
 
 def write_slide(slide: SyntheticSlide, path: Path, mpp: float = 0.25, levels: int = 3, tile: int = 256,
-                seed: int = 0) -> Path:
-    """The slide as a tiled pyramidal TIFF (reduced-resolution pages) stating ``mpp`` at level 0."""
+                seed: int = 0, compression: str = "zlib") -> Path:
+    """The slide as a tiled pyramidal TIFF (reduced-resolution pages) stating ``mpp`` at level 0; its tiles
+    ``compression``: "zlib" (lossless: tests compare pixels) or "jpeg" (quality 80, as scanners' SVS files)."""
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,12 +161,13 @@ def write_slide(slide: SyntheticSlide, path: Path, mpp: float = 0.25, levels: in
             per_cm = 1e4 / (mpp * 2**k)
             tw.write(_tiles(slide, k, tile, seed), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
                      photometric="rgb", resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
-                     compression="zlib", subfiletype=1 if k else 0)
+                     compression=compression, compressionargs={"level": 80} if compression == "jpeg" else None,
+                     subfiletype=1 if k else 0)
     return path
 
 
 def synthetic_slides(out: str | Path, n: int = 4, side: int = 1024, mpp: float = 0.25, seed: int = 0,
-                     levels: int = 3) -> list[SyntheticSlide]:
+                     levels: int = 3, compression: str = "zlib") -> list[SyntheticSlide]:
     """``n`` slides in OUT/slides and their annotations in OUT/geojson, OUT/asap and OUT/imagescope."""
     if side % 128:
         raise ValueError(f"side {side}: a multiple of 128 (regions sit on a 16 px grid of units of side / 8)")
@@ -176,7 +178,8 @@ def synthetic_slides(out: str | Path, n: int = 4, side: int = 1024, mpp: float =
         u = side // 8
         offset = 8 + 16 * int(rng.integers(0, max(1, u // 32)))
         slide = SyntheticSlide(f"slide{i:02d}", side, offset, necrosis=i % 4 != 3)
-        write_slide(slide, out / "slides" / f"{slide.name}.tif", mpp, levels, seed=seed * 1000 + i)
+        write_slide(slide, out / "slides" / f"{slide.name}.tif", mpp, levels, seed=seed * 1000 + i,
+                    compression=compression)
         for folder, suffix, text in (("geojson", ".geojson", json.dumps(slide.geojson(), indent=1)),
                                      ("asap", ".xml", slide.asap_xml()), ("imagescope", ".xml", slide.imagescope_xml())):
             (out / folder).mkdir(parents=True, exist_ok=True)
