@@ -473,3 +473,28 @@ def test_tiles_go_straight_into_a_pack_with_the_same_pixels_and_splits(slides, t
             assert pack.classes[int(pack.array("labels.npy")[i])] == Path(pack.index["files"][i]).parent.name
     assert not list((tmp_path / "pack").glob("*/*.png"))  # no image files
     assert build_loaders(tmp_path / "pack", SIZE, 4).task == task
+    assert not list((tmp_path / "pack").glob(".tiles/*.raw"))  # the pack holds the rows: not kept twice on disk
+
+
+def test_a_pack_run_again_redoes_only_the_slides_that_changed_and_equals_a_fresh_one(slides, tmp_path):
+    """The slides' rows live only in the finished pack; a re-run takes the unchanged slides' rows back out of it
+    instead of reading them again, and its arrays are those of a pack made afresh from the same inputs."""
+    from pathnas.data.shards import open_pack
+
+    src = tmp_path / "src"
+    shutil.copytree(slides[0], src)
+    out = tmp_path / "pack"
+    run(src, out, image_format="pack")
+    first = open_pack(out).index
+    report = run(src, out, image_format="pack")
+    assert all(s["skipped"] for s in report["slides"]) and open_pack(out).index == first
+    doc = json.loads((src / "geojson" / "slide02.geojson").read_text())
+    doc["features"] = [f for f in doc["features"] if f["properties"]["classification"]["name"] != "Stroma"]
+    (src / "geojson" / "slide02.geojson").write_text(json.dumps(doc))
+    report = run(src, out, image_format="pack")
+    assert [s["skipped"] for s in report["slides"]] == [True, True, False, True]
+    fresh = tmp_path / "fresh"
+    run(src, fresh, image_format="pack")
+    again, made = open_pack(out).index, open_pack(fresh).index
+    assert again["sha256"] == made["sha256"] and again["files"] == made["files"] and again != first
+    assert not list(out.glob(".tiles/*.raw")) and not list(out.glob(".tiles/.*.tmp"))

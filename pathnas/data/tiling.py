@@ -6,8 +6,12 @@ picks for ``mpp``, so training tiles show what `pathnas-infer` will show the mod
 an image folder the rest of the toolchain reads as it reads any other:
 - classification: ``OUT/<class>/<slide>_x<X>_y<Y>.png`` (X, Y: the tile's top left in level-0 px);
 - segmentation: ``OUT/images/<name>.png`` + ``OUT/masks/<name>.png`` (class values, 0 = background);
-- ``.tif`` instead of ``.png`` with ``image_format="tiff"``: uncompressed, about 9x cheaper to write
+- ``.tif`` instead of ``.png`` with ``image_format="tiff"``: uncompressed, about 4x cheaper to write
   than PNG at zlib level 1 and half again the size (benchmarks/tiling_throughput.py);
+- ``image_format="pack"``: no image files; each slide's rows stream into a raw file beside its record,
+  and the pack's arrays are those files copied whole once all slides are done (hashed as copied);
+  the raw files are then removed (a pack is not kept twice on disk), and a re-run first copies each
+  slide's rows back out of the finished pack (``slide_rows`` in pack.json) to redo only what changed;
 - ``splits.json``: train / val / test drawn by slide (or patient), never by tile, seeded and
   stratified by class;
 - ``report.json``: per slide and per class, the tiles kept and those left out and why;
@@ -49,7 +53,7 @@ import numpy as np
 
 from ..deploy.images import DICOM, SLIDE_EXTENSIONS, InputError, open_image, plausible_mpp, tile_grid, tissue_fraction
 from ..errors import ConfigError
-from ..io import read_json, sha256_file, sweep_temporaries, write_json_atomic
+from ..io import atomic_path, read_json, sha256_file, sweep_temporaries, write_json_atomic
 from ..lock import RunLock
 from .annotations import ANNOTATION_EXTENSIONS, Annotations, Region, read_annotations
 from .folders import MARKER_FILE, SPLITS, SPLITS_FILE, DataError
@@ -59,6 +63,7 @@ RULES = ("centroid", "majority", "exclude-mixed")
 TASKS = ("classify", "segment")
 # -> the tiles' suffix; "pack": no image files, the tiles' pixels straight into a pack's arrays (names only)
 IMAGE_FORMATS = {"png": ".png", "tiff": ".tif", "pack": ""}
+SLIDE_ROWS = "slide_rows"  # pack.json: each slide's first row and row count (tiles written as a pack)
 SLIDE_FILES = SLIDE_EXTENSIONS | {".tif", ".tiff"}
 STATE_DIR = ".tiles"  # done records, tile lists and staging folders of the slides
 HEADER_FILE = "header.json"
@@ -498,9 +503,10 @@ def tile_slide(job: SlideJob, settings: TileSettings, out: Path, advance: Callab
     state = out / STATE_DIR
     record_path, listing = state / f"{job.name}.json", state / f"{job.name}.tiles"
     inputs = _inputs(job)
+    rows_kept = settings.image_format != "pack" or Path(f"{state / job.name}.tiles.raw").is_file()
     if record_path.is_file():
         record = read_json(record_path, "slide record")
-        if record.get("inputs") == inputs:
+        if record.get("inputs") == inputs and rows_kept:
             return {**record, "skipped": True}
         record_path.unlink()  # the slide or its annotations changed: its old tiles go
     _remove_listed(out, listing)
@@ -738,9 +744,12 @@ def make_tiles(jobs: list[SlideJob], out: Path, settings: TileSettings, seed: in
         sweep_temporaries(out)
         state.mkdir(exist_ok=True)
         write_json_atomic(state / HEADER_FILE, header)
+        sweep_temporaries(state)
+        names = {job.name for job in jobs}
+        if settings.image_format == "pack":
+            _unpack_rows(out, names)
         for name in (MARKER_FILE, SPLITS_FILE, PACK_INDEX):  # rewritten at the end: till then it is no data set
             (out / name).unlink(missing_ok=True)
-        names = {job.name for job in jobs}
         for old in sorted(state.glob("*.json")):  # slides no longer given: their tiles go
             if old.name != HEADER_FILE and old.stem not in names:
                 _remove_listed(out, state / f"{old.stem}.tiles")
@@ -872,15 +881,17 @@ def _write_pack(out: Path, settings: TileSettings, records: list[dict], splits: 
     """OUT as a pack (pathnas.data.shards' format), then pack.json (its commit point). The arrays are the slides'
     rows in slide order: a pack finds a split's rows by their names, so each slide's row file is copied whole,
     once, and hashed as it is copied, instead of row by row in split order and read again to hash."""
-    files, names, bases = [], [], []
+    files, names, bases, slide_rows = [], [], [], {}
     for r in records:
         base = out / STATE_DIR / r["name"]
+        first = len(files)
         with open(f"{base}.tiles") as listing:
             for line in listing:
                 rel, name = line.rstrip("\n").split("\t")
                 files.append(rel)
                 names.append(name)
         bases.append(base)
+        slide_rows[r["name"]] = [first, len(files) - first]
     n, size = len(files), settings.size
     digests = {IMAGES_FILE: _concatenate(out / IMAGES_FILE, (n, 3, size, size), [f"{b}.tiles.raw" for b in bases])}
     if settings.task == "segment":
@@ -892,7 +903,32 @@ def _write_pack(out: Path, settings: TileSettings, records: list[dict], splits: 
         "format": PACK_FORMAT, "task": settings.task, "classes": classes, "size": size, "files": files,
         "source": str(out), "splits": {**{s: splits[s] for s in SPLITS}, "skipped": [], "seed": splits["seed"],
                                        "task": settings.task},
-        "source_sha256": [None] * n, "sha256": digests})
+        "source_sha256": [None] * n, "sha256": digests, SLIDE_ROWS: slide_rows})
+    for base in bases:  # the pack holds them now; _unpack_rows brings them back when a re-run needs them
+        for raw in ("tiles", "masks"):
+            Path(f"{base}.{raw}.raw").unlink(missing_ok=True)
+
+
+def _unpack_rows(out: Path, slides: set[str]) -> None:
+    """The rows of ``slides`` in a finished pack in OUT back in their raw files beside their records (each written
+    beside and renamed), before a re-run removes pack.json: the slides that did not change are not read again."""
+    if not (out / PACK_INDEX).is_file():
+        return
+    index = read_json(out / PACK_INDEX, "pack index")
+    ranges = index.get(SLIDE_ROWS)
+    if not isinstance(ranges, dict):
+        return  # a pack without its slides' rows: every slide is tiled again
+    arrays = [(IMAGES_FILE, "tiles")] + ([(MASKS_FILE, "masks")] if index.get("task") == "segment" else [])
+    for array_name, raw in arrays:
+        array = np.load(out / array_name, mmap_mode="r")
+        for name, (first, count) in ranges.items():
+            target = out / STATE_DIR / f"{name}.{raw}.raw"
+            if name not in slides or target.is_file() or not (out / STATE_DIR / f"{name}.json").is_file():
+                continue
+            with atomic_path(target) as tmp, open(tmp, "wb") as f:
+                for start in range(first, first + count, 256):
+                    f.write(np.ascontiguousarray(array[start:min(start + 256, first + count)]))
+        del array
 
 
 def _concatenate(path: Path, shape: tuple[int, ...], sources: list[str]) -> str:
