@@ -416,7 +416,7 @@ def test_torch_item_times_a_module_on_the_device_it_is_given(tiny):
 
         mp.setattr(timed, "TORCH_DEVICES", {"torch-cuda": "cpu"})
         results, providers = time_torch_modules(profile, [("a", lambda: tiny.extract("3333"), (1, 3, 32, 32))],
-                                                rounds=2, seed=0, repeats=3)
+                                                timing_module.TimingProtocol(rounds=2, repeats=3), seed=0)
     result = results["a"]
     assert len(result["rounds_median_ms"]) == 2 and providers[0].endswith("CPU fp32")
     assert min(result["rounds_median_ms"]) - 1e-6 <= result["median_ms"] <= max(result["rounds_median_ms"]) + 1e-6
@@ -451,7 +451,7 @@ def test_torch_cuda_timing_on_the_gpu(tiny):
     from pathnas.profiling.timed import time_torch_modules
 
     results, providers = time_torch_modules(profile, [("a", lambda: tiny.extract("3333"), (1, 3, 32, 32))],
-                                            rounds=1, seed=0, repeats=3)
+                                            timing_module.TimingProtocol(rounds=1, repeats=3), seed=0)
     assert "(CUDA graph) fp16" in providers[0] and results["a"]["median_ms"] > 0
 
 
