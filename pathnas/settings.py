@@ -283,6 +283,11 @@ class PipelineSettings(BaseModel):
     annotations: Path | None = Field(None, description="with --slides: a folder of their annotations (QuPath "
                                                        "GeoJSON, ASAP or ImageScope XML), paired by file name")
     mpp: float = Field(0.5, gt=0, description="with --slides: microns per pixel the model is trained at (0.5: 20x)")
+    label_rule: Literal["centroid", "majority", "exclude-mixed"] = Field(
+        "centroid", description="with --slides: a tile's class is the one under its centre, the one covering most "
+                                "of it, or the only one touching it (see `data tiles`)")
+    classes: str | None = Field(None, description="with --slides: the classes to learn, comma-separated, earlier ones "
+                                                  "owning overlaps (default: every class the annotations use, sorted)")
     device: str = Field("cpu", description="target hardware profile (name or alias, e.g. jetson, cpu)")
     space: dict = Field(default_factory=lambda: dict(DEMO_SPACE),
                         description="the space and its knobs (default: the paper's ShuffleNet at 32 px, width 0.5)")

@@ -418,6 +418,24 @@ def test_the_pipeline_goes_from_annotated_slides_to_a_bundle_at_their_resolution
         run_pipeline(tmp_path / "other", validated(PipelineSettings, "pipeline", slides=root / "slides"), progress=False)
 
 
+def test_the_pipeline_passes_its_label_rule_and_classes_to_the_tiles(slides, tmp_path):
+    """pipeline --label-rule majority --classes Tumor,Stroma cuts RUN/tiles as `data tiles` would with them:
+    those two classes only (Tumor first: it owns overlaps), tiles kept by the majority rule."""
+    from pathnas.pipeline.layout import RunLayout
+    from pathnas.pipeline.run import _tiles_first
+    from pathnas.settings import PipelineSettings, validated
+
+    root, _ = slides
+    settings = validated(PipelineSettings, "pipeline", slides=root / "slides", annotations=root / "geojson",
+                         mpp=MPP, label_rule="majority", classes="Tumor, Stroma")
+    tiles = _tiles_first(RunLayout(tmp_path / "run"), settings)
+    made = json.loads((tiles / "dataset.json").read_text())
+    assert made["label_rule"] == "majority" and made["priority"] == ["Tumor", "Stroma"]
+    assert set(made["classes"]) == {"Tumor", "Stroma"} and set(tiles_of(tiles).values()) == {"Tumor", "Stroma"}
+    with pytest.raises(ValueError, match="--label-rule: Input should be .centroid., .majority. or .exclude-mixed."):
+        validated(PipelineSettings, "pipeline", label_rule="nearest")
+
+
 def test_tiff_tiles_are_the_same_set_and_read_by_the_data_path(slides, tmp_path):
     from pathnas.data import build_loaders
 

@@ -86,8 +86,9 @@ def _tiles_first(layout: RunLayout, settings: PipelineSettings) -> Path:
     if name not in SUPERNETS:
         raise ConfigError(f"unknown space {name!r}; known spaces: {', '.join(SUPERNETS)}")
     size = space_config(name, **{k: v for k, v in settings.space.items() if k != "space"}, num_classes=2).input_size
+    classes = tuple(c.strip() for c in (settings.classes or "").split(",") if c.strip())
     return stages.stage_tiles(layout, settings.slides, settings.annotations, settings.mpp, size, settings.seed,
-                              SUPERNETS[name].task)
+                              SUPERNETS[name].task, rule=settings.label_rule, classes=classes)
 
 
 def run_pipeline(run: Path, settings: PipelineSettings | None = None, *, progress: bool = True) -> dict:

@@ -58,10 +58,11 @@ def stage_data(layout: RunLayout, n_per_class: int, image_size: int, seed: int) 
 
 
 def stage_tiles(layout: RunLayout, slides: Path, annotations: Path, mpp: float, size: int, seed: int,
-                task: str = "classify", progress: bool = True) -> Path:
-    """The annotated slides cut into labelled tiles of ``size`` px at ``mpp`` in RUN/tiles (`data tiles` with its
-    defaults); skipped when the slides, annotations and settings are unchanged. Tiles of other settings are
-    derived, so they are cut afresh."""
+                task: str = "classify", progress: bool = True, rule: str = "centroid",
+                classes: tuple[str, ...] = ()) -> Path:
+    """The annotated slides cut into labelled tiles of ``size`` px at ``mpp`` in RUN/tiles (`data tiles` with
+    ``rule`` and ``classes``, in priority order; () : every class found); skipped when the slides, annotations and
+    settings are unchanged. Tiles of other settings are derived, so they are cut afresh."""
     import shutil
 
     from pathnas.data.tiling import OtherSettingsError, TileSettings, make_tiles, pair_inputs
@@ -73,7 +74,8 @@ def stage_tiles(layout: RunLayout, slides: Path, annotations: Path, mpp: float, 
             job = bar.add_task("cutting the slides into tiles", total=None)
 
             def cut() -> None:
-                make_tiles(jobs, layout.tiles, TileSettings(mpp=mpp, size=size, task=task), seed=seed, warn=log.warning,
+                make_tiles(jobs, layout.tiles, TileSettings(mpp=mpp, size=size, task=task, rule=rule, classes=classes),
+                           seed=seed, warn=log.warning,
                            advance=lambda done, total: bar.update(job, completed=done, total=total))
             try:
                 cut()
@@ -82,7 +84,8 @@ def stage_tiles(layout: RunLayout, slides: Path, annotations: Path, mpp: float, 
                 cut()
 
     run_stage(layout, "tiles", {"slides": Path(slides), "annotations": Path(annotations), "mpp": mpp, "size": size,
-                                "seed": seed, "task": task}, [layout.tiles_marker], build)
+                                "seed": seed, "task": task, "rule": rule, "classes": list(classes)},
+              [layout.tiles_marker], build)
     return layout.tiles
 
 
