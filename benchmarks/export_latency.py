@@ -32,7 +32,7 @@ from pathnas.deploy.machine import cpu_model
 from pathnas.deploy.runtimes import open_runner
 from pathnas.deploy.timing import time_callable
 from pathnas.export.openvino_export import export_openvino
-from pathnas.export.quantize import int8_cpu_features
+from pathnas.deploy.machine import int8_cpu_features
 
 DEFAULT_ARCH = "35753575357535753575"
 RUNTIMES = ("onnxruntime", "openvino")

@@ -28,8 +28,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from pathnas.deploy.machine import cpu_model
-    from pathnas.export.quantize import CALIBRATION_RECORD, int8_cpu_features
+    from pathnas.deploy.machine import cpu_model, int8_cpu_features
+    from pathnas.export.quantize import CALIBRATION_RECORD
     from pathnas.pipeline import RunLayout
     from pathnas.pipeline.stages import stage_export, stage_validate
     from pathnas.settings import CalibrationSettings

@@ -50,7 +50,6 @@ from typing import Iterable
 
 import numpy as np
 
-from pathnas.deploy.machine import cpu_flags
 from pathnas.deploy.runners import ProviderError
 from pathnas.deploy.runtimes import CPU_BACKENDS, backend, open_runner
 from pathnas.errors import ConfigError, InvalidFileError
@@ -69,25 +68,6 @@ CONTROLLED_RUNTIMES = CPU_BACKENDS  # the registry's CPU backends, ONNX Runtime 
 # Issue 12: an INT8 file is at most 30% of the FP32 one (weights 1 byte instead of 4, plus
 # scales and graph); accuracy control never keeps so many layers in float that it is larger.
 MAX_SIZE_RATIO = 0.30
-# Instruction sets that decide INT8 speed on x86 (/proc/cpuinfo flag names).
-INT8_CPU_FEATURES = {
-    "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx_vnni_int8": "AVX-VNNI-INT8",
-    "amx_int8": "AMX-INT8", "amx_tile": "AMX tiles",
-}
-
-
-def int8_cpu_features(flags: set[str] | None = None) -> dict:
-    """What this CPU has for INT8 dot products: VNNI (one instruction per 4 multiply-adds, no
-    int16 saturation) and AMX (tile matrix multiply); without either, AVX2 emulates them."""
-    flags = cpu_flags() if flags is None else flags
-    present = [name for flag, name in INT8_CPU_FEATURES.items() if flag in flags]
-    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "avx_vnni_int8"))
-    amx = "amx_int8" in flags
-    base = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    summary = f"{base}; " + (", ".join(present) if present else "no VNNI, no AMX")
-    if present and not amx:
-        summary += "; no AMX"
-    return {"vnni": vnni, "amx": amx, "flags": present, "summary": summary}
 
 
 # -- the QDQ file --------------------------------------------------------------------------

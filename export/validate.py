@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathnas.deploy.machine import versions
+from pathnas.deploy.machine import int8_cpu_features, versions
 from pathnas.deploy.runners import ProviderError
 from pathnas.deploy.runtimes import CPU_BACKENDS, open_runner
 from pathnas.deploy.timing import time_callable
@@ -99,8 +99,6 @@ def verdict(precision: str, row: dict) -> tuple[str, str | None]:
 def int8_notes(report: dict, features: dict | None = None) -> list[str]:
     """Per runtime: INT8's latency as a multiple of FP32's on this CPU, with the instruction sets that
     decide it (VNNI, AMX) and the figures INT8 reached (agreement, cosine)."""
-    from .quantize import int8_cpu_features
-
     features = features or int8_cpu_features()
     notes = []
     for backend in CPU_BACKENDS:

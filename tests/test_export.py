@@ -254,7 +254,7 @@ def test_accuracy_control_keeps_the_most_sensitive_layers_float_within_the_size_
 
 
 def test_int8_notes_give_the_speed_ratio_the_cpu_features_and_the_float_layers():
-    from pathnas.export.quantize import int8_cpu_features
+    from pathnas.deploy.machine import int8_cpu_features
     from pathnas.export.validate import int8_notes
 
     avx2 = int8_cpu_features({"avx2", "fma"})
