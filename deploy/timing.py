@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pathnas.errors import ConfigError
+
 
 @dataclass
 class TimingResult:
@@ -171,8 +173,8 @@ class TimingProtocol:
 
     def __post_init__(self):
         if self.rounds < 1 or self.repeats < 3 or self.min_sample_s < 0 or self.warmup_s < 0:
-            raise ValueError(f"timing protocol {self}: rounds >= 1, repeats >= 3 (a median and p90 need 3 samples), "
-                             f"durations >= 0")
+            raise ConfigError(f"timing protocol {self}: rounds >= 1, repeats >= 3 (a median and p90 need 3 samples), "
+                              f"durations >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

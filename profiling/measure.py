@@ -184,8 +184,6 @@ def measure_table(
     """Measure every part not in ``reuse`` and ``subnets`` random paths end to end, here (or on
     ``remote``): pack -> time -> assemble. The first ``fit_subnets`` paths fit the overhead model;
     the rest are held out and give the accuracy figures. Returns the table (unsaved)."""
-    if rounds is not None and rounds < 1:
-        raise ConfigError(f"rounds {rounds}: at least 1")
     items, reused = plan_table(supernet, subnets, fit_subnets, seed, reuse)
     manifest, timings = time_items(profile, supernet, items, rounds, repeats, seed, reused, progress, remote)
     return assemble_table(manifest, timings)
